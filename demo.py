@@ -1,0 +1,238 @@
+"""The embedded demo dataset: coloured shapes with Japanese captions, in STAIR/COCO format.
+
+    $ python demo.py                      # writes data/demo/ (done by train.py when missing)
+    $ python demo.py --seed 2 --out data/demo-seed2 --templates alternate
+
+Each photo shows one or two shapes (丸, 三角, 四角 in 赤, 青, 緑, 黄) on the
+left, in the middle or on the right, and has five captions worded
+differently, written in kanji and hiragana like STAIR Captions:
+
+    data/demo/captions_train.json          images + annotations, as STAIR v1.2
+    data/demo/captions_val.json            the held-out photos
+    data/demo/train2014/COCO_train2014_000000000001.jpg ...
+    data/demo/val2014/COCO_val2014_000000000001.jpg ...
+
+Each image entry also carries a ``scene`` (what was drawn), which COCO readers
+ignore and ``scene_accuracy`` uses to check captions. The same seed always
+gives the same dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fileio import atomic_path, read_json, write_json
+
+DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+CAPTIONS_PER_IMAGE = 5
+CANVAS = (320, 240)  # width, height: COCO's 4:3, small enough to generate fast
+
+POSITIONS = {"left": 0.2, "middle": 0.5, "right": 0.8}  # x centre, as a share of the width
+COLORS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60), "yellow": (235, 205, 30)}
+SHAPES = ("circle", "triangle", "square")
+
+# How captions name things: (written form, katakana reading). The readings are
+# what the parser looks for in a model's katakana output.
+POSITION_WORDS = {
+    "left": [("左", "ヒダリ"), ("左側", "ヒダリガワ")],
+    "middle": [("真ん中", "マンナカ"), ("中央", "チュウオウ")],
+    "right": [("右", "ミギ"), ("右側", "ミギガワ")],
+}
+COLOR_WORDS = {
+    "red": [("赤い", "アカイ"), ("赤の", "アカノ")],
+    "blue": [("青い", "アオイ"), ("青色の", "アオイロノ")],
+    "green": [("緑の", "ミドリノ")],
+    "yellow": [("黄色い", "キイロイ"), ("黄色の", "キイロノ")],
+}
+SHAPE_WORDS = {
+    "circle": [("丸", "マル"), ("円", "エン")],
+    "triangle": [("三角", "サンカク"), ("三角形", "サンカクケイ")],
+    "square": [("四角", "シカク"), ("四角形", "シカクケイ")],
+}
+
+# Caption templates; {p}, {o} are one object's position and "colour shape".
+TEMPLATES = {
+    "standard": {
+        1: [
+            "{p1}に{o1}があります。",
+            "{o1}が{p1}にあります。",
+            "{p1}に{o1}が一つ描かれています。",
+            "白い背景の{p1}に{o1}が見えます。",
+            "画像の{p1}には{o1}があります。",
+        ],
+        2: [
+            "{p1}に{o1}、{p2}に{o2}があります。",
+            "{o1}が{p1}に、{o2}が{p2}にあります。",
+            "{p1}には{o1}があり、{p2}には{o2}があります。",
+            "二つの図形があります。{p1}が{o1}で、{p2}が{o2}です。",
+            "{p1}に{o1}が、{p2}に{o2}が描かれています。",
+        ],
+    },
+    # Other wording, for a second held-out set that does not share templates.
+    "alternate": {
+        1: [
+            "{o1}が{p1}に一つ置かれています。",
+            "{p1}の方に{o1}が見えます。",
+            "図形は{p1}の{o1}だけです。",
+            "{p1}にあるのは{o1}です。",
+            "画像には{p1}に{o1}が写っています。",
+        ],
+        2: [
+            "{o1}が{p1}、{o2}が{p2}に置かれています。",
+            "{p1}の方に{o1}、{p2}の方に{o2}が見えます。",
+            "図形は二つで、{p1}に{o1}、{p2}に{o2}です。",
+            "{p1}にあるのは{o1}で、{p2}にあるのは{o2}です。",
+            "画像には{p1}に{o1}が、{p2}に{o2}が写っています。",
+        ],
+    },
+}
+
+
+def random_scene(rng: np.random.Generator) -> list[dict]:
+    """One or two objects at different positions, listed left to right."""
+    num_objects = int(rng.integers(1, 3))
+    positions = sorted(rng.choice(list(POSITIONS), size=num_objects, replace=False), key=POSITIONS.get)
+    return [
+        {"position": str(position), "color": str(rng.choice(list(COLORS))), "shape": str(rng.choice(SHAPES))}
+        for position in positions
+    ]
+
+
+def draw_scene(scene: list[dict], rng: np.random.Generator) -> Image.Image:
+    """Draws the objects on a light, slightly tinted background."""
+    width, height = CANVAS
+    background = tuple(int(value) for value in rng.integers(200, 256, size=3))
+    image = Image.new("RGB", CANVAS, background)
+    draw = ImageDraw.Draw(image)
+    for obj in scene:
+        radius = int(rng.integers(28, 42))
+        center_x = int((POSITIONS[obj["position"]] + rng.uniform(-0.05, 0.05)) * width)
+        center_y = int(height * (0.5 + rng.uniform(-0.15, 0.15)))
+        color = tuple(int(np.clip(value + rng.integers(-20, 21), 0, 255)) for value in COLORS[obj["color"]])
+        box = (center_x - radius, center_y - radius, center_x + radius, center_y + radius)
+        if obj["shape"] == "circle":
+            draw.ellipse(box, fill=color)
+        elif obj["shape"] == "square":
+            draw.rectangle(box, fill=color)
+        else:
+            draw.polygon([(center_x, box[1]), (box[2], box[3]), (box[0], box[3])], fill=color)
+    return image
+
+
+def write_captions(scene: list[dict], rng: np.random.Generator, templates: str = "standard") -> list[str]:
+    """Five captions of ``scene``, each from another template, with random synonyms."""
+    captions = []
+    for template in TEMPLATES[templates][len(scene)]:
+        words = {}
+        for number, obj in enumerate(scene, start=1):
+            words[f"p{number}"] = _pick(rng, POSITION_WORDS[obj["position"]])
+            words[f"o{number}"] = _pick(rng, COLOR_WORDS[obj["color"]]) + _pick(rng, SHAPE_WORDS[obj["shape"]])
+        captions.append(template.format(**words))
+    return captions
+
+
+def _pick(rng, choices) -> str:
+    return choices[int(rng.integers(len(choices)))][0]
+
+
+def generate(out_dir=DEMO_DIR, seed: int = 0, num_train: int = 1000, num_val: int = 200, templates: str = "standard") -> Path:
+    """Writes the demo dataset to ``out_dir`` (see the module docstring); returns ``out_dir``.
+
+    Images are written first and the caption files last, each atomically, so a
+    dataset with both JSON files is complete.
+    """
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", num_train), ("val", num_val)):
+        folder = out_dir / f"{split}2014"
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for image_id in range(1, count + 1):
+            scene = random_scene(rng)
+            file_name = f"COCO_{split}2014_{image_id:012d}.jpg"
+            with atomic_path(folder / file_name, suffix=".jpg") as temporary:
+                draw_scene(scene, rng).save(temporary, quality=90)
+            images.append({"id": image_id, "file_name": file_name, "width": CANVAS[0], "height": CANVAS[1], "scene": scene})
+            for caption in write_captions(scene, rng, templates):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
+        info = {"description": f"kana-captioner demo dataset (seed {seed}, {templates} templates)", "version": "1.0"}
+        write_json(out_dir / f"captions_{split}.json", {"info": info, "images": images, "annotations": annotations})
+    return out_dir
+
+
+def ensure_demo(out_dir=DEMO_DIR) -> Path:
+    """Generates the default demo dataset unless it is already complete."""
+    out_dir = Path(out_dir)
+    if not all((out_dir / f"captions_{split}.json").exists() for split in ("train", "val")):
+        print(f"Generating the demo dataset in {out_dir} ...", flush=True)
+        generate(out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------
+# Checking captions against what was drawn
+# ---------------------------------------------------------------------------
+
+
+def _alternation(words: dict) -> re.Pattern:
+    readings = {reading: name for name, choices in words.items() for _, reading in choices}
+    return re.compile("|".join(sorted(map(re.escape, readings), key=len, reverse=True))), readings
+
+
+_PARSERS = {key: _alternation(words) for key, words in (("position", POSITION_WORDS), ("color", COLOR_WORDS), ("shape", SHAPE_WORDS))}
+
+
+def parse_scene(katakana: str) -> list[dict]:
+    """The objects a katakana caption names: one per clause that names a position, colour and shape."""
+    objects = []
+    for clause in re.split("[、。]", katakana):
+        found = {}
+        for key, (pattern, readings) in _PARSERS.items():
+            matches = pattern.findall(clause)
+            if len(matches) == 1:
+                found[key] = readings[matches[0]]
+        if len(found) == 3:
+            objects.append(found)
+    return objects
+
+
+def caption_matches_scene(katakana: str, scene: list[dict]) -> bool:
+    """True when the caption names exactly the drawn objects, each with its colour, shape and position."""
+    key = lambda obj: (obj["position"], obj["color"], obj["shape"])  # noqa: E731
+    return sorted(map(key, parse_scene(katakana))) == sorted(map(key, scene))
+
+
+def scene_accuracy(captions: list[str], scenes: list[list[dict]]) -> float:
+    """The share of captions that name every object's colour, shape and position correctly."""
+    if not captions:
+        return 0.0
+    return sum(caption_matches_scene(caption, scene) for caption, scene in zip(captions, scenes)) / len(captions)
+
+
+def load_scenes(annotation_file) -> dict[str, list[dict]]:
+    """``{file_name: scene}`` from a demo caption file."""
+    data = read_json(annotation_file, "Demo caption file")
+    return {image["file_name"]: image["scene"] for image in data["images"] if "scene" in image}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Generate the demo dataset (STAIR/COCO caption format).")
+    parser.add_argument("--out", default=str(DEMO_DIR), help="output folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
+    parser.add_argument("--num-train", type=int, default=1000, help="training photos (default: %(default)s)")
+    parser.add_argument("--num-val", type=int, default=200, help="held-out photos (default: %(default)s)")
+    parser.add_argument("--templates", choices=sorted(TEMPLATES), default="standard", help="caption wording")
+    args = parser.parse_args(argv)
+    out = generate(args.out, args.seed, args.num_train, args.num_val, args.templates)
+    print(f"Wrote {args.num_train} training and {args.num_val} held-out photos to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

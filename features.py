@@ -1,0 +1,299 @@
+"""Images -> frozen VGG16 pool5 features, computed once per image and cached on disk.
+
+The cache is a folder per (weights, image size, image list):
+
+    features.npy  float16 (num_images, 4, 4, 512), memory-mapped
+    status.npy    uint8 (num_images,): 1 once an image's row is complete
+    paths.json    the image paths, in row order
+
+A row is marked complete only after it is flushed, so an interrupted
+extraction resumes where it stopped and never reads a half-written row.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fileio import atomic_path, read_json, write_json
+
+VGG16_NOTOP_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+)
+VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RANDOM_VGG16_SEED = 1234  # --vgg-weights none: the same random network everywhere
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message says why."""
+
+
+class WeightsUnavailable(RuntimeError):
+    """The ImageNet VGG16 weights could not be loaded."""
+
+
+# ---------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, keeping what the picture looks like."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # 16-bit and float greyscale: stretch to 0..255 rather than clip.
+        values = np.asarray(image, dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels are shown on white, as image viewers do.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def letterbox(image: Image.Image, size: int) -> Image.Image:
+    """Scales ``image`` to fit in ``size``×``size`` and pads the rest with black, centred."""
+    width, height = image.size
+    scale = size / max(width, height)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
+    return canvas
+
+
+def load_image(path, size: int) -> np.ndarray:
+    """Reads an image file as a letterboxed ``(size, size, 3)`` uint8 RGB array.
+
+    EXIF orientation is applied; JPEGs are decoded at a reduced scale when they
+    are much larger than ``size`` (Pillow's draft mode), which is faster and
+    looks the same after letterboxing.
+
+    Raises:
+        ImageError: the file is missing, empty, not an image, truncated, or too
+            large to decode safely.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.format == "JPEG":
+                    image.draft("RGB", (size * 2, size * 2))
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return np.asarray(letterbox(_to_rgb(image), size))
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{path}: too many pixels to decode safely ({error})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else error
+        raise ImageError(f"{path}: not a readable image ({reason})") from None
+
+
+def preprocess(images: np.ndarray) -> np.ndarray:
+    """VGG16's own input convention (Caffe): BGR, ImageNet mean subtracted, float32."""
+    return images[..., ::-1].astype(np.float32) - CAFFE_MEAN_BGR
+
+
+# ---------------------------------------------------------------------------
+# VGG16
+# ---------------------------------------------------------------------------
+
+
+def weights_tag(weights: str) -> str:
+    """A short name for a ``--vgg-weights`` value, used in cache folder names."""
+    if weights in ("imagenet", "none"):
+        return "imagenet" if weights == "imagenet" else f"random{RANDOM_VGG16_SEED}"
+    stat = Path(weights).stat()
+    digest = hashlib.sha1(f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    return f"file-{digest[:10]}"
+
+
+def build_vgg16(weights: str, image_size: int):
+    """The frozen VGG16 convolutional base (no top), ending at pool5.
+
+    Args:
+        weights: ``"imagenet"`` (Keras' download and cache), a path to a local
+            ``.h5`` weights file, or ``"none"`` for a randomly initialised
+            network, the same one on every machine and backend.
+        image_size: the side of the square input.
+
+    Raises:
+        WeightsUnavailable: ImageNet weights were asked for and cannot be had.
+        FileNotFoundError: a weights path that does not exist.
+    """
+    import keras
+
+    shape = (image_size, image_size, 3)
+    if weights == "none":
+        model = keras.applications.VGG16(weights=None, include_top=False, input_shape=shape)
+        _randomise(model)
+    elif weights == "imagenet":
+        try:
+            model = keras.applications.VGG16(weights="imagenet", include_top=False, input_shape=shape)
+        except Exception as error:  # keras raises bare Exceptions for failed downloads
+            raise WeightsUnavailable(
+                f"Could not load the ImageNet VGG16 weights ({type(error).__name__}: {error}).\n"
+                f"Keras downloads them once into ~/.keras/models/. On a machine without internet:\n"
+                f"  1. download {VGG16_NOTOP_URL}\n"
+                f"  2. put it at ~/.keras/models/{VGG16_NOTOP_FILE}, or pass --vgg-weights PATH/TO/{VGG16_NOTOP_FILE}\n"
+                f"Or pass --vgg-weights none to use a randomly initialised frozen VGG16 (demo quality only)."
+            ) from None
+    else:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"VGG16 weights file not found: {weights}")
+        model = keras.applications.VGG16(weights=None, include_top=False, input_shape=shape)
+        model.load_weights(weights)
+    model.trainable = False
+    return model
+
+
+def _randomise(model) -> None:
+    """He-normal kernels from NumPy, so every backend builds the same random VGG16."""
+    rng = np.random.default_rng(RANDOM_VGG16_SEED)
+    for layer in model.layers:
+        if layer.weights:
+            kernel, bias = layer.get_weights()
+            fan_in = np.prod(kernel.shape[:-1])
+            kernel = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=kernel.shape).astype(np.float32)
+            layer.set_weights([kernel, np.zeros_like(bias)])
+
+
+def feature_shape(image_size: int) -> tuple[int, int, int]:
+    """pool5's shape: five 2×2 poolings, 512 channels (150 px -> 4×4×512)."""
+    side = image_size
+    for _ in range(5):
+        side //= 2
+    return (side, side, 512)
+
+
+# ---------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FeatureCache:
+    """Memory-mapped features of a fixed list of images.
+
+    Attributes:
+        folder: where the cache lives.
+        paths: the images, one row each.
+        features: float16 ``(num_images, *feature_shape)``, memory-mapped.
+        status: uint8 ``(num_images,)``, 1 where the row is complete.
+    """
+
+    folder: Path
+    paths: list[str]
+    features: np.ndarray
+    status: np.ndarray
+
+    @classmethod
+    def open(cls, root, paths, weights: str, image_size: int) -> "FeatureCache":
+        """Opens (or creates) the cache of ``paths`` under ``root``."""
+        paths = [str(Path(path).resolve()) for path in paths]
+        digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:12]
+        folder = Path(root) / f"vgg16-{weights_tag(weights)}-{image_size}px-{len(paths)}-{digest}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shape = (len(paths), *feature_shape(image_size))
+        features_file, status_file = folder / "features.npy", folder / "status.npy"
+        if not (folder / "paths.json").exists() or not status_file.exists():
+            # A new cache: the arrays are made under temporary names first, so a
+            # cache folder with paths.json always has both arrays whole.
+            for file, dtype, file_shape in ((features_file, np.float16, shape), (status_file, np.uint8, shape[:1])):
+                with atomic_path(file, suffix=".npy") as temporary:
+                    np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=file_shape).flush()
+            write_json(folder / "paths.json", paths)
+        elif read_json(folder / "paths.json", "Cache index") != paths:
+            raise ValueError(f"Feature cache {folder} belongs to other images; delete the folder to rebuild it.")
+        features = np.load(features_file, mmap_mode="r+", allow_pickle=False)
+        status = np.load(status_file, mmap_mode="r+", allow_pickle=False)
+        if features.shape != shape or status.shape != shape[:1]:
+            raise ValueError(f"Feature cache {folder} is damaged (shape {features.shape}); delete the folder.")
+        return cls(folder, paths, features, status)
+
+    @property
+    def complete(self) -> np.ndarray:
+        return np.asarray(self.status) == 1
+
+
+def extract_features(
+    cache: FeatureCache,
+    vgg,
+    image_size: int,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Fills the cache rows that are not complete yet.
+
+    Images are decoded by a thread pool while VGG16 works on the previous
+    batch; each finished batch is flushed before its rows are marked complete.
+
+    Returns:
+        ``{path: reason}`` for every image that could not be read.
+    """
+    pending = np.flatnonzero(~cache.complete)
+    failures: dict[str, str] = {}
+    if len(pending) == 0:
+        return failures
+    num_workers = num_workers or min(8, os.cpu_count() or 1)
+    bar = _progress_bar(len(pending), "VGG16 features", progress)
+    for rows, images, errors in _decoded_batches(cache.paths, pending, image_size, batch_size, num_workers):
+        failures.update(errors)
+        if len(rows):
+            output = vgg.predict_on_batch(preprocess(images))
+            cache.features[rows] = np.asarray(output, dtype=np.float16)
+            cache.features.flush()
+            cache.status[rows] = 1
+            cache.status.flush()
+        bar.update(len(rows) + len(errors))
+    bar.close()
+    return failures
+
+
+def _decoded_batches(paths, pending, image_size, batch_size, num_workers):
+    """Yields ``(rows, images, errors)`` batches, decoding up to two batches ahead."""
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        queue = collections.deque()
+
+        def finish(chunk, futures):
+            rows, images, errors = [], [], {}
+            for row, future in zip(chunk, futures):
+                try:
+                    images.append(future.result())
+                    rows.append(row)
+                except ImageError as error:
+                    errors[paths[row]] = str(error)
+            stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
+            return np.array(rows, dtype=np.int64), stacked, errors
+
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            queue.append((chunk, [pool.submit(load_image, paths[row], image_size) for row in chunk]))
+            if len(queue) > 2:
+                yield finish(*queue.popleft())
+        while queue:
+            yield finish(*queue.popleft())
+
+
+def _progress_bar(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="img", disable=not enabled, dynamic_ncols=True)

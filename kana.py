@@ -1,0 +1,245 @@
+"""Japanese text -> katakana readings, and the character vocabulary the model speaks.
+
+The captioner writes one katakana character per timestep, so every Japanese
+caption (kanji, hiragana, katakana, digits) is first turned into its katakana
+reading with pykakasi:
+
+    $ python kana.py "赤いシャツを着た男性がフリスビーをしています。"
+    アカイシャツヲキタダンセイガフリスビーヲシテイマス。
+
+Class 0 of the vocabulary is the end class: it ends a caption and pads it to
+the fixed number of timesteps. The other classes are the most frequent
+characters of the training captions, so at most ``num_classes - 1`` of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import re
+import sys
+import unicodedata
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from fileio import read_json, write_json
+
+END = 0  # index of the end/padding class
+END_TOKEN = "</s>"  # how the end class is written in vocab.json
+NUM_CLASSES = 128  # softmax width of the card's design
+TIMESTEPS = 50  # characters per caption, end class included
+
+# Characters a katakana reading may contain: the katakana block, the prolonged
+# sound mark, iteration marks, and the sentence punctuation the captions use.
+_KATAKANA = re.compile(r"[\u30a1-\u30fa\u30fc-\u30fe、。！？]")
+_KANJI_DIGITS = "〇一二三四五六七八九"
+_KANJI_UNITS = ((1000, "千"), (100, "百"), (10, "十"))
+_NUMBER = re.compile(r"[0-9]+")
+
+
+def number_to_kanji(number: int) -> str:
+    """Writes a whole number in kanji, so that pykakasi reads it: 23 -> 二十三.
+
+    Numbers of 10,000 or more are written digit by digit (一〇〇〇〇), which
+    pykakasi reads digit by digit; captions rarely contain them.
+    """
+    if number >= 10000:
+        return "".join(_KANJI_DIGITS[int(digit)] for digit in str(number))
+    if number == 0:
+        return _KANJI_DIGITS[0]
+    text = ""
+    for unit, name in _KANJI_UNITS:
+        count, number = divmod(number, unit)
+        if count:
+            text += ("" if count == 1 else _KANJI_DIGITS[count]) + name
+    return text + (_KANJI_DIGITS[number] if number else "")
+
+
+_kakasi = None
+
+
+def _converter():
+    global _kakasi
+    if _kakasi is None:  # building the dictionaries takes a moment: do it once, lazily
+        import pykakasi
+
+        _kakasi = pykakasi.kakasi()
+    return _kakasi
+
+
+def katakana_reading(text: str) -> tuple[str, str]:
+    """Converts Japanese text to its katakana reading.
+
+    The text is NFKC-normalised (half-width katakana become full-width,
+    full-width digits and latin become ASCII), numbers are written in kanji so
+    that counters read naturally (2つ -> フタツ), and pykakasi reads the rest.
+
+    Args:
+        text: a caption in any mix of kanji, hiragana, katakana and digits.
+
+    Returns:
+        ``(katakana, dropped)``: the reading, and the characters that have no
+        katakana reading (latin letters, emoji, symbols), which are left out.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    text = _NUMBER.sub(lambda match: number_to_kanji(int(match.group())), text)
+    # Only Japanese script and the kept punctuation go to pykakasi: it handles
+    # them well, and it mangles some others (an emoji makes it repeat text).
+    kept, dropped = [], []
+    for char in text:
+        if char.isspace():
+            continue
+        if _is_japanese(char):
+            kept.append(char)
+        else:
+            dropped.append(char)
+    reading = "".join(item["kana"] for item in _converter().convert("".join(kept)))
+    katakana = []
+    for char in reading:
+        (katakana if _KATAKANA.fullmatch(char) else dropped).append(char)
+    return "".join(katakana), "".join(dropped)
+
+
+def _is_japanese(char: str) -> bool:
+    code = ord(char)
+    return (
+        0x3041 <= code <= 0x309F  # hiragana
+        or 0x30A0 <= code <= 0x30FF  # katakana
+        or 0x4E00 <= code <= 0x9FFF  # CJK unified ideographs
+        or 0x3400 <= code <= 0x4DBF  # CJK extension A
+        or 0xF900 <= code <= 0xFAFF  # CJK compatibility ideographs
+        or char in "々〆ヶ、。！？"
+    )
+
+
+def text_to_katakana(text: str) -> str:
+    """The katakana reading of ``text``; characters without one are left out."""
+    return katakana_reading(text)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """The characters the model writes; index 0 is the end class.
+
+    Attributes:
+        characters: the characters of classes 1, 2, ...; the class of
+            ``characters[i]`` is ``i + 1``.
+    """
+
+    characters: tuple[str, ...]
+
+    def __post_init__(self):
+        if len(set(self.characters)) != len(self.characters):
+            raise ValueError("The vocabulary lists a character twice.")
+        if any(len(char) != 1 for char in self.characters):
+            raise ValueError("Every vocabulary entry must be one character.")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.characters) + 1
+
+    @property
+    def char_to_index(self) -> dict[str, int]:
+        return {char: index + 1 for index, char in enumerate(self.characters)}
+
+    @property
+    def index_to_char(self) -> dict[int, str]:
+        return {index + 1: char for index, char in enumerate(self.characters)}
+
+    @classmethod
+    def build(cls, texts: Iterable[str], num_classes: int = NUM_CLASSES) -> "Vocabulary":
+        """The ``num_classes - 1`` most frequent characters of ``texts``.
+
+        Ties are broken by character code, so the same captions always give the
+        same vocabulary.
+        """
+        counts = collections.Counter()
+        for text in texts:
+            counts.update(text)
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return cls(tuple(char for char, _ in ranked[: num_classes - 1]))
+
+    def to_json(self) -> dict:
+        return {"end_index": END, "tokens": [END_TOKEN, *self.characters]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Vocabulary":
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(tokens, list) or not tokens or tokens[0] != END_TOKEN:
+            raise ValueError(f'A vocabulary JSON holds {{"tokens": ["{END_TOKEN}", "ア", ...]}}.')
+        return cls(tuple(tokens[1:]))
+
+    def save(self, path) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path) -> "Vocabulary":
+        return cls.from_json(read_json(path, "Vocabulary file"))
+
+    def encode(self, katakana: str, timesteps: int = TIMESTEPS) -> tuple[np.ndarray, int, bool]:
+        """Class indices of a katakana caption, ended and padded with the end class.
+
+        Args:
+            katakana: a reading from ``text_to_katakana``.
+            timesteps: the length of the result; a caption keeps at most
+                ``timesteps - 1`` characters, so that it always ends.
+
+        Returns:
+            ``(indices, num_unknown, truncated)``: an int32 array of length
+            ``timesteps``, how many characters were not in the vocabulary (and
+            left out), and whether the caption was cut.
+        """
+        lookup = self.char_to_index
+        indices = [lookup[char] for char in katakana if char in lookup]
+        num_unknown = len(katakana) - len(indices)
+        truncated = len(indices) > timesteps - 1
+        encoded = np.full(timesteps, END, dtype=np.int32)
+        kept = indices[: timesteps - 1]
+        encoded[: len(kept)] = kept
+        return encoded, num_unknown, truncated
+
+    def decode(self, indices: Sequence[int]) -> str:
+        """The caption up to the first end class; unknown indices are skipped."""
+        lookup = self.index_to_char
+        chars = []
+        for index in indices:
+            index = int(index)
+            if index == END:
+                break
+            chars.append(lookup.get(index, ""))
+        return "".join(chars)
+
+
+def decode_probabilities(probabilities: np.ndarray, vocabulary: Vocabulary) -> list[str]:
+    """Greedy captions from per-step class probabilities.
+
+    Args:
+        probabilities: ``(batch, timesteps, num_classes)`` softmax outputs.
+        vocabulary: the vocabulary the model was trained with.
+
+    Returns:
+        One caption per image: the most likely class at each step, up to the
+        first end class.
+    """
+    best = np.asarray(probabilities).argmax(axis=-1)  # (batch, timesteps)
+    return [vocabulary.decode(row) for row in best]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Print the katakana reading the captioner is trained on, one line per text.",
+    )
+    parser.add_argument("texts", nargs="*", help="Japanese texts; none reads lines from standard input")
+    parser.add_argument("--show-dropped", action="store_true", help="also print the characters left out")
+    args = parser.parse_args(argv)
+    texts = args.texts or (line.rstrip("\n") for line in sys.stdin)
+    for text in texts:
+        katakana, dropped = katakana_reading(text)
+        print(f"{katakana}\t(dropped: {dropped})" if args.show_dropped and dropped else katakana)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The caption models, in plain Keras 3 (runs on the TensorFlow, JAX and torch backends).
+
+Every model reads cached VGG16 pool5 features, never pixels: the frozen VGG16
+runs once per image in features.py, not at every training step.
+
+``--arch seed`` is the design of the original keras-image2text, kept exactly:
+
+    pool5 (4, 4, 512) -> Flatten -> Dense(units) -> RepeatVector(50)
+      -> LSTM(units) encoder -> RepeatVector(50)
+      -> Bidirectional(LSTM(units)) decoder -> TimeDistributed(Dense(128, softmax))
+
+It writes all 50 characters at once, none of them seeing the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras
+from keras import layers
+
+from fileio import read_json, write_json
+
+
+@dataclasses.dataclass
+class CaptionerConfig:
+    """Everything needed to rebuild a model and feed it; saved as config.json."""
+
+    arch: str = "seed"  # which builder in ARCHITECTURES made the model
+    units: int = 768  # LSTM and Dense width (768 in the original)
+    timesteps: int = 50  # characters per caption, end class included
+    num_classes: int = 128  # softmax width: the end class plus up to 127 characters
+    image_size: int = 150  # images are letterboxed to image_size × image_size
+    feature_shape: tuple = (4, 4, 512)  # VGG16 pool5 at that image size
+    feature_scale: float = 1.0  # features are multiplied by this (set from the training data)
+    vgg_weights: str = "imagenet"  # "imagenet", "none" (seeded random) or a weights file
+    learning_rate: float = 1e-3  # Adam's
+
+    def save(self, path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path) -> "CaptionerConfig":
+        data = read_json(path, "Model config")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path} has settings this version does not know: {', '.join(unknown)}")
+        data["feature_shape"] = tuple(data.get("feature_shape", cls.feature_shape))
+        return cls(**data)
+
+
+def build_seed(config: CaptionerConfig) -> keras.Model:
+    """The card's non-autoregressive design (see the module docstring)."""
+    features = keras.Input(shape=config.feature_shape, name="features")  # (batch, 4, 4, 512)
+    x = layers.Rescaling(config.feature_scale, name="feature_scale")(features)
+    x = layers.Flatten(name="flatten")(x)  # (batch, 8192)
+    x = layers.Dense(config.units, activation="relu", name="image_projection")(x)  # (batch, units)
+    x = layers.RepeatVector(config.timesteps, name="repeat_image")(x)  # (batch, 50, units)
+    x = layers.LSTM(config.units, name="encoder_lstm")(x)  # (batch, units)
+    x = layers.RepeatVector(config.timesteps, name="repeat_state")(x)  # (batch, 50, units)
+    x = layers.Bidirectional(
+        layers.LSTM(config.units, return_sequences=True), name="decoder_lstm"
+    )(x)  # (batch, 50, 2 * units)
+    probabilities = layers.TimeDistributed(
+        layers.Dense(config.num_classes, activation="softmax"), name="next_char"
+    )(x)  # (batch, 50, 128)
+    return keras.Model(features, probabilities, name="seed")
+
+
+ARCHITECTURES = {"seed": build_seed}
+
+
+def build_model(config: CaptionerConfig) -> keras.Model:
+    """Builds and compiles the architecture ``config.arch`` names."""
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    model = ARCHITECTURES[config.arch](config)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        # Integer targets: the same loss as one-hot cross-entropy over the 128
+        # classes, without building (batch, 50, 128) one-hot arrays.
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def load_model(path) -> keras.Model:
+    """Loads a saved ``.keras`` model in safe mode (no arbitrary code from the file)."""
+    return keras.models.load_model(path, safe_mode=True)
+
+
+def describe(config: CaptionerConfig) -> str:
+    return json.dumps(dataclasses.asdict(config), ensure_ascii=False)
