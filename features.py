@@ -253,39 +253,67 @@ def extract_features(
     failures: dict[str, str] = {}
     if len(pending) == 0:
         return failures
-    num_workers = num_workers or min(8, os.cpu_count() or 1)
     bar = _progress_bar(len(pending), "VGG16 features", progress)
-    for rows, images, errors in _decoded_batches(cache.paths, pending, image_size, batch_size, num_workers):
-        failures.update(errors)
+    for chunk, rows, images, errors in decode_batches(cache.paths, pending, image_size, batch_size, num_workers):
+        failures.update({cache.paths[row]: reason for row, reason in errors.items()})
         if len(rows):
             output = vgg.predict_on_batch(preprocess(images))
             cache.features[rows] = np.asarray(output, dtype=np.float16)
             cache.features.flush()
             cache.status[rows] = 1
             cache.status.flush()
-        bar.update(len(rows) + len(errors))
+        bar.update(len(chunk))
     bar.close()
     return failures
 
 
-def _decoded_batches(paths, pending, image_size, batch_size, num_workers):
-    """Yields ``(rows, images, errors)`` batches, decoding up to two batches ahead."""
+def cached_features(paths, weights: str, image_size: int, cache_root, progress: bool = True, log=print):
+    """Opens the cache of ``paths`` and extracts whatever it lacks (VGG16 is built only then).
+
+    Returns:
+        ``(cache, failures)``: the cache, and ``{path: reason}`` for images
+        that could not be read (their rows stay incomplete).
+    """
+    cache = FeatureCache.open(cache_root, paths, weights, image_size)
+    missing = int((~cache.complete).sum())
+    if not missing:
+        log(f"All {len(paths)} images' features are cached in {cache.folder}.")
+        return cache, {}
+    vgg = build_vgg16(weights, image_size)
+    log(f"Extracting VGG16 features of {missing} images into {cache.folder} (resumable).")
+    failures = extract_features(cache, vgg, image_size, progress=progress)
+    for reason in list(failures.values())[:10]:
+        log(f"  skipped image: {reason}")
+    if failures:
+        log(f"Skipped {len(failures)} unreadable images{' (first 10 listed)' if len(failures) > 10 else ''}.")
+    return cache, failures
+
+
+def decode_batches(paths, rows, image_size: int, batch_size: int, num_workers: int | None = None):
+    """Decodes ``paths[row]`` for ``rows`` in batches, up to two batches ahead, on a thread pool.
+
+    Yields:
+        ``(chunk, good_rows, images, errors)``: the rows of this batch, those
+        that decoded, their letterboxed images ``(n, size, size, 3)`` uint8,
+        and ``{row: reason}`` for the others.
+    """
+    num_workers = num_workers or min(8, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
         queue = collections.deque()
 
         def finish(chunk, futures):
-            rows, images, errors = [], [], {}
+            good_rows, images, errors = [], [], {}
             for row, future in zip(chunk, futures):
                 try:
                     images.append(future.result())
-                    rows.append(row)
+                    good_rows.append(row)
                 except ImageError as error:
-                    errors[paths[row]] = str(error)
+                    errors[int(row)] = str(error)
             stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-            return np.array(rows, dtype=np.int64), stacked, errors
+            return chunk, np.array(good_rows, dtype=np.int64), stacked, errors
 
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start : start + batch_size]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
             queue.append((chunk, [pool.submit(load_image, paths[row], image_size) for row in chunk]))
             if len(queue) > 2:
                 yield finish(*queue.popleft())

@@ -119,6 +119,34 @@ def text_to_katakana(text: str) -> str:
     return katakana_reading(text)[0]
 
 
+def convert_captions(caption_lists, progress: bool = False) -> tuple[list[list[str]], int, int]:
+    """Katakana readings of each image's captions, as training and evaluation both need them.
+
+    Args:
+        caption_lists: one list of Japanese captions per image.
+        progress: show a progress bar.
+
+    Returns:
+        ``(readings, num_dropped_chars, num_empty)``: per image, the readings
+        that are not empty; how many characters had no reading; how many
+        captions had no reading at all (and were left out).
+    """
+    from tqdm import tqdm
+
+    readings, num_dropped_chars, num_empty = [], 0, 0
+    for captions in tqdm(caption_lists, desc="katakana", unit="img", disable=not progress, dynamic_ncols=True):
+        converted = []
+        for caption in captions:
+            katakana, dropped = katakana_reading(caption)
+            num_dropped_chars += len(dropped)
+            if katakana:
+                converted.append(katakana)
+            else:
+                num_empty += 1
+        readings.append(converted)
+    return readings, num_dropped_chars, num_empty
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
     """The characters the model writes; index 0 is the end class.
@@ -200,31 +228,49 @@ class Vocabulary:
         encoded[: len(kept)] = kept
         return encoded, num_unknown, truncated
 
-    def decode(self, indices: Sequence[int]) -> str:
-        """The caption up to the first end class; unknown indices are skipped."""
+    def decode(self, indices: Sequence[int], collapse_repeats: bool = False) -> tuple[str, bool]:
+        """The caption up to the first end class.
+
+        Args:
+            indices: class indices, one per timestep.
+            collapse_repeats: write a run of the same character once (a cure
+                for the stutter of non-autoregressive decoders, ``マルルル``).
+
+        Returns:
+            ``(caption, ended)``: unknown indices are skipped; ``ended`` is
+            False when no end class was reached.
+        """
         lookup = self.index_to_char
-        chars = []
+        chars, previous = [], None
         for index in indices:
             index = int(index)
             if index == END:
-                break
-            chars.append(lookup.get(index, ""))
-        return "".join(chars)
+                return "".join(chars), True
+            if not (collapse_repeats and index == previous):
+                chars.append(lookup.get(index, ""))
+            previous = index
+        return "".join(chars), False
 
 
-def decode_probabilities(probabilities: np.ndarray, vocabulary: Vocabulary) -> list[str]:
-    """Greedy captions from per-step class probabilities.
+DECODE_METHODS = ("argmax", "collapse")
+
+
+def decode_probabilities(probabilities: np.ndarray, vocabulary: Vocabulary, method: str = "argmax") -> list[tuple[str, bool]]:
+    """Greedy captions from per-step class probabilities of a non-autoregressive model.
 
     Args:
         probabilities: ``(batch, timesteps, num_classes)`` softmax outputs.
         vocabulary: the vocabulary the model was trained with.
+        method: ``"argmax"`` (the most likely class at each step) or
+            ``"collapse"`` (the same, with runs of one character written once).
 
     Returns:
-        One caption per image: the most likely class at each step, up to the
-        first end class.
+        ``(caption, ended)`` per image, as ``Vocabulary.decode`` returns.
     """
+    if method not in DECODE_METHODS:
+        raise ValueError(f"Unknown decode method {method!r}; choose one of {', '.join(DECODE_METHODS)}.")
     best = np.asarray(probabilities).argmax(axis=-1)  # (batch, timesteps)
-    return [vocabulary.decode(row) for row in best]
+    return [vocabulary.decode(row, collapse_repeats=method == "collapse") for row in best]
 
 
 def main(argv=None) -> int:

@@ -25,16 +25,16 @@ import numpy as np
 
 import demo
 from dataset import load_caption_files
-from features import FeatureCache, ImageError, WeightsUnavailable, build_vgg16, extract_features, feature_shape
+from features import ImageError, WeightsUnavailable, cached_features, feature_shape
 from fileio import atomic_path, read_json, write_json, write_text
-from kana import NUM_CLASSES, TIMESTEPS, Vocabulary, katakana_reading
+from kana import NUM_CLASSES, TIMESTEPS, Vocabulary, convert_captions
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULTS = dict(epochs=30, batch_size=64, units=768, vgg_weights="imagenet", out="runs/stair")
 # The demo fits a laptop CPU: a random VGG16 (no download) and a narrower model.
-DEMO_DEFAULTS = dict(epochs=30, batch_size=64, units=256, vgg_weights="none", out="runs/demo")
+DEMO_DEFAULTS = dict(epochs=20, batch_size=64, units=256, vgg_weights="none", out="runs/demo")
 
 # Files in --out.
 MODEL_FILE = "model.keras"  # the weights with the best validation loss
@@ -117,24 +117,6 @@ def split_by_image(num_images: int, val_fraction: float, seed: int) -> tuple[np.
     order = np.random.default_rng(seed).permutation(num_images)
     num_val = min(num_images - 1, max(1, round(num_images * val_fraction)))
     return np.sort(order[num_val:]), np.sort(order[:num_val])
-
-
-def to_katakana(records, quiet: bool) -> tuple[list[list[str]], int, int]:
-    """Katakana readings of every caption; counts the captions and characters dropped."""
-    from tqdm import tqdm
-
-    readings, num_dropped_chars, num_empty = [], 0, 0
-    for record in tqdm(records, desc="katakana", unit="img", disable=quiet, dynamic_ncols=True):
-        converted = []
-        for caption in record.captions:
-            katakana, dropped = katakana_reading(caption)
-            num_dropped_chars += len(dropped)
-            if katakana:
-                converted.append(katakana)
-            else:
-                num_empty += 1
-        readings.append(converted)
-    return readings, num_dropped_chars, num_empty
 
 
 def encode_captions(readings, image_indices, cache_rows, vocabulary: Vocabulary, timesteps: int):
@@ -308,7 +290,7 @@ def train(args) -> int:
         f"of {len(records)} photos.")
     for line in report.lines():
         log(f"  {line}")
-    readings, num_dropped, num_empty = to_katakana(records, args.quiet)
+    readings, num_dropped, num_empty = convert_captions([r.captions for r in records], progress=not args.quiet)
     log(f"Katakana: {num_dropped} characters without a reading were dropped; "
         f"{num_empty} captions had no reading at all and were skipped.")
 
@@ -319,19 +301,8 @@ def train(args) -> int:
             log(f"Resuming with the run's own image size ({config.image_size}) and VGG16 weights "
                 f"({config.vgg_weights}).")
         args.image_size, args.vgg_weights = config.image_size, config.vgg_weights
-    cache = FeatureCache.open(args.cache_dir, [record.path for record in records], args.vgg_weights, args.image_size)
-    failures = {}
-    if not cache.complete.all():
-        vgg = build_vgg16(args.vgg_weights, args.image_size)
-        log(f"Extracting features of {int((~cache.complete).sum())} photos into {cache.folder} (resumable).")
-        failures = extract_features(cache, vgg, args.image_size, progress=not args.quiet)
-        del vgg
-    else:
-        log(f"All {len(records)} photos' features are cached in {cache.folder}.")
-    for path, reason in list(failures.items())[:10]:
-        log(f"  skipped image: {reason}")
-    if failures:
-        log(f"Skipped {len(failures)} unreadable photos{' (first 10 listed)' if len(failures) > 10 else ''}.")
+    cache, _ = cached_features([record.path for record in records], args.vgg_weights, args.image_size,
+                               args.cache_dir, progress=not args.quiet, log=log)
     usable = np.flatnonzero(cache.complete & np.array([bool(r) for r in readings]))
 
     # 3. Split by photo, build the vocabulary from training captions, encode.
@@ -390,9 +361,26 @@ def train(args) -> int:
     if state.get("diverged") and not state["history"]:
         log("Training diverged before the first epoch ended; no model was saved.")
         return 1
-    log(f"Best validation loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}; "
-        f"the run is in {out}/ ({MODEL_FILE}, {CONFIG_FILE}, {VOCAB_FILE}, history.csv, loss.png).")
+    log(f"Best validation loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}.")
+
+    # 6. Caption metrics of the best model on the validation photos.
+    result = evaluate_validation(out, cache.features, val_images, [readings[i] for i in val_images],
+                                 [records[i].scene for i in val_images])
+    log(f"Validation metrics ({len(val_images)} photos, character-level):\n{result}")
+    log(f"The run is in {out}/ ({MODEL_FILE}, {CONFIG_FILE}, {VOCAB_FILE}, metrics.json, history.csv, loss.png).")
     return 0
+
+
+def evaluate_validation(out: Path, features, rows, references, scenes) -> str:
+    """Scores the saved best model on cached validation features; writes metrics.json."""
+    from evaluate import caption_cached, format_table, score
+    from predict import Captioner
+
+    captions = caption_cached(Captioner(out, with_vgg=False), features, rows)
+    result = score(captions, references, scenes)
+    result.pop("CIDEr-D per image")
+    write_json(out / "metrics.json", {"split": "validation", **result})
+    return format_table(result)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,182 @@
+"""Captions photos in katakana with a trained run folder.
+
+    $ python predict.py photo.jpg more/*.jpg --model runs/stair
+    photo.jpg: アカイシャツヲキタダンセイガフリスビーヲシテイマス。
+    $ python predict.py photos/ --model runs/demo --json          # one JSON object per line
+    $ python predict.py a.jpg b.jpg --model runs/demo --plot captions.png
+
+Folders are captioned file by file, streaming, so any number of photos fits in
+memory. A file that cannot be read gets an error line on stderr, the others
+are captioned, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+
+from dataset import IMAGE_SUFFIXES  # noqa: E402
+from features import WeightsUnavailable, build_vgg16, decode_batches, preprocess  # noqa: E402
+from kana import DECODE_METHODS, Vocabulary, decode_probabilities  # noqa: E402
+
+DEFAULT_MODEL = "runs/demo"
+
+
+class Captioner:
+    """A trained run folder, ready to caption images.
+
+    Args:
+        model_dir: a folder written by train.py (model.keras, config.json, vocab.json).
+        vgg_weights: overrides the VGG16 weights the run was trained with
+            (e.g. a local copy of the same ImageNet weights file).
+        with_vgg: False to caption cached features only (no VGG16 built).
+        decode: how captions are read off the model's outputs (see kana.DECODE_METHODS).
+
+    Raises:
+        FileNotFoundError: a file of the run is missing.
+        ValueError: the files do not belong together.
+    """
+
+    def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str = "argmax"):
+        from model import CaptionerConfig, load_model
+
+        model_dir = Path(model_dir)
+        for name in ("model.keras", "config.json", "vocab.json"):
+            if not (model_dir / name).is_file():
+                raise FileNotFoundError(
+                    f"{model_dir / name} not found: --model must be a run folder written by train.py."
+                )
+        self.config = CaptionerConfig.load(model_dir / "config.json")
+        self.vocabulary = Vocabulary.load(model_dir / "vocab.json")
+        self.model = load_model(model_dir / "model.keras")
+        num_classes = self.model.output_shape[-1]
+        if num_classes != self.config.num_classes or self.vocabulary.num_classes > num_classes:
+            raise ValueError(
+                f"{model_dir}: the model writes {num_classes} classes, config.json says "
+                f"{self.config.num_classes} and vocab.json has {self.vocabulary.num_classes}; "
+                f"these files are not from the same run."
+            )
+        self.decode = decode
+        self.vgg = build_vgg16(vgg_weights or self.config.vgg_weights, self.config.image_size) if with_vgg else None
+
+    def caption_features(self, features: np.ndarray) -> list[tuple[str, bool]]:
+        """``(caption, ended)`` per image, from pool5 features ``(batch, 4, 4, 512)``."""
+        probabilities = self.model.predict_on_batch(np.asarray(features, dtype=np.float32))  # (batch, 50, 128)
+        return decode_probabilities(np.asarray(probabilities), self.vocabulary, self.decode)
+
+    def caption_images(self, images: np.ndarray) -> list[tuple[str, bool]]:
+        """Captions from letterboxed uint8 images ``(batch, size, size, 3)``."""
+        return self.caption_features(self.vgg.predict_on_batch(preprocess(images)))
+
+    def caption_files(self, paths, batch_size: int = 32):
+        """Yields ``(path, caption, error)`` for each file, in order, batch by batch.
+
+        ``caption`` is None where the file could not be read, and ``error`` says why.
+        """
+        paths = [str(path) for path in paths]
+        for chunk, rows, images, errors in decode_batches(paths, np.arange(len(paths)), self.config.image_size, batch_size):
+            captions = {row: text for row, (text, _) in zip(rows.tolist(), self.caption_images(images))} if len(rows) else {}
+            for row in chunk.tolist():
+                yield paths[row], captions.get(row), errors.get(row)
+
+
+def expand_inputs(inputs) -> tuple[list[Path], list[str]]:
+    """Files as given and the images inside given folders (sorted); returns (paths, problems)."""
+    paths, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            problems.append(f"{path}: file not found")
+    return paths, problems
+
+
+def plot_captions(results, out_file, columns: int = 4) -> None:
+    """A grid of the photos with their katakana captions (Japanese font from matplotlib-fontja)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib_fontja  # noqa: F401  (registers a font with kana)
+
+    from fileio import atomic_path
+    from PIL import Image
+
+    columns = min(columns, len(results))
+    num_rows = -(-len(results) // columns)
+    figure, axes = plt.subplots(num_rows, columns, figsize=(4 * columns, 3.6 * num_rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (path, caption) in zip(axes.flat, results):
+        with Image.open(path) as image:
+            axis.imshow(image.convert("RGB"))
+        axis.set_title(_wrap(caption, 16), fontsize=10)
+        axis.text(0.5, -0.04, Path(path).name, transform=axis.transAxes, ha="center", va="top", fontsize=7)
+    figure.tight_layout()
+    with atomic_path(out_file, suffix=Path(out_file).suffix or ".png") as temporary:
+        figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+
+
+def _wrap(text: str, width: int) -> str:
+    """Breaks every line of ``text`` into lines of at most ``width`` characters."""
+    lines = [line[start : start + width] for line in text.split("\n") for start in range(0, max(len(line), 1), width)]
+    return "\n".join(lines) if text else "(empty)"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Caption photos in katakana with a model trained by train.py.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", help="image files or folders of images")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="run folder written by train.py")
+    parser.add_argument("--json", action="store_true", help='print one JSON object per image: {"file": ..., "caption": ...}')
+    parser.add_argument("--plot", metavar="PNG", help="also draw the photos with their captions into this PNG")
+    parser.add_argument("--batch-size", type=int, default=32, help="photos per VGG16/model call")
+    parser.add_argument("--vgg-weights", help="override the run's VGG16 weights (imagenet, a .h5 file, or none)")
+    parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax",
+                        help="argmax: the likeliest character per step; collapse: also write repeated characters once")
+    args = parser.parse_args(argv)
+
+    paths, problems = expand_inputs(args.images)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not paths:
+        print("error: no images to caption", file=sys.stderr)
+        return 1
+    try:
+        captioner = Captioner(args.model, args.vgg_weights, decode=args.decode)
+    except (FileNotFoundError, ValueError, WeightsUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    results, num_failed = [], len(problems)
+    for path, caption, error in captioner.caption_files(paths, args.batch_size):
+        if error is not None:
+            num_failed += 1
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"file": path, "caption": caption}, ensure_ascii=False), flush=True)
+        else:
+            print(f"{path}: {caption}", flush=True)
+        if args.plot and len(results) < 64:
+            results.append((path, caption))
+    if args.plot and results:
+        plot_captions(results, args.plot)
+        print(f"Drew {len(results)} captioned photos into {args.plot}", file=sys.stderr)
+    return 1 if num_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

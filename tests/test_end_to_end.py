@@ -1,0 +1,80 @@
+"""train.py -> predict.py -> evaluate.py on a tiny demo dataset, as a user runs them."""
+
+import json
+
+import kana
+import predict
+import train
+import evaluate
+from conftest import TINY
+
+
+def test_training_writes_everything_predict_needs(tiny_run):
+    out, _ = tiny_run
+    for name in ("model.keras", "checkpoint.keras", "config.json", "vocab.json", "state.json",
+                 "history.csv", "loss.png", "metrics.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert (config["arch"], config["timesteps"], config["num_classes"], config["vgg_weights"]) == ("seed", 50, 128, "none")
+    assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert "CIDEr-D" in json.loads((out / "metrics.json").read_text())
+
+
+def test_predict_prints_katakana_and_reports_bad_files(tiny_run, tiny_demo, tmp_path, capsys):
+    out, _ = tiny_run
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    photos = [tiny_demo / "val2014" / f"COCO_val2014_{i:012d}.jpg" for i in (1, 2)]
+    code = predict.main([str(photos[0]), str(bad), str(photos[1]), "--model", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1  # one file failed
+    lines = captured.out.splitlines()
+    assert [line.partition(": ")[0] for line in lines] == [str(p) for p in photos]
+    for line in lines:
+        caption = line.partition(": ")[2]  # may be empty after two epochs
+        assert all(kana._KATAKANA.fullmatch(char) for char in caption)
+    assert "broken.jpg" in captured.err and "Traceback" not in captured.err
+
+
+def test_predict_json_and_plot(tiny_run, tiny_demo, tmp_path, capsys):
+    out, _ = tiny_run
+    plot = tmp_path / "captions.png"
+    code = predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--json", "--plot", str(plot)])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and len(rows) == 6 and set(rows[0]) == {"file", "caption"}
+    assert plot.stat().st_size > 10_000
+
+
+def test_predict_with_a_missing_model_is_a_clear_error(tiny_demo, tmp_path, capsys):
+    code = predict.main([str(tiny_demo / "val2014"), "--model", str(tmp_path / "nothing")])
+    assert code == 2 and "model.keras not found" in capsys.readouterr().err
+
+
+def test_evaluate_prints_the_table_and_writes_files(tiny_run, tiny_demo, tmp_path, capsys):
+    out, cache = tiny_run
+    report = tmp_path / "report"
+    code = evaluate.main(["--model", str(out), "--annotations", str(tiny_demo / "captions_val.json"),
+                          "--images", str(tiny_demo / "val2014"), "--out", str(report), "--cache-dir", str(cache), "--quiet"])
+    assert code == 0
+    table = capsys.readouterr().out
+    for name in ("BLEU-4", "ROUGE-L", "CIDEr-D", "exact match", "never ended", "scene accuracy"):
+        assert name in table
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["images"] == 6 and 0 <= metrics["scene accuracy"] <= 1
+    assert (report / "samples.png").is_file()
+
+
+def test_resume_continues_and_refuses_to_clobber(tiny_run, tiny_demo, capsys):
+    out, cache = tiny_run
+    data = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
+            "--out", str(out), "--cache-dir", str(cache), *TINY]
+    assert train.main([*data, "--epochs", "3"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert train.main([*data, "--epochs", "3", "--resume"]) == 0
+    state = json.loads((out / "state.json").read_text())
+    assert state["epoch"] == 3 and [row["epoch"] for row in state["history"]] == [1, 2, 3]
+
+
+def test_train_reports_missing_data_without_a_traceback(tmp_path, capsys):
+    code = train.main(["--annotations", str(tmp_path / "none.json"), "--images", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2 and "Annotation file not found" in capsys.readouterr().err

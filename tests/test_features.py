@@ -1,0 +1,159 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+import features
+from features import FeatureCache, ImageError, extract_features, letterbox, load_image
+
+
+def save(image, path, **options):
+    image.save(path, **options)
+    return path
+
+
+def test_letterbox_keeps_aspect_and_centres(tmp_path):
+    wide = Image.new("RGB", (300, 100), (255, 0, 0))
+    boxed = np.asarray(letterbox(wide, 150))
+    assert boxed.shape == (150, 150, 3)
+    assert (boxed[75, 75] == [255, 0, 0]).all()
+    assert (boxed[0, 75] == 0).all() and (boxed[149, 75] == 0).all()  # black bands above and below
+    assert (boxed[50:100, :, 0] > 200).all()  # 300×100 becomes 150×50, in the middle rows
+    assert (boxed[:50].max(), boxed[100:].max()) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("L", (40, 30), 128),
+        lambda: Image.new("RGBA", (40, 30), (0, 0, 255, 128)),
+        lambda: Image.new("RGB", (40, 30), "green").convert("P"),
+        lambda: Image.new("CMYK", (40, 30), (0, 255, 255, 0)),
+        lambda: Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50),  # 16-bit grey
+        lambda: Image.new("RGB", (1, 1), "white"),
+        lambda: Image.new("RGB", (4000, 50), "white"),
+    ],
+    ids=["L", "RGBA", "P", "CMYK", "I;16", "1x1", "4000x50"],
+)
+def test_odd_images_load_as_letterboxed_rgb(tmp_path, make):
+    image = make()
+    path = save(image, tmp_path / ("x.tif" if image.mode in ("CMYK", "I;16") else "x.png"))
+    array = load_image(path, 32)
+    assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+
+
+def test_sixteen_bit_images_are_stretched_not_clipped(tmp_path):
+    ramp = Image.fromarray((np.arange(64, dtype=np.uint16).reshape(1, 64).repeat(64, 0) * 1000))
+    array = load_image(save(ramp, tmp_path / "ramp.png"), 64)
+    assert array[:, 0].max() < 10 and array[:, -1].min() > 240
+
+
+def test_transparent_pixels_show_white(tmp_path):
+    array = load_image(save(Image.new("RGBA", (10, 10), (0, 0, 0, 0)), tmp_path / "clear.png"), 10)
+    assert (array == 255).all()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (60, 20), "white")
+    image.paste((255, 0, 0), (0, 0, 20, 20))  # red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    array = load_image(save(image, tmp_path / "rotated.jpg", exif=exif), 60)
+    # Displayed upright, the photo is 20 wide and 60 tall, red at the top.
+    assert array[5, 30, 0] > 200 and array[5, 30, 1] < 80
+    assert array[30, 5].max() < 10  # letterbox band on the left
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(b"", "empty file"), (b"hello, not an image", "not a readable image")],
+)
+def test_unreadable_files_raise_image_error(tmp_path, content, reason):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=reason):
+        load_image(path, 32)
+
+
+def test_truncated_jpeg_raises_image_error(tmp_path):
+    path = save(Image.new("RGB", (200, 200), "blue"), tmp_path / "whole.jpg")
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ImageError):
+        load_image(path, 32)
+
+
+def test_missing_file_raises_image_error(tmp_path):
+    with pytest.raises(ImageError, match="file not found"):
+        load_image(tmp_path / "none.jpg", 32)
+
+
+class FakeVGG:
+    """Stands in for VGG16: a row's features are its image's mean colour, repeated."""
+
+    def __init__(self, fail_after=None):
+        self.calls, self.fail_after = 0, fail_after
+
+    def predict_on_batch(self, batch):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-extraction
+        self.calls += 1
+        return np.broadcast_to(batch.mean(axis=(1, 2))[:, None, None, :1], (len(batch), 1, 1, 512)).copy()
+
+
+def make_photos(folder, count):
+    folder.mkdir()
+    return [save(Image.new("RGB", (40, 30), (index * 20, 0, 0)), folder / f"{index}.png") for index in range(count)]
+
+
+def test_extraction_resumes_after_an_interruption(tmp_path):
+    paths = make_photos(tmp_path / "photos", 10)
+    cache = FeatureCache.open(tmp_path / "cache", paths, "none", 32)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(cache, FakeVGG(fail_after=2), 32, batch_size=3, progress=False)
+    assert cache.complete.sum() == 6  # two whole batches, nothing half-written
+
+    reopened = FeatureCache.open(tmp_path / "cache", paths, "none", 32)
+    vgg = FakeVGG()
+    assert extract_features(reopened, vgg, 32, batch_size=3, progress=False) == {}
+    assert vgg.calls == 2  # only the 4 missing photos, in batches of 3
+    fresh = FeatureCache.open(tmp_path / "fresh", paths, "none", 32)
+    extract_features(fresh, FakeVGG(), 32, batch_size=3, progress=False)
+    np.testing.assert_array_equal(reopened.features, fresh.features)
+
+
+def test_unreadable_images_are_reported_and_left_incomplete(tmp_path):
+    paths = make_photos(tmp_path / "photos", 3)
+    paths[1].write_bytes(b"")
+    cache = FeatureCache.open(tmp_path / "cache", paths, "none", 32)
+    failures = extract_features(cache, FakeVGG(), 32, batch_size=2, progress=False)
+    assert list(failures) == [str(paths[1].resolve())]
+    assert cache.complete.tolist() == [True, False, True]
+
+
+def test_cache_folder_depends_on_weights_and_size(tmp_path):
+    paths = make_photos(tmp_path / "photos", 2)
+    folders = {FeatureCache.open(tmp_path / "c", paths, "none", size).folder for size in (32, 64)}
+    assert len(folders) == 2
+
+
+def test_random_vgg16_is_the_same_every_time():
+    first, second = features.build_vgg16("none", 32), features.build_vgg16("none", 32)
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not first.trainable and first.output_shape == (None, 1, 1, 512)
+
+
+def test_missing_imagenet_weights_say_how_to_get_them(monkeypatch):
+    import keras.src.applications.vgg16 as vgg16_module
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(vgg16_module.file_utils, "get_file", offline)
+    with pytest.raises(features.WeightsUnavailable, match="--vgg-weights none") as error:
+        features.build_vgg16("imagenet", 32)
+    assert features.VGG16_NOTOP_FILE in str(error.value)
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        features.build_vgg16(str(tmp_path / "vgg.h5"), 32)

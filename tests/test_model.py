@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+import keras
+
+from model import ARCHITECTURES, CaptionerConfig, build_model, load_model
+
+
+def small_config(**overrides):
+    return CaptionerConfig(**{"units": 16, "feature_shape": (1, 1, 512), "image_size": 32, **overrides})
+
+
+def test_seed_is_the_cards_design():
+    model = build_model(CaptionerConfig(units=32))
+    assert model.input_shape == (None, 4, 4, 512)
+    assert model.output_shape == (None, 50, 128)
+    assert model.get_layer("encoder_lstm").output.shape == (None, 32)  # final state only
+    assert model.get_layer("repeat_state").output.shape == (None, 50, 32)
+    assert model.get_layer("decoder_lstm").output.shape == (None, 50, 64)  # bidirectional
+    assert isinstance(model.get_layer("next_char"), keras.layers.TimeDistributed)
+
+
+def test_save_load_gives_identical_predictions(tmp_path):
+    model = build_model(small_config())
+    features = np.random.default_rng(0).normal(size=(3, 1, 1, 512)).astype("float32")
+    model.save(tmp_path / "model.keras")
+    restored = load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(model.predict(features, verbose=0), restored.predict(features, verbose=0), atol=1e-6)
+
+
+def test_config_round_trip_and_unknown_settings(tmp_path):
+    config = small_config(feature_scale=0.25, vgg_weights="none")
+    config.save(tmp_path / "config.json")
+    assert CaptionerConfig.load(tmp_path / "config.json") == config
+    (tmp_path / "config.json").write_text('{"units": 8, "colour": "red"}')
+    with pytest.raises(ValueError, match="colour"):
+        CaptionerConfig.load(tmp_path / "config.json")
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(ValueError, match="choose one of"):
+        build_model(small_config(arch="transformer"))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_each_architecture_memorises_a_few_captions(arch):
+    """A handful of images with one caption each must be learnt exactly (a tiny-batch overfit)."""
+    from kana import Vocabulary, decode_probabilities
+
+    captions = ["アカイマル", "アオイシカク", "キイロイサンカク", "ミドリノマル"]
+    vocabulary = Vocabulary.build(captions)
+    keras.utils.set_random_seed(0)
+    features = np.random.default_rng(0).normal(size=(4, 1, 1, 512)).astype("float32")
+    targets = np.stack([vocabulary.encode(caption, 50)[0] for caption in captions])
+    model = build_model(small_config(arch=arch, units=64, learning_rate=1e-2))
+    model.fit(features, targets, epochs=300, batch_size=4, verbose=0)
+    predicted = [text for text, _ in decode_probabilities(model.predict(features, verbose=0), vocabulary)]
+    assert predicted == captions
