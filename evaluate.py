@@ -55,7 +55,7 @@ def caption_cached(captioner, features, rows, batch_size: int = 256) -> list[tup
     captions = []
     for start in range(0, len(rows), batch_size):
         batch = np.asarray(features[np.asarray(rows[start : start + batch_size])], dtype=np.float32)
-        captions.extend(captioner.caption_features(batch))
+        captions.extend((best[0].text, best[0].ended) for best in captioner.caption_features(batch))
     return captions
 
 
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
                         help="caption files to evaluate on [default: the demo's held-out captions_val.json]")
     parser.add_argument("--images", nargs="+", metavar="DIR", help="folders holding their photos [default: demo val2014/]")
     parser.add_argument("--limit", type=int, help="evaluate on the first N photos only")
-    parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax", help="how captions are read off the model")
+    parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax", help="seed models: how captions are read off the model")
+    parser.add_argument("--beam-size", type=int, default=3, help="autoregressive models: beams per image (1 = greedy)")
     parser.add_argument("--out", help="folder for metrics.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
     parser.add_argument("--cache-dir", default=str(PROJECT_DIR / "cache"), help="VGG16 feature cache")
     parser.add_argument("--batch-size", type=int, default=256, help="photos per model call")
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
 def evaluate(args) -> dict:
     from predict import Captioner
 
-    captioner = Captioner(args.model, with_vgg=False, decode=args.decode)
+    captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size)
     records, report = load_caption_files(args.annotations, args.images)
     records = records[: args.limit] if args.limit else records
     for line in report.lines():
@@ -132,7 +133,8 @@ def evaluate(args) -> dict:
     kept_references = [references[index] for index in keep]
     result = score(captions, kept_references, [records[index].scene for index in keep])
     per_image = result.pop("CIDEr-D per image")
-    result.update(model=str(args.model), annotations=args.annotations, decode=args.decode)
+    result.update(model=str(args.model), annotations=args.annotations, decode=args.decode, beam_size=args.beam_size,
+                  arch=captioner.config.arch)
     print(format_table(result))
 
     stem = "-".join(Path(name).stem for name in args.annotations)

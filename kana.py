@@ -252,25 +252,7 @@ class Vocabulary:
         return "".join(chars), False
 
 
-DECODE_METHODS = ("argmax", "collapse")
-
-
-def decode_probabilities(probabilities: np.ndarray, vocabulary: Vocabulary, method: str = "argmax") -> list[tuple[str, bool]]:
-    """Greedy captions from per-step class probabilities of a non-autoregressive model.
-
-    Args:
-        probabilities: ``(batch, timesteps, num_classes)`` softmax outputs.
-        vocabulary: the vocabulary the model was trained with.
-        method: ``"argmax"`` (the most likely class at each step) or
-            ``"collapse"`` (the same, with runs of one character written once).
-
-    Returns:
-        ``(caption, ended)`` per image, as ``Vocabulary.decode`` returns.
-    """
-    if method not in DECODE_METHODS:
-        raise ValueError(f"Unknown decode method {method!r}; choose one of {', '.join(DECODE_METHODS)}.")
-    best = np.asarray(probabilities).argmax(axis=-1)  # (batch, timesteps)
-    return [vocabulary.decode(row, collapse_repeats=method == "collapse") for row in best]
+DECODE_METHODS = ("argmax", "collapse")  # for non-autoregressive models: see decoding.py
 
 
 def main(argv=None) -> int:

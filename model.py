@@ -9,7 +9,12 @@ runs once per image in features.py, not at every training step.
       -> LSTM(units) encoder -> RepeatVector(50)
       -> Bidirectional(LSTM(units)) decoder -> TimeDistributed(Dense(128, softmax))
 
-It writes all 50 characters at once, none of them seeing the others.
+It writes all 50 characters at once, none of them seeing the others, and on
+captions worded several ways it learns the average caption and ignores the
+image. ``--arch showtell`` (Vinyals et al., Show and Tell) is autoregressive:
+the image sets the LSTM's initial state, and each step reads the previous
+character and predicts the next (teacher forcing in training, beam search in
+decoding.py at inference).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class CaptionerConfig:
     feature_scale: float = 1.0  # features are multiplied by this (set from the training data)
     vgg_weights: str = "imagenet"  # "imagenet", "none" (seeded random) or a weights file
     learning_rate: float = 1e-3  # Adam's
+    embedding_dim: int = 64  # showtell: width of the character embedding
+    dropout: float = 0.3  # showtell: dropout on the image vector and the LSTM outputs
 
     def save(self, path) -> None:
         write_json(path, dataclasses.asdict(self))
@@ -69,7 +76,43 @@ def build_seed(config: CaptionerConfig) -> keras.Model:
     return keras.Model(features, probabilities, name="seed")
 
 
-ARCHITECTURES = {"seed": build_seed}
+def build_showtell(config: CaptionerConfig) -> keras.Model:
+    """Show and Tell: the image initialises an LSTM that reads character t-1 and predicts character t.
+
+    Inputs are the features and the previous characters (the caption shifted
+    right behind the end class, see ``previous_chars``); the output has the
+    seed model's shape, so training and the loss are the same.
+    """
+    features = keras.Input(shape=config.feature_shape, name="features")  # (batch, 4, 4, 512)
+    previous = keras.Input(shape=(config.timesteps,), dtype="int32", name="previous_chars")  # (batch, 50)
+    x = layers.Rescaling(config.feature_scale, name="feature_scale")(features)
+    x = layers.Flatten(name="flatten")(x)  # (batch, 8192)
+    x = layers.Dropout(config.dropout, name="image_dropout")(x)
+    initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(x)  # (batch, units)
+    initial_c = layers.Dense(config.units, activation="tanh", name="init_c")(x)  # (batch, units)
+    embedded = layers.Embedding(config.num_classes, config.embedding_dim, name="char_embedding")(previous)  # (batch, 50, E)
+    outputs, _, _ = layers.LSTM(config.units, return_sequences=True, return_state=True, name="decoder_lstm")(
+        embedded, initial_state=[initial_h, initial_c]
+    )  # (batch, 50, units)
+    outputs = layers.Dropout(config.dropout, name="output_dropout")(outputs)
+    probabilities = layers.Dense(config.num_classes, activation="softmax", name="next_char")(outputs)  # (batch, 50, 128)
+    return keras.Model([features, previous], probabilities, name="showtell")
+
+
+ARCHITECTURES = {"seed": build_seed, "showtell": build_showtell}
+AUTOREGRESSIVE = {"showtell"}  # architectures that read the previous character
+
+
+def previous_chars(targets):
+    """Teacher-forcing inputs: each caption shifted right by one, behind the end class (the start token)."""
+    import numpy as np
+
+    return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+
+
+def model_inputs(config: CaptionerConfig, features, targets):
+    """What the model is fed in training: the features, and for autoregressive models the previous characters."""
+    return (features, previous_chars(targets)) if config.arch in AUTOREGRESSIVE else features
 
 
 def build_model(config: CaptionerConfig) -> keras.Model:

@@ -24,7 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 from dataset import IMAGE_SUFFIXES  # noqa: E402
 from features import WeightsUnavailable, build_vgg16, decode_batches, preprocess  # noqa: E402
-from kana import DECODE_METHODS, Vocabulary, decode_probabilities  # noqa: E402
+from decoding import Caption, StepModels, beam_search, decode_parallel  # noqa: E402
+from kana import DECODE_METHODS, Vocabulary  # noqa: E402
 
 DEFAULT_MODEL = "runs/demo"
 
@@ -37,15 +38,17 @@ class Captioner:
         vgg_weights: overrides the VGG16 weights the run was trained with
             (e.g. a local copy of the same ImageNet weights file).
         with_vgg: False to caption cached features only (no VGG16 built).
-        decode: how captions are read off the model's outputs (see kana.DECODE_METHODS).
+        decode: how a non-autoregressive model's outputs are read (see kana.DECODE_METHODS).
+        beam_size: beams per image for autoregressive models (1 = greedy).
 
     Raises:
         FileNotFoundError: a file of the run is missing.
         ValueError: the files do not belong together.
     """
 
-    def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str = "argmax"):
-        from model import CaptionerConfig, load_model
+    def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str = "argmax",
+                 beam_size: int = 3):
+        from model import AUTOREGRESSIVE, CaptionerConfig, load_model
 
         model_dir = Path(model_dir)
         for name in ("model.keras", "config.json", "vocab.json"):
@@ -63,26 +66,31 @@ class Captioner:
                 f"{self.config.num_classes} and vocab.json has {self.vocabulary.num_classes}; "
                 f"these files are not from the same run."
             )
-        self.decode = decode
+        self.decode, self.beam_size = decode, beam_size
+        self.steps = StepModels(self.model) if self.config.arch in AUTOREGRESSIVE else None
         self.vgg = build_vgg16(vgg_weights or self.config.vgg_weights, self.config.image_size) if with_vgg else None
 
-    def caption_features(self, features: np.ndarray) -> list[tuple[str, bool]]:
-        """``(caption, ended)`` per image, from pool5 features ``(batch, 4, 4, 512)``."""
-        probabilities = self.model.predict_on_batch(np.asarray(features, dtype=np.float32))  # (batch, 50, 128)
-        return decode_probabilities(np.asarray(probabilities), self.vocabulary, self.decode)
+    def caption_features(self, features: np.ndarray, n_best: int = 1) -> list[list[Caption]]:
+        """Up to ``n_best`` captions per image, best first, from pool5 features ``(batch, 4, 4, 512)``."""
+        features = np.asarray(features, dtype=np.float32)
+        if self.steps is not None:
+            return beam_search(self.steps, features, self.vocabulary, self.beam_size, n_best, self.config.timesteps - 1)
+        probabilities = self.model.predict_on_batch(features)  # (batch, 50, 128)
+        return decode_parallel(probabilities, self.vocabulary, collapse_repeats=self.decode == "collapse")
 
-    def caption_images(self, images: np.ndarray) -> list[tuple[str, bool]]:
+    def caption_images(self, images: np.ndarray, n_best: int = 1) -> list[list[Caption]]:
         """Captions from letterboxed uint8 images ``(batch, size, size, 3)``."""
-        return self.caption_features(self.vgg.predict_on_batch(preprocess(images)))
+        return self.caption_features(self.vgg.predict_on_batch(preprocess(images)), n_best)
 
-    def caption_files(self, paths, batch_size: int = 32):
-        """Yields ``(path, caption, error)`` for each file, in order, batch by batch.
+    def caption_files(self, paths, batch_size: int = 32, n_best: int = 1):
+        """Yields ``(path, captions, error)`` for each file, in order, batch by batch.
 
-        ``caption`` is None where the file could not be read, and ``error`` says why.
+        ``captions`` (a best-first list of ``Caption``) is None where the file
+        could not be read, and ``error`` says why.
         """
         paths = [str(path) for path in paths]
         for chunk, rows, images, errors in decode_batches(paths, np.arange(len(paths)), self.config.image_size, batch_size):
-            captions = {row: text for row, (text, _) in zip(rows.tolist(), self.caption_images(images))} if len(rows) else {}
+            captions = dict(zip(rows.tolist(), self.caption_images(images, n_best))) if len(rows) else {}
             for row in chunk.tolist():
                 yield paths[row], captions.get(row), errors.get(row)
 
@@ -146,7 +154,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="photos per VGG16/model call")
     parser.add_argument("--vgg-weights", help="override the run's VGG16 weights (imagenet, a .h5 file, or none)")
     parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax",
-                        help="argmax: the likeliest character per step; collapse: also write repeated characters once")
+                        help="seed models: argmax = the likeliest character per step; collapse = also write "
+                             "repeated characters once")
+    parser.add_argument("--beam-size", type=int, default=3, help="autoregressive models: beams per image (1 = greedy)")
+    parser.add_argument("--n-best", type=int, default=1, help="autoregressive models: print this many captions per image")
     args = parser.parse_args(argv)
 
     paths, problems = expand_inputs(args.images)
@@ -156,22 +167,29 @@ def main(argv=None) -> int:
         print("error: no images to caption", file=sys.stderr)
         return 1
     try:
-        captioner = Captioner(args.model, args.vgg_weights, decode=args.decode)
+        captioner = Captioner(args.model, args.vgg_weights, decode=args.decode, beam_size=max(args.beam_size, args.n_best))
     except (FileNotFoundError, ValueError, WeightsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     results, num_failed = [], len(problems)
-    for path, caption, error in captioner.caption_files(paths, args.batch_size):
+    for path, captions, error in captioner.caption_files(paths, args.batch_size, args.n_best):
         if error is not None:
             num_failed += 1
             print(f"error: {error}", file=sys.stderr)
             continue
         if args.json:
-            print(json.dumps({"file": path, "caption": caption}, ensure_ascii=False), flush=True)
+            record = {"file": path, "caption": captions[0].text}
+            if args.n_best > 1:
+                record["captions"] = [{"caption": c.text, "probability": c.probability} for c in captions]
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        elif args.n_best > 1:
+            print(f"Captions for {path}:", flush=True)
+            for rank, caption in enumerate(captions, start=1):
+                print(f"  {rank}) {caption.text} (p={caption.probability:.4f})", flush=True)
         else:
-            print(f"{path}: {caption}", flush=True)
+            print(f"{path}: {captions[0].text}", flush=True)
         if args.plot and len(results) < 64:
-            results.append((path, caption))
+            results.append((path, captions[0].text))
     if args.plot and results:
         plot_captions(results, args.plot)
         print(f"Drew {len(results)} captioned photos into {args.plot}", file=sys.stderr)

@@ -63,7 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="'imagenet' (Keras download/cache), a local .h5 file, or 'none' for a randomly "
                            "initialised frozen VGG16 [default: imagenet; the demo uses none]")
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", default="seed", help="architecture (seed: the original keras-image2text design)")
+    model.add_argument("--arch", choices=["seed", "showtell"], default="seed",
+                       help="seed: the original keras-image2text design, all 50 characters at once; "
+                            "showtell: Show and Tell, one character at a time from the image-initialised LSTM")
     model.add_argument("--units", type=int, help="LSTM/Dense width [default: 768; the demo uses 256]")
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, help="the total number of epochs [default: 30]")
@@ -133,9 +135,11 @@ def encode_captions(readings, image_indices, cache_rows, vocabulary: Vocabulary,
     return data, num_unknown, num_truncated
 
 
-def make_batches(features, data: CaptionData, batch_size: int, shuffle: bool, seed: int):
+def make_batches(config, features, data: CaptionData, batch_size: int, shuffle: bool, seed: int):
     """A Keras PyDataset reading feature rows from the memory-mapped cache, batch by batch."""
     import keras
+
+    from model import model_inputs
 
     class CaptionBatches(keras.utils.PyDataset):
         def __init__(self):
@@ -152,7 +156,8 @@ def make_batches(features, data: CaptionData, batch_size: int, shuffle: bool, se
             # Read in row order (kinder to the page cache), then restore the batch order.
             sorted_rows, inverse = np.unique(rows, return_inverse=True)
             batch_features = np.asarray(features[sorted_rows], dtype=np.float32)[inverse]
-            return batch_features, data.targets[chosen]
+            targets = data.targets[chosen]
+            return model_inputs(config, batch_features, targets), targets
 
         def on_epoch_end(self):
             if shuffle:
@@ -351,8 +356,8 @@ def train(args) -> int:
 
     # 5. Fit on cached features.
     model.fit(
-        make_batches(cache.features, train_data, args.batch_size, shuffle=True, seed=args.seed + state["epoch"]),
-        validation_data=make_batches(cache.features, val_data, args.batch_size, shuffle=False, seed=0),
+        make_batches(config, cache.features, train_data, args.batch_size, shuffle=True, seed=args.seed + state["epoch"]),
+        validation_data=make_batches(config, cache.features, val_data, args.batch_size, shuffle=False, seed=0),
         epochs=args.epochs,
         initial_epoch=state["epoch"],
         callbacks=[keras.callbacks.TerminateOnNaN(), make_checkpointer(out, state, args.patience)],

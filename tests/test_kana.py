@@ -1,8 +1,7 @@
-import numpy as np
 import pytest
 
 import kana
-from kana import END, Vocabulary, decode_probabilities, katakana_reading, number_to_kanji, text_to_katakana
+from kana import END, Vocabulary, katakana_reading, number_to_kanji, text_to_katakana
 
 
 @pytest.mark.parametrize(
@@ -69,17 +68,6 @@ def test_encode_decode_round_trip():
     vocabulary = Vocabulary.build(["ミギニアオイサンカクガアリマス。"])
     encoded, _, _ = vocabulary.encode("ミギニアオイサンカク。")
     assert vocabulary.decode(encoded) == ("ミギニアオイサンカク。", True)
-
-
-def test_decode_probabilities_stops_at_end_class():
-    vocabulary = Vocabulary(("ア", "イ", "ウ"))
-    steps = [1, 1, 2, END, 3, 3]  # ア ア イ, then the end, then noise that must not be printed
-    probabilities = np.full((1, len(steps), 4), 0.1)
-    probabilities[0, np.arange(len(steps)), steps] = 0.7
-    assert decode_probabilities(probabilities, vocabulary) == [("アアイ", True)]
-    assert decode_probabilities(probabilities, vocabulary, "collapse") == [("アイ", True)]
-    probabilities[0, 3] = [0.0, 0.0, 0.0, 1.0]
-    assert decode_probabilities(probabilities, vocabulary)[0][1] is False  # never ended
 
 
 def test_cli_prints_the_reading(capsys):

@@ -20,12 +20,26 @@ def test_seed_is_the_cards_design():
     assert isinstance(model.get_layer("next_char"), keras.layers.TimeDistributed)
 
 
-def test_save_load_gives_identical_predictions(tmp_path):
-    model = build_model(small_config())
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_save_load_gives_identical_predictions(tmp_path, arch):
+    from model import model_inputs
+
+    config = small_config(arch=arch)
+    model = build_model(config)
     features = np.random.default_rng(0).normal(size=(3, 1, 1, 512)).astype("float32")
+    inputs = model_inputs(config, features, np.random.default_rng(1).integers(0, 128, size=(3, 50)))
     model.save(tmp_path / "model.keras")
     restored = load_model(tmp_path / "model.keras")
-    np.testing.assert_allclose(model.predict(features, verbose=0), restored.predict(features, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(model.predict(inputs, verbose=0), restored.predict(inputs, verbose=0), atol=1e-6)
+
+
+def test_showtell_reads_the_previous_character():
+    from model import previous_chars
+
+    model = build_model(small_config(arch="showtell"))
+    assert [tuple(i.shape) for i in model.inputs] == [(None, 1, 1, 512), (None, 50)]
+    assert model.output_shape == (None, 50, 128)
+    assert previous_chars(np.array([[5, 6, 7, 0]])).tolist() == [[0, 5, 6, 7]]
 
 
 def test_config_round_trip_and_unknown_settings(tmp_path):
@@ -45,14 +59,21 @@ def test_unknown_architecture_is_a_clear_error():
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_each_architecture_memorises_a_few_captions(arch):
     """A handful of images with one caption each must be learnt exactly (a tiny-batch overfit)."""
-    from kana import Vocabulary, decode_probabilities
+    from decoding import StepModels, beam_search, decode_parallel
+    from kana import Vocabulary
+    from model import AUTOREGRESSIVE, model_inputs
 
     captions = ["アカイマル", "アオイシカク", "キイロイサンカク", "ミドリノマル"]
     vocabulary = Vocabulary.build(captions)
     keras.utils.set_random_seed(0)
     features = np.random.default_rng(0).normal(size=(4, 1, 1, 512)).astype("float32")
     targets = np.stack([vocabulary.encode(caption, 50)[0] for caption in captions])
-    model = build_model(small_config(arch=arch, units=64, learning_rate=1e-2))
-    model.fit(features, targets, epochs=300, batch_size=4, verbose=0)
-    predicted = [text for text, _ in decode_probabilities(model.predict(features, verbose=0), vocabulary)]
+    config = small_config(arch=arch, units=64, learning_rate=1e-2, dropout=0.0)
+    model = build_model(config)
+    model.fit(model_inputs(config, features, targets), targets, epochs=300, batch_size=4, verbose=0)
+    if arch in AUTOREGRESSIVE:
+        decoded = beam_search(StepModels(model), features, vocabulary, beam_size=2)
+    else:
+        decoded = decode_parallel(model.predict(features, verbose=0), vocabulary)
+    predicted = [captions[0].text for captions in decoded]
     assert predicted == captions

@@ -1,0 +1,160 @@
+"""Turning model outputs into captions.
+
+Non-autoregressive models (``seed``) give all 50 steps' probabilities at once:
+the caption is the likeliest class per step up to the end class.
+
+Autoregressive models (``showtell``) are run one character at a time with a
+batched beam search: every image keeps ``beam_size`` partial captions, each
+extended by its likeliest next characters; a caption is finished when it
+writes the end class, and finished captions are ranked by log-probability per
+character (length-normalised, so short captions are not favoured).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from kana import END, Vocabulary
+
+
+@dataclasses.dataclass(frozen=True)
+class Caption:
+    """One decoded caption.
+
+    Attributes:
+        text: the katakana caption, without the end class.
+        ended: False when the model never wrote the end class.
+        probability: the model's probability of the whole caption.
+    """
+
+    text: str
+    ended: bool
+    probability: float
+
+
+def decode_parallel(probabilities: np.ndarray, vocabulary: Vocabulary, collapse_repeats: bool = False) -> list[list[Caption]]:
+    """The likeliest class per step, up to the first end class; one caption per image."""
+    probabilities = np.asarray(probabilities)  # (batch, timesteps, classes)
+    best = probabilities.argmax(axis=-1)  # (batch, timesteps)
+    captions = []
+    for row, steps in zip(best, probabilities):
+        text, ended = vocabulary.decode(row, collapse_repeats=collapse_repeats)
+        length = min(int(np.argmax(row == END)) + 1 if ended else len(row), len(row))
+        probability = float(np.prod(steps[np.arange(length), row[:length]]))
+        captions.append([Caption(text, ended, probability)])
+    return captions
+
+
+class StepModels:
+    """The pieces of a trained Show-and-Tell model that beam search calls, found by layer name."""
+
+    def __init__(self, model):
+        import keras
+
+        features = model.inputs[0]
+        self.initial = keras.Model(features, [model.get_layer("init_h").output, model.get_layer("init_c").output])
+        units = model.get_layer("init_h").output.shape[-1]
+        token = keras.Input(shape=(1,), dtype="int32", name="token")  # (batch, 1)
+        state_h = keras.Input(shape=(units,), name="state_h")  # (batch, units)
+        state_c = keras.Input(shape=(units,), name="state_c")  # (batch, units)
+        embedded = model.get_layer("char_embedding")(token)  # (batch, 1, E)
+        output, next_h, next_c = model.get_layer("decoder_lstm")(embedded, initial_state=[state_h, state_c])
+        probabilities = model.get_layer("next_char")(output)  # (batch, 1, classes)
+        self.step = keras.Model([token, state_h, state_c], [probabilities, next_h, next_c])
+
+    def start(self, features: np.ndarray):
+        state_h, state_c = self.initial.predict_on_batch(features)
+        return np.asarray(state_h), np.asarray(state_c)
+
+    def next(self, tokens: np.ndarray, state_h: np.ndarray, state_c: np.ndarray):
+        probabilities, state_h, state_c = self.step.predict_on_batch([tokens[:, None].astype("int32"), state_h, state_c])
+        return np.asarray(probabilities)[:, 0], np.asarray(state_h), np.asarray(state_c)
+
+
+def beam_search(
+    steps: StepModels,
+    features: np.ndarray,
+    vocabulary: Vocabulary,
+    beam_size: int = 3,
+    n_best: int = 1,
+    max_length: int = 49,
+) -> list[list[Caption]]:
+    """Batched beam search; ``beam_size=1`` is greedy decoding.
+
+    Args:
+        steps: the model's per-step pieces (or anything with ``start`` and ``next``).
+        features: ``(batch, ...)`` image features.
+        vocabulary: the vocabulary the model was trained with.
+        beam_size: partial captions kept per image.
+        n_best: how many captions to return per image (at most ``beam_size``).
+        max_length: characters before a caption is cut off (unended).
+
+    Returns:
+        Per image, up to ``n_best`` captions, best first.
+    """
+    n_best = min(n_best, beam_size)
+    num_images = len(features)
+    state_h, state_c = steps.start(features)  # (batch, units)
+    state_h, state_c = np.repeat(state_h, beam_size, 0), np.repeat(state_c, beam_size, 0)  # (batch * beam, units)
+    scores = np.full((num_images, beam_size), -np.inf)
+    scores[:, 0] = 0.0  # all beams start identical: keep one alive so the first step does not pick duplicates
+    sequences = np.zeros((num_images, beam_size, 0), dtype=np.int64)
+    tokens = np.full(num_images * beam_size, END, dtype=np.int64)
+    finished: list[list[tuple[float, float, list[int], bool]]] = [[] for _ in range(num_images)]
+    for length in range(1, max_length + 2):
+        probabilities, state_h, state_c = steps.next(tokens, state_h, state_c)  # (batch * beam, classes)
+        log_probabilities = np.log(np.maximum(probabilities, 1e-12)).reshape(num_images, beam_size, -1)
+        totals = scores[:, :, None] + log_probabilities  # (batch, beam, classes)
+        num_classes = totals.shape[-1]
+        best = np.argsort(-totals.reshape(num_images, -1), axis=1)[:, : 2 * beam_size]  # (batch, 2 * beam)
+        new_scores = np.full_like(scores, -np.inf)
+        parents = np.zeros((num_images, beam_size), dtype=np.int64)
+        new_tokens = np.full((num_images, beam_size), END, dtype=np.int64)
+        for image in range(num_images):
+            kept = 0
+            for flat in best[image]:
+                beam, token = divmod(int(flat), num_classes)
+                total = totals[image, beam, token]
+                if not np.isfinite(total):
+                    continue
+                if token == END:
+                    finished[image].append((total / length, total, sequences[image, beam].tolist(), True))
+                    continue
+                if kept < beam_size and length <= max_length:
+                    new_scores[image, kept], parents[image, kept], new_tokens[image, kept] = total, beam, token
+                    kept += 1
+        if length > max_length:
+            # Out of room: the live beams become unended captions of max_length characters.
+            for image, beam in zip(*np.nonzero(np.isfinite(scores))):
+                total = scores[image, beam]
+                finished[image].append((total / max_length, total, sequences[image, beam].tolist(), False))
+            break
+        if all(_settled(done, best_alive, beam_size, max_length)
+               for done, best_alive in zip(finished, new_scores.max(axis=1))):
+            break
+        rows = (np.arange(num_images)[:, None] * beam_size + parents).reshape(-1)
+        state_h, state_c = state_h[rows], state_c[rows]
+        sequences = np.concatenate([np.take_along_axis(sequences, parents[:, :, None], 1), new_tokens[:, :, None]], axis=2)
+        scores, tokens = new_scores, new_tokens.reshape(-1)
+    results = []
+    for image in range(num_images):
+        ranked = sorted(finished[image], key=lambda item: -item[0])[:n_best]
+        results.append([Caption(vocabulary.decode(seq + [END])[0], ended, float(np.exp(total)))
+                        for _, total, seq, ended in ranked])
+    return results
+
+
+def _settled(finished, best_alive: float, beam_size: int, max_length: int) -> bool:
+    """True when no live beam can still enter an image's top ``beam_size`` finished captions.
+
+    A live beam's log-probability only falls as it grows, so its best possible
+    length-normalised score is its current total spread over the longest length.
+    """
+    if not np.isfinite(best_alive):
+        return True
+    if len(finished) < beam_size:
+        return False
+    worst_kept = sorted((item[0] for item in finished), reverse=True)[beam_size - 1]
+    return best_alive / (max_length + 1) <= worst_kept

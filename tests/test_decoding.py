@@ -1,0 +1,85 @@
+"""Decoding tested with hand-written probabilities, as im2txt tests its beam search with a FakeModel."""
+
+import numpy as np
+import pytest
+
+from decoding import beam_search, decode_parallel
+from kana import END, Vocabulary
+
+VOCABULARY = Vocabulary(("ア", "イ", "ウ"))  # classes 1, 2, 3; 0 is the end
+
+
+def test_parallel_decoding_stops_at_end_class():
+    steps = [1, 1, 2, END, 3, 3]  # ア ア イ, then the end, then noise that must not be printed
+    probabilities = np.full((1, len(steps), 4), 0.1)
+    probabilities[0, np.arange(len(steps)), steps] = 0.7
+    (best,), = decode_parallel(probabilities, VOCABULARY)
+    assert (best.text, best.ended) == ("アアイ", True)
+    assert best.probability == pytest.approx(0.7**4)
+    assert decode_parallel(probabilities, VOCABULARY, collapse_repeats=True)[0][0].text == "アイ"
+    probabilities[0, 3] = [0.0, 0.0, 0.0, 1.0]
+    assert decode_parallel(probabilities, VOCABULARY)[0][0].ended is False
+
+
+class FakeSteps:
+    """Next-character probabilities from a table keyed by the caption so far (the state is the prefix)."""
+
+    TABLE = {
+        "": {"ア": 0.6, "イ": 0.4},
+        "ア": {"ア": 0.5, "": 0.5},  # ア then end: 0.30
+        "アア": {"": 1.0},  # アア: 0.30, longer, same probability
+        "イ": {"ウ": 1.0},
+        "イウ": {"": 1.0},  # イウ: 0.40, the most likely caption overall
+    }
+
+    def __init__(self):
+        self.prefixes = []
+
+    def start(self, features):
+        self.prefixes = [""] * len(features)
+        return np.zeros((len(features), 1)), np.zeros((len(features), 1))
+
+    def next(self, tokens, state_h, state_c):
+        # state_h carries an index into self.prefixes so the fake can follow reordered beams.
+        new_prefixes, output = [], np.full((len(tokens), 4), 1e-9)
+        for row, token in enumerate(tokens):
+            prefix = self.prefixes[int(state_h[row, 0])] if self.prefixes else ""
+            if token != END or prefix:
+                prefix += VOCABULARY.index_to_char.get(int(token), "")
+            new_prefixes.append(prefix)
+            for char, probability in self.TABLE.get(prefix, {"": 1.0}).items():
+                output[row, VOCABULARY.char_to_index.get(char, END)] = probability
+        self.prefixes = new_prefixes
+        index = np.arange(len(tokens), dtype=float)[:, None]
+        return output, index, index
+
+
+def test_beam_search_finds_the_most_likely_caption_and_ranks_n_best():
+    captions = beam_search(FakeSteps(), np.zeros((1, 1)), VOCABULARY, beam_size=3, n_best=3)[0]
+    # Ranked by log-probability per character (end included): イウ 0.4 over 3, アア 0.3 over 3, ア 0.3 over 2.
+    assert [c.text for c in captions] == ["イウ", "アア", "ア"]
+    assert [c.probability for c in captions] == pytest.approx([0.4, 0.3, 0.3])
+    assert all(c.ended for c in captions)
+
+
+def test_greedy_takes_the_locally_best_character():
+    (best,) = beam_search(FakeSteps(), np.zeros((1, 1)), VOCABULARY, beam_size=1)[0]
+    assert best.text in ("ア", "アア")  # greedy follows ア (0.6) and misses イウ (0.4)
+
+
+def test_beam_search_is_batched_per_image():
+    captions = beam_search(FakeSteps(), np.zeros((4, 1)), VOCABULARY, beam_size=2)
+    assert [c[0].text for c in captions] == ["イウ"] * 4
+
+
+def test_captions_without_end_are_cut_and_marked():
+    class Babbler(FakeSteps):
+        TABLE = {}
+
+        def next(self, tokens, state_h, state_c):
+            output = np.full((len(tokens), 4), 0.01)
+            output[:, 1] = 0.97  # always ア, never the end
+            return output, state_h, state_c
+
+    (best,) = beam_search(Babbler(), np.zeros((1, 1)), VOCABULARY, beam_size=2, max_length=5)[0]
+    assert best.text == "アアアアア" and not best.ended
