@@ -48,13 +48,17 @@ def decode_parallel(probabilities: np.ndarray, vocabulary: Vocabulary, collapse_
 
 
 class StepModels:
-    """The pieces of a trained Show-and-Tell model that beam search calls, found by layer name."""
+    """The pieces of a trained Show-and-Tell model that beam search calls, found by layer name.
+
+    ``start(features)`` gives the initial per-image states (the LSTM's h and
+    c); ``next(tokens, states)`` gives the next character's probabilities and
+    the new states. Beam search treats states as opaque per-beam arrays.
+    """
 
     def __init__(self, model):
         import keras
 
         features = model.inputs[0]
-        self.initial = keras.Model(features, [model.get_layer("init_h").output, model.get_layer("init_c").output])
         units = model.get_layer("init_h").output.shape[-1]
         token = keras.Input(shape=(1,), dtype="int32", name="token")  # (batch, 1)
         state_h = keras.Input(shape=(units,), name="state_h")  # (batch, units)
@@ -62,15 +66,15 @@ class StepModels:
         embedded = model.get_layer("char_embedding")(token)  # (batch, 1, E)
         output, next_h, next_c = model.get_layer("decoder_lstm")(embedded, initial_state=[state_h, state_c])
         probabilities = model.get_layer("next_char")(output)  # (batch, 1, classes)
+        self.initial = keras.Model(features, [model.get_layer("init_h").output, model.get_layer("init_c").output])
         self.step = keras.Model([token, state_h, state_c], [probabilities, next_h, next_c])
 
-    def start(self, features: np.ndarray):
-        state_h, state_c = self.initial.predict_on_batch(features)
-        return np.asarray(state_h), np.asarray(state_c)
+    def start(self, features: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(state) for state in self.initial.predict_on_batch(features)]
 
-    def next(self, tokens: np.ndarray, state_h: np.ndarray, state_c: np.ndarray):
-        probabilities, state_h, state_c = self.step.predict_on_batch([tokens[:, None].astype("int32"), state_h, state_c])
-        return np.asarray(probabilities)[:, 0], np.asarray(state_h), np.asarray(state_c)
+    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
+        probabilities, *states = self.step.predict_on_batch([tokens[:, None].astype("int32"), *states])
+        return np.asarray(probabilities)[:, 0], [np.asarray(state) for state in states]
 
 
 def beam_search(
@@ -96,15 +100,14 @@ def beam_search(
     """
     n_best = min(n_best, beam_size)
     num_images = len(features)
-    state_h, state_c = steps.start(features)  # (batch, units)
-    state_h, state_c = np.repeat(state_h, beam_size, 0), np.repeat(state_c, beam_size, 0)  # (batch * beam, units)
+    states = [np.repeat(state, beam_size, 0) for state in steps.start(features)]  # (batch * beam, ...) each
     scores = np.full((num_images, beam_size), -np.inf)
     scores[:, 0] = 0.0  # all beams start identical: keep one alive so the first step does not pick duplicates
     sequences = np.zeros((num_images, beam_size, 0), dtype=np.int64)
     tokens = np.full(num_images * beam_size, END, dtype=np.int64)
     finished: list[list[tuple[float, float, list[int], bool]]] = [[] for _ in range(num_images)]
     for length in range(1, max_length + 2):
-        probabilities, state_h, state_c = steps.next(tokens, state_h, state_c)  # (batch * beam, classes)
+        probabilities, states = steps.next(tokens, states)  # (batch * beam, classes)
         log_probabilities = np.log(np.maximum(probabilities, 1e-12)).reshape(num_images, beam_size, -1)
         totals = scores[:, :, None] + log_probabilities  # (batch, beam, classes)
         num_classes = totals.shape[-1]
@@ -135,7 +138,7 @@ def beam_search(
                for done, best_alive in zip(finished, new_scores.max(axis=1))):
             break
         rows = (np.arange(num_images)[:, None] * beam_size + parents).reshape(-1)
-        state_h, state_c = state_h[rows], state_c[rows]
+        states = [state[rows] for state in states]
         sequences = np.concatenate([np.take_along_axis(sequences, parents[:, :, None], 1), new_tokens[:, :, None]], axis=2)
         scores, tokens = new_scores, new_tokens.reshape(-1)
     results = []

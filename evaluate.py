@@ -23,6 +23,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
 
+from cli import HelpFormatter  # noqa: E402
 import demo  # noqa: E402
 from dataset import load_caption_files  # noqa: E402
 from features import WeightsUnavailable, cached_features  # noqa: E402
@@ -85,7 +86,7 @@ def plot_samples(paths, captions, references, per_image, out_file, count: int = 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Caption a captioned dataset and print COCO caption metrics on katakana characters.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", default="runs/demo", help="run folder written by train.py")
     parser.add_argument("--annotations", nargs="+", metavar="JSON",

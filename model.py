@@ -38,7 +38,6 @@ class CaptionerConfig:
     num_classes: int = 128  # softmax width: the end class plus up to 127 characters
     image_size: int = 150  # images are letterboxed to image_size × image_size
     feature_shape: tuple = (4, 4, 512)  # VGG16 pool5 at that image size
-    feature_scale: float = 1.0  # features are multiplied by this (set from the training data)
     vgg_weights: str = "imagenet"  # "imagenet", "none" (seeded random) or a weights file
     learning_rate: float = 1e-3  # Adam's
     embedding_dim: int = 64  # showtell: width of the character embedding
@@ -61,7 +60,7 @@ class CaptionerConfig:
 def build_seed(config: CaptionerConfig) -> keras.Model:
     """The card's non-autoregressive design (see the module docstring)."""
     features = keras.Input(shape=config.feature_shape, name="features")  # (batch, 4, 4, 512)
-    x = layers.Rescaling(config.feature_scale, name="feature_scale")(features)
+    x = layers.Normalization(axis=(1, 2, 3), name="feature_norm")(features)  # per-feature standardisation
     x = layers.Flatten(name="flatten")(x)  # (batch, 8192)
     x = layers.Dense(config.units, activation="relu", name="image_projection")(x)  # (batch, units)
     x = layers.RepeatVector(config.timesteps, name="repeat_image")(x)  # (batch, 50, units)
@@ -85,7 +84,7 @@ def build_showtell(config: CaptionerConfig) -> keras.Model:
     """
     features = keras.Input(shape=config.feature_shape, name="features")  # (batch, 4, 4, 512)
     previous = keras.Input(shape=(config.timesteps,), dtype="int32", name="previous_chars")  # (batch, 50)
-    x = layers.Rescaling(config.feature_scale, name="feature_scale")(features)
+    x = layers.Normalization(axis=(1, 2, 3), name="feature_norm")(features)  # per-feature standardisation
     x = layers.Flatten(name="flatten")(x)  # (batch, 8192)
     x = layers.Dropout(config.dropout, name="image_dropout")(x)
     initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(x)  # (batch, units)
@@ -115,11 +114,22 @@ def model_inputs(config: CaptionerConfig, features, targets):
     return (features, previous_chars(targets)) if config.arch in AUTOREGRESSIVE else features
 
 
-def build_model(config: CaptionerConfig) -> keras.Model:
-    """Builds and compiles the architecture ``config.arch`` names."""
+def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
+    """Builds and compiles the architecture ``config.arch`` names.
+
+    Args:
+        config: the settings.
+        feature_sample: training features ``(n, 4, 4, 512)`` whose per-feature
+            mean and variance the model standardises its input with (saved in
+            the model). VGG16 features of different photos share most of their
+            magnitude (the background), so standardising is what lets the
+            image-specific part through.
+    """
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
     model = ARCHITECTURES[config.arch](config)
+    if feature_sample is not None:
+        model.get_layer("feature_norm").adapt(feature_sample)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         # Integer targets: the same loss as one-hot cross-entropy over the 128

@@ -22,6 +22,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
 
+from cli import HelpFormatter  # noqa: E402
 from dataset import IMAGE_SUFFIXES  # noqa: E402
 from features import WeightsUnavailable, build_vgg16, decode_batches, preprocess  # noqa: E402
 from decoding import Caption, StepModels, beam_search, decode_parallel  # noqa: E402
@@ -145,7 +146,7 @@ def _wrap(text: str, width: int) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Caption photos in katakana with a model trained by train.py.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("images", nargs="+", help="image files or folders of images")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="run folder written by train.py")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import HelpFormatter
 import demo
 from dataset import load_caption_files
 from features import ImageError, WeightsUnavailable, cached_features, feature_shape
@@ -34,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULTS = dict(epochs=30, batch_size=64, units=768, vgg_weights="imagenet", out="runs/stair")
 # The demo fits a laptop CPU: a random VGG16 (no download) and a narrower model.
-DEMO_DEFAULTS = dict(epochs=20, batch_size=64, units=256, vgg_weights="none", out="runs/demo")
+DEMO_DEFAULTS = dict(epochs=40, batch_size=64, units=256, vgg_weights="none", out="runs/demo")
 
 # Files in --out.
 MODEL_FILE = "model.keras"  # the weights with the best validation loss
@@ -47,7 +48,7 @@ STATE_FILE = "state.json"  # epochs done, early-stopping counters, history
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train the katakana image captioner. With no --annotations it trains on the embedded demo dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--annotations", nargs="+", metavar="JSON",
@@ -63,9 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="'imagenet' (Keras download/cache), a local .h5 file, or 'none' for a randomly "
                            "initialised frozen VGG16 [default: imagenet; the demo uses none]")
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", choices=["seed", "showtell"], default="seed",
+    model.add_argument("--arch", choices=["seed", "showtell"], default="showtell",
                        help="seed: the original keras-image2text design, all 50 characters at once; "
                             "showtell: Show and Tell, one character at a time from the image-initialised LSTM")
+    model.add_argument("--distill-from", metavar="RUN",
+                       help="train on the captions a trained (autoregressive) run writes for each photo instead of "
+                            "the human captions: sequence-level distillation, one consistent target per photo")
     model.add_argument("--units", type=int, help="LSTM/Dense width [default: 768; the demo uses 256]")
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=int, help="the total number of epochs [default: 30]")
@@ -166,11 +170,11 @@ def make_batches(config, features, data: CaptionData, batch_size: int, shuffle: 
     return CaptionBatches()
 
 
-def feature_scale(features, rows: np.ndarray, seed: int) -> float:
-    """1 / the RMS of the training features, so the model sees unit-scale inputs."""
-    sample = np.sort(np.random.default_rng(seed).choice(np.unique(rows), size=min(2000, len(np.unique(rows))), replace=False))
-    rms = float(np.sqrt(np.mean(np.square(np.asarray(features[sample], dtype=np.float32)))))
-    return 1.0 / rms if rms > 0 else 1.0
+def feature_sample(features, rows: np.ndarray, seed: int, size: int = 2000) -> np.ndarray:
+    """Up to ``size`` training photos' features, in float32, for the model's input standardisation."""
+    unique = np.unique(rows)
+    chosen = np.sort(np.random.default_rng(seed).choice(unique, size=min(size, len(unique)), replace=False))
+    return np.asarray(features[chosen], dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -313,6 +317,9 @@ def train(args) -> int:
     # 3. Split by photo, build the vocabulary from training captions, encode.
     train_images, val_images = split_by_image(len(usable), args.val_fraction, args.seed)
     train_images, val_images = usable[train_images], usable[val_images]
+    references = readings  # the human captions: validation metrics are always against these
+    if args.distill_from:
+        readings = distilled_readings(args, cache.features, readings, np.concatenate([train_images, val_images]))
     if resuming:
         vocabulary = Vocabulary.load(out / VOCAB_FILE)
     else:
@@ -343,11 +350,10 @@ def train(args) -> int:
             num_classes=NUM_CLASSES,
             image_size=args.image_size,
             feature_shape=feature_shape(args.image_size),
-            feature_scale=feature_scale(cache.features, train_data.rows, args.seed),
             vgg_weights=args.vgg_weights,
             learning_rate=args.learning_rate,
         )
-        model = build_model(config)
+        model = build_model(config, feature_sample(cache.features, train_data.rows, args.seed))
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / CONFIG_FILE)
         vocabulary.save(out / VOCAB_FILE)
@@ -369,11 +375,33 @@ def train(args) -> int:
     log(f"Best validation loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}.")
 
     # 6. Caption metrics of the best model on the validation photos.
-    result = evaluate_validation(out, cache.features, val_images, [readings[i] for i in val_images],
+    result = evaluate_validation(out, cache.features, val_images, [references[i] for i in val_images],
                                  [records[i].scene for i in val_images])
     log(f"Validation metrics ({len(val_images)} photos, character-level):\n{result}")
     log(f"The run is in {out}/ ({MODEL_FILE}, {CONFIG_FILE}, {VOCAB_FILE}, metrics.json, history.csv, loss.png).")
     return 0
+
+
+def distilled_readings(args, features, readings, images) -> list[list[str]]:
+    """Sequence-level knowledge distillation: each photo's one target is the teacher's best caption.
+
+    A non-autoregressive decoder cannot pick one of several wordings per
+    image; a teacher's single consistent caption removes that ambiguity.
+    """
+    from evaluate import caption_cached
+    from predict import Captioner
+
+    teacher = Captioner(args.distill_from, with_vgg=False, beam_size=3)
+    if (teacher.config.vgg_weights, teacher.config.image_size) != (args.vgg_weights, args.image_size):
+        raise ValueError(
+            f"--distill-from {args.distill_from} was trained on other features (VGG16 weights "
+            f"{teacher.config.vgg_weights}, {teacher.config.image_size} px); pass the same --vgg-weights and --image-size."
+        )
+    log(f"Captioning {len(images)} photos with the teacher {args.distill_from} (beam 3) as training targets.")
+    distilled = [[] for _ in readings]
+    for image, (text, _) in zip(images, caption_cached(teacher, features, images)):
+        distilled[image] = [text] if text else []
+    return distilled
 
 
 def evaluate_validation(out: Path, features, rows, references, scenes) -> str:

@@ -37,21 +37,20 @@ class FakeSteps:
 
     def start(self, features):
         self.prefixes = [""] * len(features)
-        return np.zeros((len(features), 1)), np.zeros((len(features), 1))
+        return [np.zeros((len(features), 1))]
 
-    def next(self, tokens, state_h, state_c):
-        # state_h carries an index into self.prefixes so the fake can follow reordered beams.
+    def next(self, tokens, states):
+        # The state is an index into self.prefixes, so the fake follows reordered beams.
         new_prefixes, output = [], np.full((len(tokens), 4), 1e-9)
         for row, token in enumerate(tokens):
-            prefix = self.prefixes[int(state_h[row, 0])] if self.prefixes else ""
+            prefix = self.prefixes[int(states[0][row, 0])] if self.prefixes else ""
             if token != END or prefix:
                 prefix += VOCABULARY.index_to_char.get(int(token), "")
             new_prefixes.append(prefix)
             for char, probability in self.TABLE.get(prefix, {"": 1.0}).items():
                 output[row, VOCABULARY.char_to_index.get(char, END)] = probability
         self.prefixes = new_prefixes
-        index = np.arange(len(tokens), dtype=float)[:, None]
-        return output, index, index
+        return output, [np.arange(len(tokens), dtype=float)[:, None]]
 
 
 def test_beam_search_finds_the_most_likely_caption_and_ranks_n_best():
@@ -76,10 +75,10 @@ def test_captions_without_end_are_cut_and_marked():
     class Babbler(FakeSteps):
         TABLE = {}
 
-        def next(self, tokens, state_h, state_c):
+        def next(self, tokens, states):
             output = np.full((len(tokens), 4), 0.01)
             output[:, 1] = 0.97  # always ア, never the end
-            return output, state_h, state_c
+            return output, states
 
     (best,) = beam_search(Babbler(), np.zeros((1, 1)), VOCABULARY, beam_size=2, max_length=5)[0]
     assert best.text == "アアアアア" and not best.ended

@@ -15,7 +15,7 @@ def test_training_writes_everything_predict_needs(tiny_run):
                  "history.csv", "loss.png", "metrics.json"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
-    assert (config["arch"], config["timesteps"], config["num_classes"], config["vgg_weights"]) == ("seed", 50, 128, "none")
+    assert (config["arch"], config["timesteps"], config["num_classes"], config["vgg_weights"]) == ("showtell", 50, 128, "none")
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
     assert "CIDEr-D" in json.loads((out / "metrics.json").read_text())
 
@@ -43,6 +43,28 @@ def test_predict_json_and_plot(tiny_run, tiny_demo, tmp_path, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and len(rows) == 6 and set(rows[0]) == {"file", "caption"}
     assert plot.stat().st_size > 10_000
+
+
+def test_predict_n_best_prints_ranked_captions_with_probabilities(tiny_run, tiny_demo, capsys):
+    out, _ = tiny_run
+    photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
+    assert predict.main([str(photo), "--model", str(out), "--n-best", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Captions for {photo}:"
+    probabilities = [float(line.rsplit("(p=", 1)[1].rstrip(")")) for line in lines[1:]]
+    assert [line.split(")")[0].strip() for line in lines[1:]] == ["1", "2", "3"]
+    assert all(0 <= p <= 1 for p in probabilities)
+
+
+def test_seed_architecture_trains_and_predicts(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "seed"
+    argv = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--arch", "seed", *TINY]
+    assert train.main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["arch"] == "seed"
+    capsys.readouterr()  # the training log
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--decode", "collapse"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6
 
 
 def test_predict_with_a_missing_model_is_a_clear_error(tiny_demo, tmp_path, capsys):

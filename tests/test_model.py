@@ -25,8 +25,8 @@ def test_save_load_gives_identical_predictions(tmp_path, arch):
     from model import model_inputs
 
     config = small_config(arch=arch)
-    model = build_model(config)
     features = np.random.default_rng(0).normal(size=(3, 1, 1, 512)).astype("float32")
+    model = build_model(config, feature_sample=features * 2 + 1)  # standardisation statistics must survive saving
     inputs = model_inputs(config, features, np.random.default_rng(1).integers(0, 128, size=(3, 50)))
     model.save(tmp_path / "model.keras")
     restored = load_model(tmp_path / "model.keras")
@@ -43,7 +43,7 @@ def test_showtell_reads_the_previous_character():
 
 
 def test_config_round_trip_and_unknown_settings(tmp_path):
-    config = small_config(feature_scale=0.25, vgg_weights="none")
+    config = small_config(units=8, vgg_weights="none")
     config.save(tmp_path / "config.json")
     assert CaptionerConfig.load(tmp_path / "config.json") == config
     (tmp_path / "config.json").write_text('{"units": 8, "colour": "red"}')
@@ -66,13 +66,13 @@ def test_each_architecture_memorises_a_few_captions(arch):
     captions = ["アカイマル", "アオイシカク", "キイロイサンカク", "ミドリノマル"]
     vocabulary = Vocabulary.build(captions)
     keras.utils.set_random_seed(0)
-    features = np.random.default_rng(0).normal(size=(4, 1, 1, 512)).astype("float32")
-    targets = np.stack([vocabulary.encode(caption, 50)[0] for caption in captions])
-    config = small_config(arch=arch, units=64, learning_rate=1e-2, dropout=0.0)
-    model = build_model(config)
+    features = np.random.default_rng(0).normal(size=(4, 2, 2, 512)).astype("float32")
+    targets = np.stack([vocabulary.encode(caption, 12)[0] for caption in captions])
+    config = small_config(arch=arch, units=64, learning_rate=1e-2, dropout=0.0, feature_shape=(2, 2, 512), timesteps=12)
+    model = build_model(config, feature_sample=features)
     model.fit(model_inputs(config, features, targets), targets, epochs=300, batch_size=4, verbose=0)
     if arch in AUTOREGRESSIVE:
-        decoded = beam_search(StepModels(model), features, vocabulary, beam_size=2)
+        decoded = beam_search(StepModels(model), features, vocabulary, beam_size=2, max_length=11)
     else:
         decoded = decode_parallel(model.predict(features, verbose=0), vocabulary)
     predicted = [captions[0].text for captions in decoded]
