@@ -125,13 +125,16 @@ def split_by_image(num_images: int, val_fraction: float, seed: int) -> tuple[np.
     return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
-def encode_captions(readings, image_indices, cache_rows, vocabulary: Vocabulary, timesteps: int):
-    """Encodes the captions of the given photos; returns the data and counts of unknown/truncated."""
+def encode_captions(readings, image_indices, vocabulary: Vocabulary, timesteps: int):
+    """Encodes the captions of the given photos (a photo's index is its cache row).
+
+    Returns the data and the counts of unknown characters and truncated captions.
+    """
     rows, targets, num_unknown, num_truncated = [], [], 0, 0
     for image in image_indices:
         for katakana in readings[image]:
             encoded, unknown, truncated = vocabulary.encode(katakana, timesteps)
-            rows.append(cache_rows[image])
+            rows.append(image)
             targets.append(encoded)
             num_unknown += unknown
             num_truncated += truncated
@@ -324,9 +327,8 @@ def train(args) -> int:
         vocabulary = Vocabulary.load(out / VOCAB_FILE)
     else:
         vocabulary = Vocabulary.build((k for image in train_images for k in readings[image]), NUM_CLASSES)
-    cache_rows = np.arange(len(records))
-    train_data, unknown, truncated = encode_captions(readings, train_images, cache_rows, vocabulary, TIMESTEPS)
-    val_data, val_unknown, val_truncated = encode_captions(readings, val_images, cache_rows, vocabulary, TIMESTEPS)
+    train_data, unknown, truncated = encode_captions(readings, train_images, vocabulary, TIMESTEPS)
+    val_data, val_unknown, val_truncated = encode_captions(readings, val_images, vocabulary, TIMESTEPS)
     log(f"Vocabulary: {vocabulary.num_classes} classes (end class + {len(vocabulary.characters)} characters).")
     log(f"Training on {len(train_data.rows)} captions of {len(train_images)} photos; validating on "
         f"{len(val_data.rows)} captions of {len(val_images)} photos.")
@@ -424,8 +426,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nInterrupted. Run the same command with --resume to continue from the last finished epoch "
-              f"(features already extracted are kept).", file=sys.stderr)
+        print("\nInterrupted. Run the same command with --resume to continue from the last finished epoch "
+              "(features already extracted are kept).", file=sys.stderr)
         return 130
 
 
