@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import kana
 import predict
 import train
@@ -100,3 +102,36 @@ def test_resume_continues_and_refuses_to_clobber(tiny_run, tiny_demo, capsys):
 def test_train_reports_missing_data_without_a_traceback(tmp_path, capsys):
     code = train.main(["--annotations", str(tmp_path / "none.json"), "--images", str(tmp_path), "--out", str(tmp_path / "o")])
     assert code == 2 and "Annotation file not found" in capsys.readouterr().err
+
+
+def test_a_stair_dataset_the_project_did_not_generate(tmp_path, capsys):
+    """A hand-made STAIR v1.2-style file (extra fields, tokenized captions) over a COCO 2014 folder."""
+    from PIL import Image, ImageDraw
+
+    folder = tmp_path / "train2014"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    captions = ["犬が芝生の上を走っている。", "テーブルの上にケーキが置いてある。", "2人の男性がテニスをしている。"]
+    for image_id in range(100, 112):
+        name = f"COCO_train2014_{image_id:012d}.jpg"
+        photo = Image.fromarray(rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8))
+        ImageDraw.Draw(photo).ellipse((10, 10, 30, 30), fill=(255, 255, 0))
+        photo.save(folder / name)
+        images.append({"license": 3, "url": f"http://mscoco.org/images/{image_id}", "file_name": name,
+                       "id": image_id, "width": 64, "height": 48, "date_captured": "2013-11-14 16:28:13"})
+        for caption in captions:
+            annotations.append({"image_id": image_id, "id": len(annotations), "caption": caption,
+                                "tokenized_caption": " ".join(caption)})
+    stair = tmp_path / "stair_captions_v1.2_train.json"
+    stair.write_text(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations},
+                                ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "run"
+    argv = ["--annotations", str(stair), "--images", str(folder), "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", *TINY]
+    assert train.main(argv) == 0
+    log = capsys.readouterr().out
+    assert "36 captions of 12 photos" in log
+    vocabulary = kana.Vocabulary.load(out / "vocab.json")
+    assert {"イ", "ヌ", "テ"} <= set(vocabulary.characters)
+    assert predict.main([str(folder / images[0]["file_name"]), "--model", str(out)]) == 0
