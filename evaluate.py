@@ -94,11 +94,15 @@ def main(argv=None) -> int:
     parser.add_argument("--images", nargs="+", metavar="DIR", help="folders holding their photos [default: demo val2014/]")
     parser.add_argument("--limit", type=int, help="evaluate on the first N photos only")
     parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax", help="seed models: how captions are read off the model")
-    parser.add_argument("--beam-size", type=int, default=3, help="autoregressive models: beams per image (1 = greedy)")
+    parser.add_argument("--beam-size", type=int, default=1,
+                        help="autoregressive models: beams per image (1 = greedy, the best CIDEr-D on the demo)")
     parser.add_argument("--out", help="folder for metrics.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
     parser.add_argument("--cache-dir", default=str(PROJECT_DIR / "cache"), help="VGG16 feature cache")
     parser.add_argument("--batch-size", type=int, default=256, help="photos per model call")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--human", action="store_true",
+                        help="no model: score each photo's first reference caption against its other references "
+                             "(how well a person scores on the same metrics)")
     args = parser.parse_args(argv)
     if args.annotations is None:
         demo_dir = demo.ensure_demo()
@@ -107,11 +111,27 @@ def main(argv=None) -> int:
     if not args.images:
         parser.error("--annotations needs --images (the folders holding the photos)")
     try:
-        result = evaluate(args)
+        result = human_ceiling(args) if args.human else evaluate(args)
     except (FileNotFoundError, ValueError, WeightsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0 if result else 1
+
+
+def human_ceiling(args) -> dict:
+    """The metrics of one human caption per photo against the photo's other captions."""
+    records, _ = load_caption_files(args.annotations, args.images)
+    records = records[: args.limit] if args.limit else records
+    references, _, _ = convert_captions([record.captions for record in records])
+    keep = [index for index, refs in enumerate(references) if len(refs) >= 2]
+    if not keep:
+        print("error: --human needs photos with at least two captions", file=sys.stderr)
+        return {}
+    captions = [(references[index][0], True) for index in keep]
+    result = score(captions, [references[index][1:] for index in keep], [records[index].scene for index in keep])
+    result.pop("CIDEr-D per image")
+    print(format_table(result))
+    return result
 
 
 def evaluate(args) -> dict:

@@ -48,7 +48,7 @@ class Captioner:
     """
 
     def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str = "argmax",
-                 beam_size: int = 3):
+                 beam_size: int = 1):
         from model import AUTOREGRESSIVE, CaptionerConfig, load_model
 
         model_dir = Path(model_dir)
@@ -157,7 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax",
                         help="seed models: argmax = the likeliest character per step; collapse = also write "
                              "repeated characters once")
-    parser.add_argument("--beam-size", type=int, default=3, help="autoregressive models: beams per image (1 = greedy)")
+    parser.add_argument("--beam-size", type=int, default=1,
+                        help="autoregressive models: beams per image (1 = greedy, the best CIDEr-D on the demo)")
     parser.add_argument("--n-best", type=int, default=1, help="autoregressive models: print this many captions per image")
     args = parser.parse_args(argv)
 

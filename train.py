@@ -393,13 +393,13 @@ def distilled_readings(args, features, readings, images) -> list[list[str]]:
     from evaluate import caption_cached
     from predict import Captioner
 
-    teacher = Captioner(args.distill_from, with_vgg=False, beam_size=3)
+    teacher = Captioner(args.distill_from, with_vgg=False)
     if (teacher.config.vgg_weights, teacher.config.image_size) != (args.vgg_weights, args.image_size):
         raise ValueError(
             f"--distill-from {args.distill_from} was trained on other features (VGG16 weights "
             f"{teacher.config.vgg_weights}, {teacher.config.image_size} px); pass the same --vgg-weights and --image-size."
         )
-    log(f"Captioning {len(images)} photos with the teacher {args.distill_from} (beam 3) as training targets.")
+    log(f"Captioning {len(images)} photos with the teacher {args.distill_from} (greedy) as training targets.")
     distilled = [[] for _ in readings]
     for image, (text, _) in zip(images, caption_cached(teacher, features, images)):
         distilled[image] = [text] if text else []

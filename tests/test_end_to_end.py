@@ -88,6 +88,14 @@ def test_evaluate_prints_the_table_and_writes_files(tiny_run, tiny_demo, tmp_pat
     assert (report / "samples.png").is_file()
 
 
+def test_human_ceiling_scores_references_against_each_other(tiny_demo, capsys):
+    code = evaluate.main(["--human", "--annotations", str(tiny_demo / "captions_val.json"),
+                          "--images", str(tiny_demo / "val2014")])
+    table = capsys.readouterr().out
+    assert code == 0
+    assert "scene accuracy     1.000" in table  # every human caption names its scene
+
+
 def test_resume_continues_and_refuses_to_clobber(tiny_run, tiny_demo, capsys):
     out, cache = tiny_run
     data = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
