@@ -141,8 +141,15 @@ def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
 
 
 def load_model(path) -> keras.Model:
-    """Loads a saved ``.keras`` model in safe mode (no arbitrary code from the file)."""
-    return keras.models.load_model(path, safe_mode=True)
+    """Loads a saved ``.keras`` model in safe mode (no arbitrary code from the file).
+
+    Raises:
+        ValueError: the file is not a loadable Keras model (damaged, truncated, another format).
+    """
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a bad file; the user needs one message
+        raise ValueError(f"{path} could not be loaded as a Keras model ({type(error).__name__}: {error})") from None
 
 
 def describe(config: CaptionerConfig) -> str:

@@ -74,6 +74,18 @@ def test_predict_with_a_missing_model_is_a_clear_error(tiny_demo, tmp_path, caps
     assert code == 2 and "model.keras not found" in capsys.readouterr().err
 
 
+def test_predict_with_a_damaged_model_is_a_clear_error(tiny_run, tiny_demo, tmp_path, capsys):
+    import shutil
+
+    out, _ = tiny_run
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    (damaged / "model.keras").write_bytes((out / "model.keras").read_bytes()[:1000])
+    code = predict.main([str(tiny_demo / "val2014"), "--model", str(damaged)])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not be loaded as a Keras model" in err and "Traceback" not in err
+
+
 def test_evaluate_prints_the_table_and_writes_files(tiny_run, tiny_demo, tmp_path, capsys):
     out, cache = tiny_run
     report = tmp_path / "report"
