@@ -28,6 +28,19 @@ def atomic_path(path, suffix: str = ""):
         temporary.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Deletes temporaries that a killed process left in ``folder``; returns what it removed.
+
+    Call it only where no other process is writing into ``folder``.
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")

@@ -27,7 +27,7 @@ from cli import HelpFormatter
 import demo
 from dataset import load_caption_files
 from features import ImageError, WeightsUnavailable, cached_features, feature_shape
-from fileio import atomic_path, read_json, write_json, write_text
+from fileio import atomic_path, read_json, remove_stale_temporaries, write_json, write_text
 from kana import NUM_CLASSES, TIMESTEPS, Vocabulary, convert_captions
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
@@ -260,6 +260,9 @@ def write_history(out: Path, history: list[dict]) -> None:
 def prepare_out(args) -> tuple[dict | None, bool]:
     """Checks --out against --resume/--overwrite; returns the saved state when resuming."""
     out = Path(args.out)
+    if out.is_dir():
+        for path in remove_stale_temporaries(out):
+            log(f"Removed {path.name}, left by an interrupted run.")
     has_run = (out / STATE_FILE).exists()
     if args.resume:
         if not has_run or not (out / CHECKPOINT_FILE).exists():
