@@ -19,6 +19,9 @@ import numpy as np
 from kana import END, Vocabulary
 
 
+DECODE_METHODS = ("argmax", "collapse")  # how a non-autoregressive model's outputs are read
+
+
 @dataclasses.dataclass(frozen=True)
 class Caption:
     """One decoded caption.

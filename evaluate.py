@@ -28,7 +28,8 @@ import demo  # noqa: E402
 from dataset import load_caption_files  # noqa: E402
 from features import WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
-from kana import DECODE_METHODS, convert_captions  # noqa: E402
+from decoding import DECODE_METHODS  # noqa: E402
+from kana import convert_captions  # noqa: E402
 from metrics import METRIC_NAMES, caption_metrics, caption_statistics  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parent

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import re
 import sys
 import unicodedata
@@ -168,11 +169,11 @@ class Vocabulary:
     def num_classes(self) -> int:
         return len(self.characters) + 1
 
-    @property
+    @functools.cached_property  # built once: encode() runs once per caption
     def char_to_index(self) -> dict[str, int]:
         return {char: index + 1 for index, char in enumerate(self.characters)}
 
-    @property
+    @functools.cached_property
     def index_to_char(self) -> dict[int, str]:
         return {index + 1: char for index, char in enumerate(self.characters)}
 
@@ -250,9 +251,6 @@ class Vocabulary:
                 chars.append(lookup.get(index, ""))
             previous = index
         return "".join(chars), False
-
-
-DECODE_METHODS = ("argmax", "collapse")  # for non-autoregressive models: see decoding.py
 
 
 def main(argv=None) -> int:

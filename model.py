@@ -20,7 +20,6 @@ decoding.py at inference).
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import keras
 from keras import layers
@@ -151,6 +150,3 @@ def load_model(path) -> keras.Model:
     except Exception as error:  # Keras raises many types for a bad file; the user needs one message
         raise ValueError(f"{path} could not be loaded as a Keras model ({type(error).__name__}: {error})") from None
 
-
-def describe(config: CaptionerConfig) -> str:
-    return json.dumps(dataclasses.asdict(config), ensure_ascii=False)

@@ -25,8 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 from cli import HelpFormatter  # noqa: E402
 from dataset import IMAGE_SUFFIXES  # noqa: E402
 from features import WeightsUnavailable, build_vgg16, decode_batches, preprocess  # noqa: E402
-from decoding import Caption, StepModels, beam_search, decode_parallel  # noqa: E402
-from kana import DECODE_METHODS, Vocabulary  # noqa: E402
+from decoding import DECODE_METHODS, Caption, StepModels, beam_search, decode_parallel  # noqa: E402
+from kana import Vocabulary  # noqa: E402
 
 DEFAULT_MODEL = "runs/demo"
 
@@ -39,7 +39,7 @@ class Captioner:
         vgg_weights: overrides the VGG16 weights the run was trained with
             (e.g. a local copy of the same ImageNet weights file).
         with_vgg: False to caption cached features only (no VGG16 built).
-        decode: how a non-autoregressive model's outputs are read (see kana.DECODE_METHODS).
+        decode: how a non-autoregressive model's outputs are read (see decoding.DECODE_METHODS).
         beam_size: beams per image for autoregressive models (1 = greedy).
 
     Raises:
