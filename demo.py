@@ -111,8 +111,11 @@ def draw_scene(scene: list[dict], rng: np.random.Generator) -> Image.Image:
     image = Image.new("RGB", CANVAS, background)
     draw = ImageDraw.Draw(image)
     for obj in scene:
-        radius = int(rng.integers(28, 42))
-        center_x = int((POSITIONS[obj["position"]] + rng.uniform(-0.05, 0.05)) * width)
+        # Nearly one size, so that shape (not size) is what sets a shape's area:
+        # features from a randomly initialised VGG16 mostly measure how much of
+        # each colour lies where, and tell shapes apart by their area.
+        radius = int(rng.integers(34, 39))
+        center_x = int((POSITIONS[obj["position"]] + rng.uniform(-0.03, 0.03)) * width)
         center_y = int(height * (0.5 + rng.uniform(-0.15, 0.15)))
         color = tuple(int(np.clip(value + rng.integers(-20, 21), 0, 255)) for value in COLORS[obj["color"]])
         box = (center_x - radius, center_y - radius, center_x + radius, center_y + radius)

@@ -9,12 +9,19 @@ runs once per image in features.py, not at every training step.
       -> LSTM(units) encoder -> RepeatVector(50)
       -> Bidirectional(LSTM(units)) decoder -> TimeDistributed(Dense(128, softmax))
 
+(each RepeatVector + LSTM pair is one ``RepeatedInputLSTM``, the same
+numbers computed with half the work).
+
 It writes all 50 characters at once, none of them seeing the others, and on
 captions worded several ways it learns the average caption and ignores the
 image. ``--arch showtell`` (Vinyals et al., Show and Tell) is autoregressive:
 the image sets the LSTM's initial state, and each step reads the previous
 character and predicts the next (teacher forcing in training, beam search in
-decoding.py at inference).
+decoding.py at inference). ``--arch attention`` (Xu et al., Show, Attend
+and Tell) starts the same way, and at every step also looks at the pool5 grid
+(4×4 cells at 150 px, 7×7 at 224 px): an additive attention over the cells,
+queried with the LSTM's previous state, feeds a context vector into the LSTM
+with the previous character, and into the output layer.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from fileio import read_json, write_json
 
@@ -56,18 +63,98 @@ class CaptionerConfig:
         return cls(**data)
 
 
-def build_seed(config: CaptionerConfig) -> keras.Model:
-    """The card's non-autoregressive design (see the module docstring)."""
+@keras.saving.register_keras_serializable(package="captioner")
+class RepeatedInputLSTM(layers.Layer):
+    """``RepeatVector(timesteps)`` then ``LSTM(units)``: an LSTM reading the same input vector at every step.
+
+    The input's projection ``x·W + b`` is then the same at every step, so the
+    ``projected`` implementation computes it once and only ``h·U`` per step,
+    halving the work of the card's LSTMs (their input is as wide as their
+    state). ``stock`` runs the stock ``keras.layers.LSTM`` (cuDNN on a GPU) on
+    the repeated input. Both use the same weights (those of the inner
+    ``lstm`` layer, so they give the same numbers); ``auto`` picks the one
+    ``bench.py`` measured faster on the backend (``FASTEST``).
+
+    With ``reverse=True`` it is the backward half of a ``Bidirectional``: over
+    identical inputs, reading backwards is the same computation, with the
+    outputs in reverse time order.
+    """
+
+    FASTEST = {"tensorflow": "projected", "jax": "projected", "torch": "projected"}  # CPU, from bench.py
+
+    def __init__(self, units: int, timesteps: int, return_sequences: bool = False, reverse: bool = False,
+                 implementation: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        if implementation not in ("auto", "projected", "stock"):
+            raise ValueError(f"implementation must be auto, projected or stock, not {implementation!r}")
+        self.units, self.timesteps = units, timesteps
+        self.return_sequences, self.reverse, self.implementation = return_sequences, reverse, implementation
+        self.lstm = layers.LSTM(units, return_sequences=return_sequences, name="lstm")
+
+    def build(self, input_shape):
+        self.lstm.build((input_shape[0], self.timesteps, input_shape[-1]))
+
+    def call(self, inputs):
+        implementation = self.implementation
+        if implementation == "auto":
+            implementation = self.FASTEST.get(keras.backend.backend(), "stock")
+        if implementation == "stock":
+            outputs = self.lstm(ops.repeat(ops.expand_dims(inputs, 1), self.timesteps, axis=1))
+        else:
+            outputs = self._projected(inputs)
+        if self.return_sequences and self.reverse:
+            outputs = ops.flip(outputs, axis=1)
+        return outputs
+
+    def _projected(self, inputs):
+        cell = self.lstm.cell
+        projected = ops.matmul(inputs, cell.kernel) + cell.bias  # (batch, 4 * units), once for all steps
+
+        def step(state, _):
+            h, c = ops.split(state, 2, axis=-1)  # one (batch, 2 * units) carry: [h, c]
+            z = projected + ops.matmul(h, cell.recurrent_kernel)  # only the recurrent part per step
+            i, f, g, o = ops.split(z, 4, axis=-1)  # Keras' gate order
+            c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
+            h = ops.sigmoid(o) * ops.tanh(c)
+            state = ops.concatenate([h, c], axis=-1)
+            return state, state  # (Keras' TensorFlow scan needs outputs shaped like the carry)
+
+        initial = ops.zeros_like(projected[:, : 2 * self.units])
+        state, states = ops.scan(step, initial, length=self.timesteps)  # states: (timesteps, batch, 2 * units)
+        if self.return_sequences:
+            return ops.transpose(states[:, :, : self.units], (1, 0, 2))
+        return state[:, : self.units]
+
+    def compute_output_shape(self, input_shape):
+        if self.return_sequences:
+            return (input_shape[0], self.timesteps, self.units)
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "timesteps": self.timesteps,
+                "return_sequences": self.return_sequences, "reverse": self.reverse,
+                "implementation": self.implementation}
+
+
+def build_seed(config: CaptionerConfig, lstm_implementation: str = "auto") -> keras.Model:
+    """The card's non-autoregressive design (see the module docstring).
+
+    Both LSTMs read one vector repeated over the 50 steps, so they are built
+    as ``RepeatedInputLSTM``: the same weights and numbers as RepeatVector +
+    LSTM (and a Bidirectional pair for the decoder), with the input projection
+    computed once (``lstm_implementation``: auto, projected or stock).
+    """
+    def repeated_lstm(name, **options):
+        return RepeatedInputLSTM(config.units, config.timesteps, implementation=lstm_implementation, name=name, **options)
+
     features = keras.Input(shape=config.feature_shape, name="features")  # (batch, 4, 4, 512)
     x = layers.Normalization(axis=(1, 2, 3), name="feature_norm")(features)  # per-feature standardisation
     x = layers.Flatten(name="flatten")(x)  # (batch, 8192)
     x = layers.Dense(config.units, activation="relu", name="image_projection")(x)  # (batch, units)
-    x = layers.RepeatVector(config.timesteps, name="repeat_image")(x)  # (batch, 50, units)
-    x = layers.LSTM(config.units, name="encoder_lstm")(x)  # (batch, units)
-    x = layers.RepeatVector(config.timesteps, name="repeat_state")(x)  # (batch, 50, units)
-    x = layers.Bidirectional(
-        layers.LSTM(config.units, return_sequences=True), name="decoder_lstm"
-    )(x)  # (batch, 50, 2 * units)
+    state = repeated_lstm("encoder_lstm")(x)  # RepeatVector(50) -> LSTM: (batch, units), the final state
+    forward = repeated_lstm("decoder_forward", return_sequences=True)(state)  # RepeatVector(50) -> LSTM
+    backward = repeated_lstm("decoder_backward", return_sequences=True, reverse=True)(state)  # ... go_backwards
+    x = layers.Concatenate(name="decoder_lstm")([forward, backward])  # Bidirectional: (batch, 50, 2 * units)
     probabilities = layers.TimeDistributed(
         layers.Dense(config.num_classes, activation="softmax"), name="next_char"
     )(x)  # (batch, 50, 128)
@@ -97,8 +184,107 @@ def build_showtell(config: CaptionerConfig) -> keras.Model:
     return keras.Model([features, previous], probabilities, name="showtell")
 
 
-ARCHITECTURES = {"seed": build_seed, "showtell": build_showtell}
-AUTOREGRESSIVE = {"showtell"}  # architectures that read the previous character
+@keras.saving.register_keras_serializable(package="captioner")
+class GridAttention(layers.Layer):
+    """Additive (Bahdanau) attention of a query over the cells of a feature grid.
+
+    The grid arrives flattened, ``(batch, cells * width)``, because it travels
+    through the RNN as a state that never changes (Keras 3 RNNs take no
+    per-sequence constants). Returns ``(context, weights)``: the weighted mean
+    of the cells ``(batch, width)`` and the weights ``(batch, cells)``.
+    """
+
+    def __init__(self, cells: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.cells, self.width = cells, width
+        self.query_projection = layers.Dense(width, use_bias=False, name="query_projection")
+        self.score = layers.Dense(1, use_bias=False, name="score")
+
+    def build(self, query_shape, values_shape=None, keys_shape=None):
+        self.query_projection.build(query_shape)
+        self.score.build((None, self.cells, self.width))
+
+    def call(self, query, values, keys):
+        values = ops.reshape(values, (-1, self.cells, self.width))  # (batch, cells, width)
+        keys = ops.reshape(keys, (-1, self.cells, self.width))  # (batch, cells, width)
+        energy = ops.tanh(keys + ops.expand_dims(self.query_projection(query), 1))  # (batch, cells, width)
+        scores = ops.squeeze(self.score(energy), -1)  # (batch, cells)
+        # One cell (a 32 px photo's 1×1 grid) gets all the weight; softmax would say so with a warning.
+        weights = ops.ones_like(scores) if self.cells == 1 else ops.softmax(scores, axis=-1)
+        context = ops.sum(values * ops.expand_dims(weights, -1), axis=1)  # (batch, width)
+        return context, weights
+
+    def get_config(self):
+        return {**super().get_config(), "cells": self.cells, "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class AttentionLSTMCell(layers.Layer):
+    """One Show-Attend-and-Tell step: attend with h(t-1), then run an LSTM cell on [character, context].
+
+    States: ``[h, c, values, keys]``; the last two are the projected grid,
+    passed through unchanged. Output: ``[h(t), context]``.
+    """
+
+    def __init__(self, units: int, cells: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.cells = units, cells
+        self.state_size = [units, units, cells * units, cells * units]
+        self.output_size = 2 * units
+        self.attention = GridAttention(cells, units, name="attention")
+        self.lstm = layers.LSTMCell(units, name="lstm")
+
+    def build(self, input_shape):
+        self.attention.build((None, self.units))
+        self.lstm.build((None, input_shape[-1] + self.units))
+
+    def call(self, inputs, states, training=False):
+        h, c, values, keys = states
+        context, _ = self.attention(h, values, keys)
+        output, (h, c) = self.lstm(ops.concatenate([inputs, context], axis=-1), [h, c], training=training)
+        return ops.concatenate([output, context], axis=-1), [h, c, values, keys]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "cells": self.cells}
+
+
+def build_attention(config: CaptionerConfig) -> keras.Model:
+    """Show, Attend and Tell: Show and Tell plus soft attention over the pool5 grid at every step.
+
+    The initial state comes from the whole flattened grid, as in showtell, so
+    the model starts from what Show and Tell knows; attention adds a look at
+    one region per character (which ``predict.py --plot`` can draw).
+    """
+    rows, cols, channels = config.feature_shape
+    cells = rows * cols
+    features = keras.Input(shape=config.feature_shape, name="features")  # (batch, rows, cols, 512)
+    previous = keras.Input(shape=(config.timesteps,), dtype="int32", name="previous_chars")  # (batch, 50)
+    x = layers.Normalization(axis=(1, 2, 3), name="feature_norm")(features)
+    x = layers.Dropout(config.dropout, name="image_dropout")(x)
+    flat = layers.Flatten(name="flatten")(x)  # (batch, cells * 512)
+    initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(flat)  # (batch, units)
+    initial_c = layers.Dense(config.units, activation="tanh", name="init_c")(flat)  # (batch, units)
+    grid = layers.Reshape((cells, channels), name="grid")(x)  # (batch, cells, 512)
+    values = layers.Dense(config.units, name="grid_values")(grid)  # (batch, cells, units)
+    keys = layers.Dense(config.units, name="grid_keys")(values)  # (batch, cells, units)
+    values = layers.Flatten(name="grid_values_flat")(values)  # (batch, cells * units): RNN states are flat
+    keys = layers.Flatten(name="grid_keys_flat")(keys)
+    embedded = layers.Embedding(config.num_classes, config.embedding_dim, name="char_embedding")(previous)  # (batch, 50, E)
+    outputs, *_ = layers.RNN(
+        AttentionLSTMCell(config.units, cells), return_sequences=True, return_state=True, name="decoder_lstm"
+    )(embedded, initial_state=[initial_h, initial_c, values, keys])  # (batch, 50, 2 * units): [h, context]
+    outputs = layers.Dropout(config.dropout, name="output_dropout")(outputs)
+    probabilities = layers.Dense(config.num_classes, activation="softmax", name="next_char")(outputs)  # (batch, 50, 128)
+    return keras.Model([features, previous], probabilities, name="attention")
+
+
+ARCHITECTURES = {"seed": build_seed, "showtell": build_showtell, "attention": build_attention}
+AUTOREGRESSIVE = {"showtell", "attention"}  # architectures that read the previous character
+# The layers whose outputs are an autoregressive model's initial decoder states, in order.
+INITIAL_STATES = {
+    "showtell": ("init_h", "init_c"),
+    "attention": ("init_h", "init_c", "grid_values_flat", "grid_keys_flat"),
+}
 
 
 def previous_chars(targets):
@@ -128,7 +314,12 @@ def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
         raise ValueError(f"Unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
     model = ARCHITECTURES[config.arch](config)
     if feature_sample is not None:
-        model.get_layer("feature_norm").adapt(feature_sample)
+        adapt_feature_norm(model.get_layer("feature_norm"), feature_sample)
+    return compile_model(model, config)
+
+
+def compile_model(model: keras.Model, config: CaptionerConfig) -> keras.Model:
+    """Adam and cross-entropy over the classes, as every architecture trains."""
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         # Integer targets: the same loss as one-hot cross-entropy over the 128
@@ -137,6 +328,24 @@ def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
         metrics=["accuracy"],
     )
     return model
+
+
+def adapt_feature_norm(norm: layers.Normalization, feature_sample, floor: float = 0.1) -> None:
+    """Sets the input standardisation from a sample of training features, with a floor on each feature's spread.
+
+    A quarter of VGG16's pool5 units can be zero on every sampled photo (dead
+    ReLUs, the letterbox's padding) and non-zero on a new one; divided by a
+    zero spread they would reach 1e8 and saturate the model. Each spread is
+    therefore at least ``floor`` times the median spread of the features that vary.
+    """
+    import numpy as np
+
+    norm.adapt(feature_sample)
+    variance = keras.ops.convert_to_numpy(norm.adapt_variance)
+    varying = variance[variance > 0]
+    minimum = (floor * float(np.median(np.sqrt(varying)))) ** 2 if varying.size else 1.0
+    norm.adapt_variance.assign(np.maximum(variance, minimum))
+    norm.finalize_state()
 
 
 def load_model(path) -> keras.Model:

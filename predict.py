@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 from cli import HelpFormatter  # noqa: E402
 from dataset import IMAGE_SUFFIXES  # noqa: E402
-from features import WeightsUnavailable, build_vgg16, decode_batches, preprocess  # noqa: E402
+from features import WeightsUnavailable, build_vgg16, decode_batches, load_image, preprocess  # noqa: E402
 from decoding import DECODE_METHODS, Caption, StepModels, beam_search, decode_parallel  # noqa: E402
 from kana import Vocabulary  # noqa: E402
 
@@ -78,6 +78,15 @@ class Captioner:
             return beam_search(self.steps, features, self.vocabulary, self.beam_size, n_best, self.config.timesteps - 1)
         probabilities = self.model.predict_on_batch(features)  # (batch, 50, 128)
         return decode_parallel(probabilities, self.vocabulary, collapse_repeats=self.decode == "collapse")
+
+    def attention_maps(self, features: np.ndarray, texts: list[str]) -> list[np.ndarray]:
+        """Attention models: per caption, the weights over the VGG16 grid behind each character ``(len(text), rows, cols)``."""
+        if self.steps is None or self.steps.attention is None:
+            raise ValueError(f"The model is {self.config.arch!r}, which has no attention; train with --arch attention.")
+        indices = [self.vocabulary.encode(text, len(text) + 1)[0][: len(text)].tolist() for text in texts]
+        rows, cols, _ = self.config.feature_shape
+        maps = self.steps.attention_maps(np.asarray(features, dtype=np.float32), indices)
+        return [weights.reshape(len(weights), rows, cols) for weights in maps]
 
     def caption_images(self, images: np.ndarray, n_best: int = 1) -> list[list[Caption]]:
         """Captions from letterboxed uint8 images ``(batch, size, size, 3)``."""
@@ -137,6 +146,44 @@ def plot_captions(results, out_file, columns: int = 4) -> None:
     plt.close(figure)
 
 
+def plot_attention(captioner: Captioner, path, text: str, out_file, columns: int = 10) -> None:
+    """Draws where an attention model looked for each character of ``text``, over the letterboxed photo.
+
+    Each pool5 cell sees about 32×32 pixels of the letterboxed image (its
+    stride), so the map is drawn over the top-left ``rows*32 × cols*32`` pixels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib_fontja  # noqa: F401  (registers a font with kana)
+
+    from fileio import atomic_path
+
+    image = load_image(path, captioner.config.image_size)  # (size, size, 3) uint8
+    features = captioner.vgg.predict_on_batch(preprocess(image[None]))
+    (maps,) = captioner.attention_maps(features, [text])  # (characters, rows, cols)
+    rows, cols = maps.shape[1:]
+    num_panels = len(text) + 1
+    columns = min(columns, num_panels)
+    figure, axes = plt.subplots(-(-num_panels // columns), columns, figsize=(1.6 * columns, 1.8 * -(-num_panels // columns)),
+                                squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    axes.flat[0].imshow(image)
+    axes.flat[0].set_title(Path(path).name, fontsize=7)
+    for axis, char, weights in zip(axes.flat[1:], text, maps):
+        axis.imshow(image)
+        axis.imshow(weights, cmap="inferno", alpha=0.6, extent=(0, cols * 32, rows * 32, 0), interpolation="nearest",
+                    vmin=0, vmax=1)
+        axis.set_title(char, fontsize=14)
+    figure.suptitle(text, fontsize=10)
+    figure.tight_layout()
+    with atomic_path(out_file, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=80)
+    plt.close(figure)
+
+
 def _wrap(text: str, width: int) -> str:
     """Breaks every line of ``text`` into lines of at most ``width`` characters."""
     lines = [line[start : start + width] for line in text.split("\n") for start in range(0, max(len(line), 1), width)]
@@ -152,6 +199,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="run folder written by train.py")
     parser.add_argument("--json", action="store_true", help='print one JSON object per image: {"file": ..., "caption": ...}')
     parser.add_argument("--plot", metavar="PNG", help="also draw the photos with their captions into this PNG")
+    parser.add_argument("--attention", metavar="DIR",
+                        help="attention models: draw the attention map behind each character, one PNG per photo "
+                             "(the first 16) into DIR")
     parser.add_argument("--batch-size", type=int, default=32, help="photos per VGG16/model call")
     parser.add_argument("--vgg-weights", help="override the run's VGG16 weights (imagenet, a .h5 file, or none)")
     parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax",
@@ -173,7 +223,12 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, WeightsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results, num_failed = [], len(problems)
+    if args.attention and (captioner.steps is None or captioner.steps.attention is None):
+        print(f"error: --attention needs an attention model; {args.model} is {captioner.config.arch!r}", file=sys.stderr)
+        return 2
+    if args.attention:
+        Path(args.attention).mkdir(parents=True, exist_ok=True)
+    results, num_failed, num_maps = [], len(problems), 0
     for path, captions, error in captioner.caption_files(paths, args.batch_size, args.n_best):
         if error is not None:
             num_failed += 1
@@ -192,6 +247,11 @@ def main(argv=None) -> int:
             print(f"{path}: {captions[0].text}", flush=True)
         if args.plot and len(results) < 64:
             results.append((path, captions[0].text))
+        if args.attention and num_maps < 16:
+            out_file = Path(args.attention) / f"{Path(path).stem}.png"
+            plot_attention(captioner, path, captions[0].text, out_file)
+            print(f"Drew the attention behind each character into {out_file}", file=sys.stderr)
+            num_maps += 1
     if args.plot and results:
         plot_captions(results, args.plot)
         print(f"Drew {len(results)} captioned photos into {args.plot}", file=sys.stderr)

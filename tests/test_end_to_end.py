@@ -69,6 +69,27 @@ def test_seed_architecture_trains_and_predicts(tiny_demo, tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 6
 
 
+def test_attention_architecture_trains_and_draws_attention_maps(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "attention"
+    argv = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--arch", "attention", *TINY]
+    assert train.main(argv) == 0
+    capsys.readouterr()  # the training log
+    photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
+    maps = tmp_path / "maps"
+    assert predict.main([str(photo), "--model", str(out), "--attention", str(maps)]) == 0
+    caption = capsys.readouterr().out.partition(": ")[2].strip()
+    drawn = maps / "COCO_val2014_000000000001.png"
+    assert drawn.is_file() and drawn.stat().st_size > 2_000, caption
+
+
+def test_attention_maps_need_an_attention_model(tiny_run, tiny_demo, tmp_path, capsys):
+    out, _ = tiny_run
+    photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
+    assert predict.main([str(photo), "--model", str(out), "--attention", str(tmp_path / "maps")]) == 2
+    assert "needs an attention model" in capsys.readouterr().err
+
+
 def test_predict_with_a_missing_model_is_a_clear_error(tiny_demo, tmp_path, capsys):
     code = predict.main([str(tiny_demo / "val2014"), "--model", str(tmp_path / "nothing")])
     assert code == 2 and "model.keras not found" in capsys.readouterr().err

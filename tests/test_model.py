@@ -10,14 +10,39 @@ def small_config(**overrides):
     return CaptionerConfig(**{"units": 16, "feature_shape": (1, 1, 512), "image_size": 32, **overrides})
 
 
-def test_seed_is_the_cards_design():
-    model = build_model(CaptionerConfig(units=32))
-    assert model.input_shape == (None, 4, 4, 512)
-    assert model.output_shape == (None, 50, 128)
+def stock_seed(config):
+    """The card's design written with stock Keras layers, as keras-image2text had it."""
+    from keras import layers
+
+    features = keras.Input(shape=config.feature_shape)
+    x = layers.Normalization(axis=(1, 2, 3))(features)
+    x = layers.Dense(config.units, activation="relu")(layers.Flatten()(x))
+    x = layers.LSTM(config.units)(layers.RepeatVector(config.timesteps)(x))
+    x = layers.RepeatVector(config.timesteps)(x)
+    x = layers.Bidirectional(layers.LSTM(config.units, return_sequences=True))(x)
+    outputs = layers.TimeDistributed(layers.Dense(config.num_classes, activation="softmax"))(x)
+    return keras.Model(features, outputs)
+
+
+@pytest.mark.parametrize("implementation", ["projected", "stock"])
+def test_seed_is_the_cards_design(implementation):
+    """Same shapes, and the same numbers as RepeatVector/LSTM/Bidirectional given the same weights."""
+    from model import build_seed
+
+    config = CaptionerConfig(units=32, timesteps=50)
+    features = np.random.default_rng(0).normal(size=(3, 4, 4, 512)).astype("float32")
+    model = build_seed(config, lstm_implementation=implementation)
+    reference = stock_seed(config)
+    model.get_layer("feature_norm").adapt(features)
+    reference.layers[1].adapt(features)
+    assert model.input_shape == (None, 4, 4, 512) and model.output_shape == (None, 50, 128)
     assert model.get_layer("encoder_lstm").output.shape == (None, 32)  # final state only
-    assert model.get_layer("repeat_state").output.shape == (None, 50, 32)
     assert model.get_layer("decoder_lstm").output.shape == (None, 50, 64)  # bidirectional
     assert isinstance(model.get_layer("next_char"), keras.layers.TimeDistributed)
+    # Weight order: norm, Dense, encoder, decoder forward then backward, output (both models).
+    assert [w.shape for w in model.get_weights()] == [w.shape for w in reference.get_weights()]
+    reference.set_weights(model.get_weights())
+    np.testing.assert_allclose(model.predict(features, verbose=0), reference.predict(features, verbose=0), atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -77,3 +102,50 @@ def test_each_architecture_memorises_a_few_captions(arch):
         decoded = decode_parallel(model.predict(features, verbose=0), vocabulary)
     predicted = [captions[0].text for captions in decoded]
     assert predicted == captions
+
+
+@pytest.mark.parametrize("arch", ["showtell", "attention"])
+def test_step_models_match_the_training_graph(arch):
+    """Beam search's one-step models must give the teacher-forced model's probabilities, step by step."""
+    from decoding import StepModels
+    from model import model_inputs
+
+    config = small_config(arch=arch, feature_shape=(2, 2, 512), timesteps=6, dropout=0.0)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(3, 2, 2, 512)).astype("float32")
+    targets = rng.integers(1, 128, size=(3, 6))
+    model = build_model(config, feature_sample=features)
+    expected = model.predict(model_inputs(config, features, targets), verbose=0)  # (3, 6, 128)
+    steps = StepModels(model)
+    states, tokens = steps.start(features), np.zeros(3, dtype=np.int64)
+    for t in range(6):
+        probabilities, states = steps.next(tokens, states)
+        np.testing.assert_allclose(probabilities, expected[:, t], atol=1e-5)
+        tokens = targets[:, t]
+
+
+def test_attention_maps_are_distributions_over_the_grid():
+    from decoding import StepModels
+
+    config = small_config(arch="attention", feature_shape=(2, 3, 512))
+    features = np.random.default_rng(0).normal(size=(2, 2, 3, 512)).astype("float32")
+    steps = StepModels(build_model(config, feature_sample=features))
+    maps = steps.attention_maps(features, [[5, 6, 7], [8]])
+    assert [m.shape for m in maps] == [(3, 6), (1, 6)]
+    np.testing.assert_allclose([m.sum(axis=1) for m in maps[:1]], 1.0, atol=1e-5)
+    assert (maps[0] >= 0).all()
+    with pytest.raises(ValueError, match="no attention"):
+        StepModels(build_model(small_config(arch="showtell"))).attention_maps(features, [[5]])
+
+
+def test_standardisation_keeps_unseen_activations_bounded():
+    """A feature that is 0 on every sampled photo must not be divided by a zero spread on a new photo."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    sample = np.abs(rng.normal(size=(50, 1, 1, 512))).astype("float32")
+    sample[..., :100] = 0.0  # dead in the sample
+    model = build_model(small_config(arch="showtell"), feature_sample=sample)
+    norm = keras.Model(model.inputs[0], model.get_layer("feature_norm").output)
+    new = np.abs(rng.normal(size=(4, 1, 1, 512))).astype("float32")
+    assert np.abs(norm.predict(new, verbose=0)).max() < 100
