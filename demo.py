@@ -144,7 +144,7 @@ def _pick(rng, choices) -> str:
     return choices[int(rng.integers(len(choices)))][0]
 
 
-def generate(out_dir=DEMO_DIR, seed: int = 0, num_train: int = 1000, num_val: int = 200, templates: str = "standard") -> Path:
+def generate(out_dir=DEMO_DIR, seed: int = 0, num_train: int = 2000, num_val: int = 200, templates: str = "standard") -> Path:
     """Writes the demo dataset to ``out_dir`` (see the module docstring); returns ``out_dir``.
 
     Images are written first and the caption files last, each atomically, so a
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Generate the demo dataset (STAIR/COCO caption format).")
     parser.add_argument("--out", default=str(DEMO_DIR), help="output folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
-    parser.add_argument("--num-train", type=int, default=1000, help="training photos (default: %(default)s)")
+    parser.add_argument("--num-train", type=int, default=2000, help="training photos (default: %(default)s)")
     parser.add_argument("--num-val", type=int, default=200, help="held-out photos (default: %(default)s)")
     parser.add_argument("--templates", choices=sorted(TEMPLATES), default="standard", help="caption wording")
     args = parser.parse_args(argv)

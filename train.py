@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULTS = dict(epochs=30, batch_size=64, units=768, vgg_weights="imagenet", out="runs/stair")
 # The demo fits a laptop CPU: a random VGG16 (no download) and a narrower model.
-DEMO_DEFAULTS = dict(epochs=40, batch_size=64, units=256, vgg_weights="none", out="runs/demo")
+DEMO_DEFAULTS = dict(epochs=15, batch_size=128, units=256, vgg_weights="none", out="runs/demo")
 
 # Files in --out.
 MODEL_FILE = "model.keras"  # the weights with the best validation loss

@@ -145,7 +145,7 @@ def test_train_reports_missing_data_without_a_traceback(tmp_path, capsys):
     assert code == 2 and "Annotation file not found" in capsys.readouterr().err
 
 
-def test_a_stair_dataset_the_project_did_not_generate(tmp_path, capsys):
+def make_stair(tmp_path, captions, num_photos=12):
     """A hand-made STAIR v1.2-style file (extra fields, tokenized captions) over a COCO 2014 folder."""
     from PIL import Image, ImageDraw
 
@@ -153,8 +153,7 @@ def test_a_stair_dataset_the_project_did_not_generate(tmp_path, capsys):
     folder.mkdir()
     rng = np.random.default_rng(0)
     images, annotations = [], []
-    captions = ["犬が芝生の上を走っている。", "テーブルの上にケーキが置いてある。", "2人の男性がテニスをしている。"]
-    for image_id in range(100, 112):
+    for image_id in range(100, 100 + num_photos):
         name = f"COCO_train2014_{image_id:012d}.jpg"
         photo = Image.fromarray(rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8))
         ImageDraw.Draw(photo).ellipse((10, 10, 30, 30), fill=(255, 255, 0))
@@ -167,6 +166,12 @@ def test_a_stair_dataset_the_project_did_not_generate(tmp_path, capsys):
     stair = tmp_path / "stair_captions_v1.2_train.json"
     stair.write_text(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations},
                                 ensure_ascii=False), encoding="utf-8")
+    return stair, folder, images
+
+
+def test_a_stair_dataset_the_project_did_not_generate(tmp_path, capsys):
+    captions = ["犬が芝生の上を走っている。", "テーブルの上にケーキが置いてある。", "2人の男性がテニスをしている。"]
+    stair, folder, images = make_stair(tmp_path, captions)
     out = tmp_path / "run"
     argv = ["--annotations", str(stair), "--images", str(folder), "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", *TINY]
@@ -176,3 +181,64 @@ def test_a_stair_dataset_the_project_did_not_generate(tmp_path, capsys):
     vocabulary = kana.Vocabulary.load(out / "vocab.json")
     assert {"イ", "ヌ", "テ"} <= set(vocabulary.characters)
     assert predict.main([str(folder / images[0]["file_name"]), "--model", str(out)]) == 0
+
+
+def test_a_messy_dataset_trains_and_says_what_it_skipped(tmp_path, capsys):
+    """Emoji-only, latin-only, very long, half-width and full-width captions; a broken photo; a photo without captions."""
+    from PIL import Image
+
+    captions = ["🐶🐶🐶", "A dog runs on the grass.", "犬が走っている。" * 12, "ｲﾇｶﾞﾊｼｯﾃｲﾙ", "２人が歩いている😀。"]
+    stair, folder, images = make_stair(tmp_path, captions, num_photos=8)
+    broken = folder / images[3]["file_name"]
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG
+    Image.new("RGB", (64, 48)).save(folder / "COCO_train2014_000000000999.jpg")  # a photo nobody captioned
+    out = tmp_path / "run"
+    argv = ["--annotations", str(stair), "--images", str(folder), "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", *TINY]
+    assert train.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    log = captured.out
+    assert "16 captions had no reading at all and were skipped" in log  # emoji-only and latin-only, 8 photos each
+    assert "Skipped 1 unreadable images" in log
+    assert "truncated: " in log and "truncated: 0;" not in log
+    vocabulary = kana.Vocabulary.load(out / "vocab.json")
+    assert {"イ", "ヌ", "フ", "タ", "リ"} <= set(vocabulary.characters)  # ｲﾇ → イヌ, ２人 → フタリ
+    assert not set("🐶😀ADog") & set(vocabulary.characters)
+
+
+def test_predict_streams_a_folder_of_ten_thousand_photos(tiny_run, tiny_demo, tmp_path, monkeypatch):
+    """Photos are decoded a few batches ahead of the captions, never all at once: memory stays bounded."""
+    import os
+
+    import features
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    source = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
+    for index in range(10_000):
+        os.link(source, folder / f"{index:05d}.jpg")
+    decoded = []
+    real_load = features.load_image
+    monkeypatch.setattr(features, "load_image", lambda path, size: decoded.append(path) or real_load(path, size))
+    paths, problems = predict.expand_inputs([folder])
+    assert len(paths) == 10_000 and not problems
+    captioner = predict.Captioner(tiny_run[0])
+    results = captioner.caption_files(paths, batch_size=16)
+    for captioned in range(1, 5 * 16 + 1):
+        path, captions, error = next(results)
+        assert error is None and captions
+        assert len(decoded) <= captioned + 3 * 16  # at most the current batch and two ahead
+    results.close()
+
+
+def test_a_vocabulary_from_another_run_is_detected(tiny_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "mixed"
+    shutil.copytree(tiny_run[0], out)
+    # A 151-character vocabulary (another run's, of another size) beside a 128-class model.
+    kana.Vocabulary(tuple(chr(code) for code in range(0x3041, 0x3041 + 151))).save(out / "vocab.json")
+    code = predict.main([str(out / "config.json"), "--model", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not from the same run" in err and "Traceback" not in err

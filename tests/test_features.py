@@ -74,6 +74,31 @@ def test_unreadable_files_raise_image_error(tmp_path, content, reason):
         load_image(path, 32)
 
 
+def test_png_data_behind_a_jpg_name_loads(tmp_path):
+    path = save(Image.new("RGB", (40, 30), (0, 200, 0)), tmp_path / "really_a_png.jpg", format="PNG")
+    assert load_image(path, 32)[16, 16, 1] > 150
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width × height`` pixels: a few bytes that would decode to gigabytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header(30_000, 30_000))  # 900 megapixels, over Pillow's limit
+    assert path.stat().st_size < 200
+    with pytest.raises(ImageError, match="too many pixels"):
+        load_image(path, 32)
+
+
 def test_truncated_jpeg_raises_image_error(tmp_path):
     path = save(Image.new("RGB", (200, 200), "blue"), tmp_path / "whole.jpg")
     path.write_bytes(path.read_bytes()[:300])

@@ -1,0 +1,413 @@
+"""Speed and memory benchmarks, each measured side by side in one run.
+
+    $ python bench.py                 # the full run (about 15 minutes on 2 CPU cores)
+    $ python bench.py --quick         # fewer images and steps: a few minutes
+    $ python bench.py --json bench.json
+    $ KERAS_BACKEND=jax python bench.py --only training   # another backend, or one section
+
+Sections (absolute numbers hold only for the machine they ran on; the ratios
+are the point, as both sides run in the same process, one after the other):
+
+  extraction  VGG16 features of COCO-sized JPEGs on disk: the project's
+              extractor (parallel decode in JPEG draft mode, batched VGG16)
+              against a naive loop (open, convert, resize, predict one image).
+  training    samples/s at the default size (units 768, 50 steps, 128
+              classes): the card's design on cached features against the
+              original's way (VGG16 frozen inside the graph, raw images in),
+              stock LSTMs against the input projection computed once
+              (RepeatedInputLSTM), the default architecture, and a
+              hand-written PyTorch nn.LSTM reference when torch is installed.
+  memory      the training process's peak RSS streaming cached features of
+              20k and 120k images (synthetic features, one process each).
+  latency     predict.py: cold (process start to caption) and warm per image,
+              one file and a batch of 64 files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from cli import HelpFormatter  # noqa: E402
+from fileio import write_json  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent
+SECTIONS = ("extraction", "training", "memory", "latency")
+
+
+def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """COCO-like JPEGs (640×480 and 480×640, quality 90): smooth colour fields with shapes and noise."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        width, height = (640, 480) if index % 3 else (480, 640)
+        gradient = np.linspace(0, 1, width)[None, :, None] * rng.integers(0, 256, 3) + rng.integers(0, 128, 3)
+        pixels = np.clip(gradient + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        for _ in range(4):
+            x, y, r = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(20, 120))
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        path = folder / f"COCO_train2014_{index + 1:012d}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def timed(function, repeats: int = 1) -> float:
+    """The median wall time of ``repeats`` calls, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------
+# Feature extraction
+# ---------------------------------------------------------------------------
+
+
+def bench_extraction(work: Path, num_images: int, image_size: int = 150) -> dict:
+    from PIL import Image
+
+    from features import FeatureCache, build_vgg16, extract_features, letterbox, load_image, preprocess
+
+    paths = make_jpegs(work / "jpegs", num_images)
+    vgg = build_vgg16("none", image_size)
+    vgg.predict_on_batch(np.zeros((1, image_size, image_size, 3), np.float32))  # build before timing
+
+    def naive():
+        for path in paths:
+            with Image.open(path) as image:
+                pixels = np.asarray(letterbox(image.convert("RGB"), image_size))
+            vgg.predict_on_batch(preprocess(pixels[None]))
+
+    def project():
+        cache = FeatureCache.open(work / f"cache-{time.monotonic_ns()}", [str(p) for p in paths], "none", image_size)
+        extract_features(cache, vgg, image_size, progress=False)
+
+    naive_s, project_s = timed(naive), timed(project)
+    # Draft mode decodes JPEGs at 1/2..1/8 scale first: how far is the 150 px result from a full decode?
+    differences = []
+    for path in paths[:20]:
+        with Image.open(path) as image:
+            full = np.asarray(letterbox(image.convert("RGB"), image_size), dtype=np.float32)
+        differences.append(np.abs(load_image(path, image_size).astype(np.float32) - full).mean())
+    return {
+        "images": num_images,
+        "naive_images_per_s": num_images / naive_s,
+        "project_images_per_s": num_images / project_s,
+        "extract_speedup_vs_naive": naive_s / project_s,
+        "draft_mean_abs_difference": float(np.mean(differences)),  # in 0..255 pixel levels
+    }
+
+
+# ---------------------------------------------------------------------------
+# Training throughput
+# ---------------------------------------------------------------------------
+
+
+def _throughput(model, batches, steps: int, batch_size: int, warmup: int = 2) -> float:
+    """Samples per second of ``train_on_batch`` over ``steps`` batches (after ``warmup`` compiled steps)."""
+    for index in range(warmup):
+        model.train_on_batch(*batches(index))
+    start = time.perf_counter()
+    for index in range(steps):
+        model.train_on_batch(*batches(warmup + index))
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def bench_training(work: Path, steps: int, units: int = 768, batch_size: int = 64, image_size: int = 150) -> dict:
+    import keras
+
+    from features import build_vgg16, feature_shape
+    from model import CaptionerConfig, adapt_feature_norm, build_model, build_seed, compile_model
+    from train import CaptionData, make_batches
+
+    rng = np.random.default_rng(0)
+    shape = feature_shape(image_size)
+    num_images = (steps + 4) * batch_size
+    features = np.lib.format.open_memmap(work / "features.npy", mode="w+", dtype=np.float16, shape=(num_images, *shape))
+    features[:] = np.abs(rng.normal(size=features.shape)).astype(np.float16)
+    features.flush()
+    targets = rng.integers(1, 128, size=(num_images, 50)).astype(np.uint8)
+    data = CaptionData(np.arange(num_images), targets)
+    sample = np.asarray(features[:256], dtype=np.float32)
+    results = {"units": units, "batch_size": batch_size, "backend": keras.backend.backend()}
+
+    def cached(config):
+        batches = make_batches(config, features, data, batch_size, shuffle=True, seed=0)
+        return lambda index: batches[index % len(batches)]
+
+    seed_config = CaptionerConfig(arch="seed", units=units, feature_shape=shape)
+    for implementation in ("projected", "stock"):
+        model = build_seed(seed_config, lstm_implementation=implementation)
+        adapt_feature_norm(model.get_layer("feature_norm"), sample)
+        results[f"seed_{implementation}_samples_per_s"] = _throughput(
+            compile_model(model, seed_config), cached(seed_config), steps, batch_size)
+        if implementation == "projected":
+            projected = model
+        else:  # the same weights must give the same numbers (float32)
+            model.set_weights(projected.get_weights())
+            check = np.asarray(features[:8], dtype=np.float32)
+            results["repeat_trick_max_difference"] = float(np.abs(
+                model.predict(check, verbose=0) - projected.predict(check, verbose=0)).max())
+    results["repeat_trick_speedup"] = results["seed_projected_samples_per_s"] / results["seed_stock_samples_per_s"]
+
+    # The original's way: VGG16 frozen inside the graph, images in, stock LSTMs, at every step of every epoch.
+    vgg = build_vgg16("none", image_size)
+    head = build_seed(seed_config, lstm_implementation="stock")
+    adapt_feature_norm(head.get_layer("feature_norm"), sample)
+    images = keras.Input(shape=(image_size, image_size, 3))
+    original = compile_model(keras.Model(images, head(vgg(images))), seed_config)
+    pixels = rng.normal(0, 60, size=(batch_size, image_size, image_size, 3)).astype(np.float32)  # preprocessed photos
+    results["original_samples_per_s"] = _throughput(
+        original, lambda index: (pixels, targets[:batch_size].astype(np.int32)), max(2, steps // 4), batch_size, warmup=1)
+
+    default = CaptionerConfig(arch="showtell", units=units, feature_shape=shape)
+    results["showtell_samples_per_s"] = _throughput(build_model(default, sample), cached(default), steps, batch_size)
+    results["train_speedup_vs_original"] = results["seed_projected_samples_per_s"] / results["original_samples_per_s"]
+    results["showtell_speedup_vs_original"] = results["showtell_samples_per_s"] / results["original_samples_per_s"]
+    reference = torch_reference(shape, units, batch_size, steps)
+    if reference:
+        results.update(reference)
+        results["seed_vs_torch_reference"] = results["seed_projected_samples_per_s"] / reference["torch_reference_samples_per_s"]
+    return results
+
+
+def torch_reference(shape, units: int, batch_size: int, steps: int) -> dict | None:
+    """The card's design hand-written in PyTorch (nn.LSTM, cuDNN on a GPU); None when torch is missing."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from torch import nn
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    class Seed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.project = nn.Linear(int(np.prod(shape)), units)
+            self.encoder = nn.LSTM(units, units, batch_first=True)
+            self.decoder = nn.LSTM(units, units, batch_first=True, bidirectional=True)
+            self.out = nn.Linear(2 * units, 128)
+
+        def forward(self, x):
+            x = torch.relu(self.project(x.flatten(1))).unsqueeze(1).expand(-1, 50, -1)
+            _, (h, _) = self.encoder(x)
+            x, _ = self.decoder(h[-1].unsqueeze(1).expand(-1, 50, -1).contiguous())
+            return self.out(x)  # logits; the loss applies the softmax
+
+    model = Seed().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.randn(batch_size, *shape, device=device)
+    y = torch.randint(1, 128, (batch_size, 50), device=device)
+
+    def step():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, 128), y.reshape(-1))
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return {"torch_reference_samples_per_s": steps * batch_size / (time.perf_counter() - start), "torch_device": device}
+
+
+# ---------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------
+
+
+def rss_child(num_images: int, steps: int, folder: str) -> None:
+    """Run in a child process: stream ``steps`` training batches from a cache of ``num_images`` photos."""
+    from model import CaptionerConfig, build_model
+    from train import CaptionData, feature_sample, make_batches
+
+    rng = np.random.default_rng(0)
+    path = Path(folder) / f"features-{num_images}.npy"
+    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_images, 4, 4, 512))
+    for start in range(0, num_images, 4096):  # written in chunks, as extraction does
+        stop = min(start + 4096, num_images)
+        features[start:stop] = np.abs(rng.normal(size=(stop - start, 4, 4, 512))).astype(np.float16)
+    features.flush()
+    del features
+    features = np.load(path, mmap_mode="r")  # as train.py opens the cache
+    rows = np.repeat(np.arange(num_images), 5)  # five captions per photo, as STAIR
+    data = CaptionData(rows, rng.integers(1, 128, size=(len(rows), 50)).astype(np.uint8))
+    config = CaptionerConfig(arch="showtell", units=768)
+    model = build_model(config, feature_sample(features, rows, seed=0))
+    model.fit(make_batches(config, features, data, 64, shuffle=True, seed=0), epochs=1, steps_per_epoch=steps, verbose=0)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"images": num_images, "peak_rss_mib": peak_kib / 1024}))
+
+
+def bench_memory(work: Path, sizes=(20_000, 120_000), steps: int = 50) -> dict:
+    results = {}
+    for size in sizes:
+        output = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(size), "--steps", str(steps), "--work", str(work)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        results[f"peak_rss_mib_{size // 1000}k"] = json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
+        (work / f"features-{size}.npy").unlink(missing_ok=True)
+    small, large = (f"peak_rss_mib_{size // 1000}k" for size in sizes)
+    results[f"rss_ratio_{sizes[1] // 1000}k_vs_{sizes[0] // 1000}k"] = results[large] / results[small]
+    return results
+
+
+# ---------------------------------------------------------------------------
+# predict.py latency
+# ---------------------------------------------------------------------------
+
+
+def make_run(folder: Path, units: int = 768) -> Path:
+    """A run folder with an untrained default-architecture model (it writes all 49 characters: the worst case)."""
+    from features import feature_shape
+    from kana import Vocabulary
+    from model import CaptionerConfig, build_model
+
+    config = CaptionerConfig(arch="showtell", units=units, vgg_weights="none", feature_shape=feature_shape(150))
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = np.abs(np.random.default_rng(0).normal(size=(16, *config.feature_shape))).astype(np.float32)
+    build_model(config, sample).save(folder / "model.keras")
+    config.save(folder / "config.json")
+    Vocabulary.build(["アイウエオカキクケコサシスセソタチツテトナニヌネノ"]).save(folder / "vocab.json")
+    return folder
+
+
+def bench_latency(work: Path, repeats: int = 3) -> dict:
+    from predict import Captioner
+
+    run = make_run(work / "run")
+    photos = make_jpegs(work / "photos", 64, seed=1)
+    command = [sys.executable, str(PROJECT / "predict.py"), str(photos[0]), "--model", str(run)]
+    cold = timed(lambda: subprocess.run(command, check=True, capture_output=True), repeats)
+    captioner = Captioner(run)
+    results = {"cold_single_s": cold}
+    for beam_size in (1, 3):
+        captioner.beam_size = beam_size
+        list(captioner.caption_files(photos[:1]))  # warm up
+        results[f"warm_single_beam{beam_size}_ms"] = 1000 * timed(lambda: list(captioner.caption_files(photos[:1])), repeats)
+        batch = timed(lambda: list(captioner.caption_files(photos, batch_size=64)), repeats)
+        results[f"warm_batch64_beam{beam_size}_ms_per_image"] = 1000 * batch / len(photos)
+    return results
+
+
+# ---------------------------------------------------------------------------
+
+
+def format_report(results: dict) -> str:
+    rows = []
+    if "extraction" in results:
+        r = results["extraction"]
+        rows += [("extraction: naive loop", f"{r['naive_images_per_s']:.1f} img/s", ""),
+                 ("extraction: project", f"{r['project_images_per_s']:.1f} img/s",
+                  f"{r['extract_speedup_vs_naive']:.2f}× naive"),
+                 ("  draft-mode difference", f"{r['draft_mean_abs_difference']:.2f} levels", "mean |Δ| of 0..255")]
+    if "training" in results:
+        r = results["training"]
+        rows += [("train: original (VGG16 in graph)", f"{r['original_samples_per_s']:.1f} samples/s", ""),
+                 ("train: seed, stock LSTMs", f"{r['seed_stock_samples_per_s']:.1f} samples/s",
+                  f"{r['seed_stock_samples_per_s'] / r['original_samples_per_s']:.2f}× original"),
+                 ("train: seed, projection once", f"{r['seed_projected_samples_per_s']:.1f} samples/s",
+                  f"{r['train_speedup_vs_original']:.2f}× original, {r['repeat_trick_speedup']:.2f}× stock"),
+                 ("  same numbers as stock", f"max |Δ| {r['repeat_trick_max_difference']:.1e}", "float32"),
+                 ("train: showtell (default)", f"{r['showtell_samples_per_s']:.1f} samples/s",
+                  f"{r['showtell_speedup_vs_original']:.2f}× original")]
+        if "torch_reference_samples_per_s" in r:
+            rows.append((f"train: PyTorch reference ({r['torch_device']})",
+                         f"{r['torch_reference_samples_per_s']:.1f} samples/s",
+                         f"seed is {r['seed_vs_torch_reference']:.2f}× it"))
+    if "memory" in results:
+        r = results["memory"]
+        rows += [("peak RSS, 20k photos", f"{r['peak_rss_mib_20k']:.0f} MiB", ""),
+                 ("peak RSS, 120k photos", f"{r['peak_rss_mib_120k']:.0f} MiB", f"{r['rss_ratio_120k_vs_20k']:.2f}× 20k")]
+    if "latency" in results:
+        r = results["latency"]
+        rows += [("predict: cold, 1 photo", f"{r['cold_single_s']:.1f} s", "process start to caption"),
+                 ("predict: warm, 1 photo", f"{r['warm_single_beam1_ms']:.0f} ms", f"beam 3: {r['warm_single_beam3_ms']:.0f} ms"),
+                 ("predict: warm, 64 photos", f"{r['warm_batch64_beam1_ms_per_image']:.1f} ms/photo",
+                  f"beam 3: {r['warm_batch64_beam3_ms_per_image']:.1f} ms/photo")]
+    width = max(len(name) for name, _, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value:>20}  {note}" for name, value, note in rows)
+
+
+def machine() -> dict:
+    import platform
+
+    import keras
+
+    return {"backend": keras.backend.backend(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "keras": keras.__version__, "platform": platform.platform()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer images and steps: a few minutes on 2 CPU cores")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
+    parser.add_argument("--work", help="scratch folder (default: a temporary folder, removed afterwards)")
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss_child:
+        rss_child(args.rss_child, args.steps, args.work)
+        return 0
+
+    sections = args.only or SECTIONS
+    scale = dict(images=150, steps=6, rss_steps=20, repeats=1) if args.quick else \
+        dict(images=1000, steps=20, rss_steps=100, repeats=3)
+    results = {"machine": machine(), "quick": args.quick}
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        work = Path(work)
+        if "extraction" in sections:
+            print(f"extraction: {scale['images']} JPEGs...", file=sys.stderr, flush=True)
+            results["extraction"] = bench_extraction(work / "extraction", scale["images"])
+        if "training" in sections:
+            print(f"training: {scale['steps']} steps per model...", file=sys.stderr, flush=True)
+            (work / "training").mkdir()
+            results["training"] = bench_training(work / "training", scale["steps"])
+        if "memory" in sections:
+            print("memory: 20k and 120k photos...", file=sys.stderr, flush=True)
+            results["memory"] = bench_memory(work, steps=scale["rss_steps"])
+        if "latency" in sections:
+            print("latency: predict.py...", file=sys.stderr, flush=True)
+            results["latency"] = bench_latency(work / "latency", scale["repeats"])
+    print(f"{results['machine']['cpus']} CPUs, Keras {results['machine']['keras']} on {results['machine']['backend']}")
+    print(format_report(results))
+    if args.json:
+        flat = {key: value for section in results.values() if isinstance(section, dict) for key, value in section.items()}
+        write_json(args.json, {**results, **{k: flat[k] for k in ("train_speedup_vs_original",
+                   "extract_speedup_vs_naive", "rss_ratio_120k_vs_20k") if k in flat}})
+        print(f"Wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
