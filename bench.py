@@ -87,36 +87,44 @@ def timed(function, repeats: int = 1) -> float:
 def bench_extraction(work: Path, num_images: int, image_size: int = 150) -> dict:
     from PIL import Image
 
-    from features import FeatureCache, build_vgg16, extract_features, letterbox, load_image, preprocess
+    from features import FeatureCache, build_vgg16, extract_features, letterbox, load_image, preprocess, resolve_precision
 
     paths = make_jpegs(work / "jpegs", num_images)
-    vgg = build_vgg16("none", image_size)
-    vgg.predict_on_batch(np.zeros((1, image_size, image_size, 3), np.float32))  # build before timing
+    precision = resolve_precision("auto")
+    vggs = {name: build_vgg16("none", image_size, name) for name in {"float32", precision}}
+    for vgg in vggs.values():
+        vgg.predict_on_batch(np.zeros((1, image_size, image_size, 3), np.float32))  # build before timing
 
     def naive():
         for path in paths:
             with Image.open(path) as image:
                 pixels = np.asarray(letterbox(image.convert("RGB"), image_size))
-            vgg.predict_on_batch(preprocess(pixels[None]))
+            vggs["float32"].predict_on_batch(preprocess(pixels[None]))
 
-    def project():
-        cache = FeatureCache.open(work / f"cache-{time.monotonic_ns()}", [str(p) for p in paths], "none", image_size)
-        extract_features(cache, vgg, image_size, progress=False)
+    caches = {}
 
-    naive_s, project_s = timed(naive), timed(project)
-    # Draft mode decodes JPEGs at 1/2..1/8 scale first: how far is the 150 px result from a full decode?
+    def project(name):
+        caches[name] = FeatureCache.open(work / f"cache-{name}", [str(p) for p in paths], "none", image_size, name)
+        extract_features(caches[name], vggs[name], image_size, progress=False)
+
+    naive_s = timed(naive)
+    times = {name: timed(lambda: project(name)) for name in vggs}
+    results = {"images": num_images, "precision": precision, "naive_images_per_s": num_images / naive_s,
+               "project_float32_images_per_s": num_images / times["float32"],
+               "project_images_per_s": num_images / times[precision],
+               "extract_speedup_vs_naive": naive_s / times[precision]}
+    if precision != "float32":  # how far bfloat16 features are from float32 ones
+        exact = np.asarray(caches["float32"].features, dtype=np.float32)
+        fast = np.asarray(caches[precision].features, dtype=np.float32)
+        results["bfloat16_relative_difference"] = float(np.abs(fast - exact).mean() / np.abs(exact).mean())
+    # Draft mode decodes JPEGs at a reduced scale first: how far is the letterboxed result from a full decode?
     differences = []
     for path in paths[:20]:
         with Image.open(path) as image:
             full = np.asarray(letterbox(image.convert("RGB"), image_size), dtype=np.float32)
         differences.append(np.abs(load_image(path, image_size).astype(np.float32) - full).mean())
-    return {
-        "images": num_images,
-        "naive_images_per_s": num_images / naive_s,
-        "project_images_per_s": num_images / project_s,
-        "extract_speedup_vs_naive": naive_s / project_s,
-        "draft_mean_abs_difference": float(np.mean(differences)),  # in 0..255 pixel levels
-    }
+    results["draft_mean_abs_difference"] = float(np.mean(differences))  # in 0..255 pixel levels
+    return results
 
 
 # ---------------------------------------------------------------------------
@@ -244,38 +252,44 @@ def torch_reference(shape, units: int, batch_size: int, steps: int) -> dict | No
 # ---------------------------------------------------------------------------
 
 
-def rss_child(num_images: int, steps: int, folder: str) -> None:
-    """Run in a child process: stream ``steps`` training batches from a cache of ``num_images`` photos."""
+def write_features(path: Path, num_images: int) -> None:
+    """A synthetic float16 feature cache of ``num_images`` photos, written in chunks as extraction does."""
+    rng = np.random.default_rng(0)
+    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_images, 4, 4, 512))
+    for start in range(0, num_images, 1024):
+        stop = min(start + 1024, num_images)
+        features[start:stop] = np.abs(rng.standard_normal((stop - start, 4, 4, 512), dtype=np.float32))
+        features.flush()
+    del features
+
+
+def rss_child(path: str, steps: int) -> None:
+    """Run in a child process: train ``steps`` batches streamed from the cache at ``path``; print the peak RSS."""
     from model import CaptionerConfig, build_model
     from train import CaptionData, feature_sample, make_batches
 
-    rng = np.random.default_rng(0)
-    path = Path(folder) / f"features-{num_images}.npy"
-    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_images, 4, 4, 512))
-    for start in range(0, num_images, 4096):  # written in chunks, as extraction does
-        stop = min(start + 4096, num_images)
-        features[start:stop] = np.abs(rng.normal(size=(stop - start, 4, 4, 512))).astype(np.float16)
-    features.flush()
-    del features
     features = np.load(path, mmap_mode="r")  # as train.py opens the cache
+    num_images = len(features)
     rows = np.repeat(np.arange(num_images), 5)  # five captions per photo, as STAIR
-    data = CaptionData(rows, rng.integers(1, 128, size=(len(rows), 50)).astype(np.uint8))
+    targets = np.random.default_rng(0).integers(1, 128, size=(len(rows), 50)).astype(np.uint8)
     config = CaptionerConfig(arch="showtell", units=768)
     model = build_model(config, feature_sample(features, rows, seed=0))
-    model.fit(make_batches(config, features, data, 64, shuffle=True, seed=0), epochs=1, steps_per_epoch=steps, verbose=0)
+    model.fit(make_batches(config, features, CaptionData(rows, targets), 64, shuffle=True, seed=0),
+              epochs=1, steps_per_epoch=steps, verbose=0)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"images": num_images, "peak_rss_mib": peak_kib / 1024}))
 
 
 def bench_memory(work: Path, sizes=(20_000, 120_000), steps: int = 50) -> dict:
+    """Peak RSS of a training process (the default architecture) per cache size; the cache is written beforehand."""
     results = {}
     for size in sizes:
-        output = subprocess.run(
-            [sys.executable, __file__, "--rss-child", str(size), "--steps", str(steps), "--work", str(work)],
-            check=True, capture_output=True, text=True,
-        ).stdout
+        path = work / f"features-{size}.npy"
+        write_features(path, size)
+        output = subprocess.run([sys.executable, __file__, "--rss-child", str(path), "--steps", str(steps)],
+                                check=True, capture_output=True, text=True).stdout
         results[f"peak_rss_mib_{size // 1000}k"] = json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
-        (work / f"features-{size}.npy").unlink(missing_ok=True)
+        path.unlink()
     small, large = (f"peak_rss_mib_{size // 1000}k" for size in sizes)
     results[f"rss_ratio_{sizes[1] // 1000}k_vs_{sizes[0] // 1000}k"] = results[large] / results[small]
     return results
@@ -326,10 +340,15 @@ def format_report(results: dict) -> str:
     rows = []
     if "extraction" in results:
         r = results["extraction"]
-        rows += [("extraction: naive loop", f"{r['naive_images_per_s']:.1f} img/s", ""),
-                 ("extraction: project", f"{r['project_images_per_s']:.1f} img/s",
-                  f"{r['extract_speedup_vs_naive']:.2f}× naive"),
-                 ("  draft-mode difference", f"{r['draft_mean_abs_difference']:.2f} levels", "mean |Δ| of 0..255")]
+        rows += [("extraction: naive loop", f"{r['naive_images_per_s']:.1f} img/s", "float32, one photo at a time"),
+                 ("extraction: project, float32", f"{r['project_float32_images_per_s']:.1f} img/s",
+                  f"{r['project_float32_images_per_s'] / r['naive_images_per_s']:.2f}× naive")]
+        if r["precision"] != "float32":
+            rows += [(f"extraction: project, {r['precision']} (auto)", f"{r['project_images_per_s']:.1f} img/s",
+                      f"{r['extract_speedup_vs_naive']:.2f}× naive"),
+                     ("  bfloat16 vs float32 features", f"{100 * r['bfloat16_relative_difference']:.2f}%",
+                      "mean |Δ| / mean |feature|")]
+        rows += [("  draft-mode difference", f"{r['draft_mean_abs_difference']:.2f} levels", "mean |Δ| of 0..255")]
     if "training" in results:
         r = results["training"]
         rows += [("train: original (VGG16 in graph)", f"{r['original_samples_per_s']:.1f} samples/s", ""),
@@ -373,11 +392,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     parser.add_argument("--work", help="scratch folder (default: a temporary folder, removed afterwards)")
-    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
-        rss_child(args.rss_child, args.steps, args.work)
+        rss_child(args.rss_child, args.steps)
         return 0
 
     sections = args.only or SECTIONS

@@ -146,7 +146,7 @@ def evaluate(args) -> dict:
     references, _, _ = convert_captions([record.captions for record in records])
     config = captioner.config
     cache, _ = cached_features([r.path for r in records], config.vgg_weights, config.image_size,
-                               args.cache_dir, progress=not args.quiet)
+                               args.cache_dir, progress=not args.quiet, precision=config.vgg_precision)
     keep = [index for index in np.flatnonzero(cache.complete) if references[index]]
     if not keep:
         print("error: no readable photo with a usable caption to evaluate on", file=sys.stderr)

@@ -45,6 +45,7 @@ class CaptionerConfig:
     image_size: int = 150  # images are letterboxed to image_size × image_size
     feature_shape: tuple = (4, 4, 512)  # VGG16 pool5 at that image size
     vgg_weights: str = "imagenet"  # "imagenet", "none" (seeded random) or a weights file
+    vgg_precision: str = "float32"  # the arithmetic the features were extracted in: float32 or bfloat16
     learning_rate: float = 1e-3  # Adam's
     embedding_dim: int = 64  # showtell: width of the character embedding
     dropout: float = 0.3  # showtell: dropout on the image vector and the LSTM outputs

@@ -69,7 +69,8 @@ class Captioner:
             )
         self.decode, self.beam_size = decode, beam_size
         self.steps = StepModels(self.model) if self.config.arch in AUTOREGRESSIVE else None
-        self.vgg = build_vgg16(vgg_weights or self.config.vgg_weights, self.config.image_size) if with_vgg else None
+        self.vgg = build_vgg16(vgg_weights or self.config.vgg_weights, self.config.image_size,
+                               self.config.vgg_precision) if with_vgg else None
 
     def caption_features(self, features: np.ndarray, n_best: int = 1) -> list[list[Caption]]:
         """Up to ``n_best`` captions per image, best first, from pool5 features ``(batch, 4, 4, 512)``."""

@@ -17,7 +17,7 @@ def test_training_writes_everything_predict_needs(tiny_run):
                  "history.csv", "loss.png", "metrics.json"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
-    assert (config["arch"], config["timesteps"], config["num_classes"], config["vgg_weights"]) == ("showtell", 50, 128, "none")
+    assert (config["arch"], config["timesteps"], config["num_classes"], config["vgg_weights"]) == ("attention", 50, 128, "none")
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
     assert "CIDEr-D" in json.loads((out / "metrics.json").read_text())
 
@@ -69,23 +69,33 @@ def test_seed_architecture_trains_and_predicts(tiny_demo, tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 6
 
 
-def test_attention_architecture_trains_and_draws_attention_maps(tiny_demo, tmp_path, capsys):
-    out = tmp_path / "attention"
-    argv = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
-            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--arch", "attention", *TINY]
-    assert train.main(argv) == 0
-    capsys.readouterr()  # the training log
+def test_attention_maps_are_drawn_per_photo(tiny_run, tiny_demo, tmp_path, capsys):
+    out, _ = tiny_run  # the default architecture is attention
     photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
     maps = tmp_path / "maps"
     assert predict.main([str(photo), "--model", str(out), "--attention", str(maps)]) == 0
-    caption = capsys.readouterr().out.partition(": ")[2].strip()
-    drawn = maps / "COCO_val2014_000000000001.png"
-    assert drawn.is_file() and drawn.stat().st_size > 2_000, caption
+    assert (maps / "COCO_val2014_000000000001.png").is_file()
+    # A caption of five characters: five maps over the 1×1 grid of a 32 px photo, drawn as six panels.
+    captioner = predict.Captioner(out)
+    text = "".join(captioner.vocabulary.characters[:5])
+    image = predict.load_image(photo, 32)[None]
+    (weights,) = captioner.attention_maps(captioner.vgg.predict_on_batch(predict.preprocess(image)), [text])
+    assert weights.shape == (5, 1, 1) and np.allclose(weights, 1.0)
+    empty, five = tmp_path / "empty.png", tmp_path / "five.png"
+    predict.plot_attention(captioner, photo, "", empty)
+    predict.plot_attention(captioner, photo, text, five)
+    assert five.stat().st_size > empty.stat().st_size
 
 
-def test_attention_maps_need_an_attention_model(tiny_run, tiny_demo, tmp_path, capsys):
-    out, _ = tiny_run
+def test_showtell_trains_and_has_no_attention_maps(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "showtell"
+    argv = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--arch", "showtell", *TINY]
+    assert train.main(argv) == 0
+    capsys.readouterr()  # the training log
     photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
+    assert predict.main([str(photo), "--model", str(out), "--n-best", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
     assert predict.main([str(photo), "--model", str(out), "--attention", str(tmp_path / "maps")]) == 2
     assert "needs an attention model" in capsys.readouterr().err
 

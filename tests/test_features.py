@@ -160,6 +160,20 @@ def test_cache_folder_depends_on_weights_and_size(tmp_path):
     assert len(folders) == 2
 
 
+def test_bfloat16_extraction_is_close_to_float32_and_cached_apart(tmp_path):
+    paths = make_photos(tmp_path / "photos", 4)
+    caches = {precision: FeatureCache.open(tmp_path / "c", paths, "none", 32, precision)
+              for precision in ("float32", "bfloat16")}
+    assert caches["float32"].folder != caches["bfloat16"].folder
+    for precision, cache in caches.items():
+        extract_features(cache, features.build_vgg16("none", 32, precision), 32, progress=False)
+    exact = np.asarray(caches["float32"].features, dtype=np.float32)
+    fast = np.asarray(caches["bfloat16"].features, dtype=np.float32)
+    assert 0 < np.abs(fast - exact).mean() < 0.02 * np.abs(exact).mean()
+    assert features.resolve_precision("auto") in ("float32", "bfloat16")
+    assert features.resolve_precision("float32") == "float32"
+
+
 def test_random_vgg16_is_the_same_every_time():
     first, second = features.build_vgg16("none", 32), features.build_vgg16("none", 32)
     for a, b in zip(first.get_weights(), second.get_weights()):
