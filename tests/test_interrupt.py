@@ -72,7 +72,8 @@ def test_sigkill_during_feature_extraction_then_resume(tmp_path):
         paths.append(str(path))
     cache_root = tmp_path / "cache"
     process = subprocess.Popen([sys.executable, "-c", EXTRACT, str(cache_root), *paths], cwd=PROJECT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(PROJECT)})
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(PROJECT)})
     try:
         deadline = time.time() + 120
         while True:  # wait until some rows, not all, are complete
