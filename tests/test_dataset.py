@@ -55,13 +55,14 @@ def test_bad_annotations_are_counted_not_fatal(coco_layout):
         "images": [{"id": 1, "file_name": "../../etc/passwd"}, {"id": 2, "file_name": "/etc/passwd"},
                    {"id": 3, "file_name": "COCO_train2014_000000000003.jpg"}, {"id": 9, "file_name": "COCO_train2014_000000000009.jpg"}],
         "annotations": [{"image_id": 1, "caption": "a"}, {"image_id": 2, "caption": "b"}, {"image_id": 3, "caption": "c"},
-                        {"image_id": 9, "caption": "  "}, {"caption": "no id"}, {"image_id": 9, "caption": "良い"}],
+                        {"image_id": 9, "caption": "  "}, {"caption": "no id"}, {"image_id": 9, "caption": "良い"},
+                        {"image_id": 77, "caption": "写真のない注釈"}],  # no image entry and no COCO file
     })
     records, report = load_caption_files([data], [coco_layout / "train2014"])
     assert [r.captions for r in records] == [["良い"]]
     assert report.skipped == {
         "annotations whose file_name leaves the image folder": 2,
-        "annotations whose image file is missing": 1,
+        "annotations whose image file is missing": 2,
         "empty captions": 1,
         "annotations without an image_id": 1,
     }

@@ -252,3 +252,32 @@ def test_a_vocabulary_from_another_run_is_detected(tiny_run, tmp_path, capsys):
     code = predict.main([str(out / "config.json"), "--model", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "not from the same run" in err and "Traceback" not in err
+
+
+def test_a_nan_loss_stops_training_without_saving_a_model(tiny_demo, tmp_path, monkeypatch, capsys):
+    real_sample = train.feature_sample
+    monkeypatch.setattr(train, "feature_sample", lambda *args, **kwargs: real_sample(*args, **kwargs) * np.nan)
+    out = tmp_path / "nan"
+    argv = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "3", *TINY]
+    assert train.main(argv) == 1
+    log = capsys.readouterr().out
+    assert "The loss became nan" in log and "no model was saved" in log
+    assert not (out / "model.keras").exists() and not (out / "checkpoint.keras").exists()
+
+
+def test_a_model_file_with_code_in_it_is_refused(tiny_run, tiny_demo, tmp_path, capsys):
+    """Safe mode: a .keras file whose Lambda layer carries Python code is not loaded."""
+    import shutil
+
+    import keras
+
+    out = tmp_path / "untrusted"
+    shutil.copytree(tiny_run[0], out)
+    inputs = keras.Input(shape=(1, 1, 512))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    keras.Model(inputs, outputs).save(out / "model.keras")
+    photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
+    assert predict.main([str(photo), "--model", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "could not be loaded" in err and "Traceback" not in err
