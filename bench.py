@@ -17,6 +17,7 @@ are the point, as both sides run in the same process, one after the other):
               stock LSTMs against the input projection computed once
               (RepeatedInputLSTM), the autoregressive architectures, and a
               hand-written PyTorch nn.LSTM reference when torch is installed.
+              On a GPU: batch 1024, float32 and mixed_bfloat16 by default.
   memory      the training process's peak RSS streaming cached features of
               20k and 120k images (synthetic features, one process each).
   latency     predict.py: cold (process start to caption) and warm per image,
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX and the PyTorch reference share a GPU
 
 from cli import HelpFormatter  # noqa: E402
 from fileio import write_json  # noqa: E402
@@ -108,7 +110,7 @@ def bench_extraction(work: Path, num_images: int, image_size: int = 150) -> dict
         extract_features(caches[name], vggs[name], image_size, progress=False)
 
     naive_s = timed(naive)
-    times = {name: timed(lambda: project(name)) for name in vggs}
+    times = {name: timed(lambda name=name: project(name)) for name in vggs}
     results = {"images": num_images, "precision": precision, "naive_images_per_s": num_images / naive_s,
                "project_float32_images_per_s": num_images / times["float32"],
                "project_images_per_s": num_images / times[precision],
@@ -132,77 +134,134 @@ def bench_extraction(work: Path, num_images: int, image_size: int = 150) -> dict
 # ---------------------------------------------------------------------------
 
 
-def _throughput(model, batches, steps: int, batch_size: int, warmup: int = 2) -> float:
-    """Samples per second of ``train_on_batch`` over ``steps`` batches (after ``warmup`` compiled steps)."""
-    for index in range(warmup):
-        model.train_on_batch(*batches(index))
+class SameBatch:
+    """A dataset that yields one batch ``length`` times (the original's way: photos in, no loading counted)."""
+
+    def __new__(cls, inputs, targets, length: int):
+        import keras
+
+        class Batches(keras.utils.PyDataset):
+            def __len__(self):
+                return length
+
+            def __getitem__(self, index):
+                return inputs, targets
+
+        return Batches()
+
+
+def _throughput(model, dataset, steps: int, batch_size: int, warmup: int = 2) -> float:
+    """Samples per second of ``model.fit`` over ``steps`` batches, as train.py trains, after ``warmup`` compiled steps."""
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup, verbose=0)
     start = time.perf_counter()
-    for index in range(steps):
-        model.train_on_batch(*batches(warmup + index))
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)  # returns once the last step's loss is known
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def bench_training(work: Path, steps: int, units: int = 768, batch_size: int = 64, image_size: int = 150) -> dict:
+def bench_training(work: Path, steps: int, batch_size: int, precision: str = "float32", units: int = 768,
+                   image_size: int = 150) -> dict:
+    """Training throughput of each model at one batch size and dtype policy (float32 or mixed_bfloat16)."""
     import keras
 
     from features import build_vgg16, feature_shape
-    from model import CaptionerConfig, adapt_feature_norm, build_model, build_seed, compile_model
+    from model import (CaptionerConfig, RepeatedInputLSTM, adapt_feature_norm, build_model, build_seed, compile_model,
+                       compute_device)
     from train import CaptionData, make_batches
 
     rng = np.random.default_rng(0)
     shape = feature_shape(image_size)
-    num_images = (steps + 4) * batch_size
-    features = np.lib.format.open_memmap(work / "features.npy", mode="w+", dtype=np.float16, shape=(num_images, *shape))
-    features[:] = np.abs(rng.normal(size=features.shape)).astype(np.float16)
-    features.flush()
-    targets = rng.integers(1, 128, size=(num_images, 50)).astype(np.uint8)
-    data = CaptionData(np.arange(num_images), targets)
+    # Five captions per photo and a whole number of batches: a short last batch would make JAX and TensorFlow
+    # compile the step again for its shape inside the timed steps (fit's steps continue across calls).
+    num_images = max(256 // batch_size, -(-(steps + 4) // 5)) * batch_size
+    path = work / "features.npy"
+    if not path.exists():
+        features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_images, *shape))
+        features[:] = np.abs(rng.standard_normal(features.shape, dtype=np.float32))
+        features.flush()
+        del features
+    features = np.load(path, mmap_mode="r")  # as train.py opens the cache
+    rows = np.repeat(np.arange(len(features)), 5)  # five captions per photo, as STAIR
+    targets = rng.integers(1, 128, size=(len(rows), 50)).astype(np.uint8)
+    data = CaptionData(rows, targets)
     sample = np.asarray(features[:256], dtype=np.float32)
-    results = {"units": units, "batch_size": batch_size, "backend": keras.backend.backend()}
+    results = {"units": units, "batch_size": batch_size, "precision": precision,
+               "backend": keras.backend.backend(), "device": compute_device()}
 
-    def cached(config):
-        batches = make_batches(config, features, data, batch_size, shuffle=True, seed=0)
-        return lambda index: batches[index % len(batches)]
+    workers = 4 if compute_device() == "gpu" else 1  # a GPU step is quicker than reading its batch
 
-    seed_config = CaptionerConfig(arch="seed", units=units, feature_shape=shape)
-    for implementation in ("projected", "stock"):
-        model = build_seed(seed_config, lstm_implementation=implementation)
-        adapt_feature_norm(model.get_layer("feature_norm"), sample)
-        results[f"seed_{implementation}_samples_per_s"] = _throughput(
-            compile_model(model, seed_config), cached(seed_config), steps, batch_size)
-        if implementation == "projected":
-            projected = model
-        else:  # the same weights must give the same numbers (float32)
-            model.set_weights(projected.get_weights())
-            check = np.asarray(features[:8], dtype=np.float32)
-            results["repeat_trick_max_difference"] = float(np.abs(
-                model.predict(check, verbose=0) - projected.predict(check, verbose=0)).max())
-    results["repeat_trick_speedup"] = results["seed_projected_samples_per_s"] / results["seed_stock_samples_per_s"]
+    def cached(config, workers=workers):
+        return make_batches(config, features, data, batch_size, shuffle=True, seed=0, workers=workers)
 
-    # The original's way: VGG16 frozen inside the graph, images in, stock LSTMs, at every step of every epoch.
-    vgg = build_vgg16("none", image_size)
-    head = build_seed(seed_config, lstm_implementation="stock")
-    adapt_feature_norm(head.get_layer("feature_norm"), sample)
-    images = keras.Input(shape=(image_size, image_size, 3))
-    original = compile_model(keras.Model(images, head(vgg(images))), seed_config)
-    pixels = rng.normal(0, 60, size=(batch_size, image_size, image_size, 3)).astype(np.float32)  # preprocessed photos
-    results["original_samples_per_s"] = _throughput(
-        original, lambda index: (pixels, targets[:batch_size].astype(np.int32)), max(2, steps // 4), batch_size, warmup=1)
+    def compute_only(config, model):  # one batch over and over: the model's speed without the loading
+        inputs, batch_targets = cached(config)[0]
+        return _throughput(model, SameBatch(inputs, batch_targets, steps + 2), steps, batch_size)
 
-    for arch in ("attention", "showtell"):  # the default architecture, and the plainer autoregressive one
-        config = CaptionerConfig(arch=arch, units=units, feature_shape=shape)
-        results[f"{arch}_samples_per_s"] = _throughput(build_model(config, sample), cached(config), steps, batch_size)
-        results[f"{arch}_speedup_vs_original"] = results[f"{arch}_samples_per_s"] / results["original_samples_per_s"]
-    results["train_speedup_vs_original"] = results["seed_projected_samples_per_s"] / results["original_samples_per_s"]
-    reference = torch_reference(shape, units, batch_size, steps)
+    loader = cached(CaptionerConfig(arch="attention", units=units, feature_shape=shape), workers=1)
+    start = time.perf_counter()
+    for index in range(steps):
+        loader[index]
+    results["loader_samples_per_s"] = steps * batch_size / (time.perf_counter() - start)  # one thread
+    results["loader_workers"] = workers
+
+    previous_policy = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy(precision)
+    try:
+        seed_config = CaptionerConfig(arch="seed", units=units, feature_shape=shape)
+        for implementation in ("projected", "stock"):
+            model = build_seed(seed_config, lstm_implementation=implementation)
+            adapt_feature_norm(model.get_layer("feature_norm"), sample)
+            results[f"seed_{implementation}_samples_per_s"] = _throughput(
+                compile_model(model, seed_config), cached(seed_config), steps, batch_size)
+            if implementation == "projected":
+                projected = model
+            else:  # the same weights must give the same numbers
+                model.set_weights(projected.get_weights())
+                check = np.asarray(features[:8], dtype=np.float32)
+                results["repeat_trick_max_difference"] = float(np.abs(
+                    model.predict(check, verbose=0) - projected.predict(check, verbose=0)).max())
+        results["repeat_trick_speedup"] = results["seed_projected_samples_per_s"] / results["seed_stock_samples_per_s"]
+        # What the project trains with (``auto``), and whether this run agrees that it is the faster.
+        chosen = RepeatedInputLSTM.FASTEST.get((keras.backend.backend(), compute_device()), "stock")
+        results["seed_auto"] = chosen
+        results["seed_auto_is_fastest"] = chosen == max(
+            ("projected", "stock"), key=lambda name: results[f"seed_{name}_samples_per_s"])
+        results["seed_samples_per_s"] = results[f"seed_{chosen}_samples_per_s"]
+        results["seed_compute_samples_per_s"] = compute_only(seed_config, model if chosen == "stock" else projected)
+
+        # The original's way: VGG16 frozen inside the graph, images in, stock LSTMs, at every step of every epoch.
+        vgg = build_vgg16("none", image_size)
+        head = build_seed(seed_config, lstm_implementation="stock")
+        adapt_feature_norm(head.get_layer("feature_norm"), sample)
+        images = keras.Input(shape=(image_size, image_size, 3))
+        original = compile_model(keras.Model(images, head(vgg(images))), seed_config)
+        pixels = rng.normal(0, 60, size=(batch_size, image_size, image_size, 3)).astype(np.float32)  # preprocessed
+        original_steps = max(2, steps // 4)
+        results["original_samples_per_s"] = _throughput(
+            original, SameBatch(pixels, targets[:batch_size].astype(np.int32), original_steps + 1),
+            original_steps, batch_size, warmup=1)
+        del original, vgg, head
+
+        for arch in ("attention", "showtell"):  # the default architecture, and the plainer autoregressive one
+            config = CaptionerConfig(arch=arch, units=units, feature_shape=shape)
+            model = build_model(config, sample)
+            results[f"{arch}_samples_per_s"] = _throughput(model, cached(config), steps, batch_size)
+            results[f"{arch}_compute_samples_per_s"] = compute_only(config, model)
+            results[f"{arch}_speedup_vs_original"] = results[f"{arch}_samples_per_s"] / results["original_samples_per_s"]
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    results["train_speedup_vs_original"] = results["seed_samples_per_s"] / results["original_samples_per_s"]
+    reference = torch_reference(shape, units, batch_size, steps, precision)
     if reference:
         results.update(reference)
-        results["seed_vs_torch_reference"] = results["seed_projected_samples_per_s"] / reference["torch_reference_samples_per_s"]
+        results["seed_vs_torch_reference"] = results["seed_samples_per_s"] / reference["torch_reference_samples_per_s"]
     return results
 
 
-def torch_reference(shape, units: int, batch_size: int, steps: int) -> dict | None:
-    """The card's design hand-written in PyTorch (nn.LSTM, cuDNN on a GPU); None when torch is missing."""
+def torch_reference(shape, units: int, batch_size: int, steps: int, precision: str = "float32") -> dict | None:
+    """The card's design hand-written in PyTorch (nn.LSTM, cuDNN on a GPU); None when torch is missing.
+
+    ``mixed_bfloat16`` runs it under bfloat16 autocast, the weights and the optimizer in float32.
+    """
     try:
         import torch
     except ImportError:
@@ -232,7 +291,9 @@ def torch_reference(shape, units: int, batch_size: int, steps: int) -> dict | No
 
     def step():
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x).reshape(-1, 128), y.reshape(-1))
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "mixed_bfloat16"):
+            logits = model(x)
+        loss = nn.functional.cross_entropy(logits.float().reshape(-1, 128), y.reshape(-1))
         loss.backward()
         optimizer.step()
 
@@ -307,7 +368,7 @@ def bench_memory(work: Path, sizes=(20_000, 120_000), steps: int = 50) -> dict:
     for size in sizes:
         path = work / f"features-{size}.npy"
         write_features(path, size)
-        output = subprocess.run([sys.executable, __file__, "--rss-child", str(path), "--steps", str(steps)],
+        output = subprocess.run([sys.executable, __file__, "--rss-child", str(path), "--child-steps", str(steps)],
                                 check=True, capture_output=True, text=True).stdout
         results[f"peak_rss_mib_{size // 1000}k"] = json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
         path.unlink()
@@ -371,22 +432,30 @@ def format_report(results: dict) -> str:
                      ("  bfloat16 vs float32 features", f"{100 * r['bfloat16_relative_difference']:.2f}%",
                       "mean |Δ| / mean |feature|")]
         rows += [("  draft-mode difference", f"{r['draft_mean_abs_difference']:.2f} levels", "mean |Δ| of 0..255")]
-    if "training" in results:
-        r = results["training"]
-        rows += [("train: original (VGG16 in graph)", f"{r['original_samples_per_s']:.1f} samples/s", ""),
+    for key in (key for key in results if key.startswith("training")):
+        r = results[key]
+        tag = f"{r['precision']}, batch {r['batch_size']}"
+        rows += [(f"train: original (VGG16 in graph), {tag}", f"{r['original_samples_per_s']:.1f} samples/s", ""),
+                 ("  loading cached batches", f"{r['loader_samples_per_s']:.1f} samples/s",
+                  f"one thread; training reads with {r['loader_workers']}"),
                  ("train: seed, stock LSTMs", f"{r['seed_stock_samples_per_s']:.1f} samples/s",
                   f"{r['seed_stock_samples_per_s'] / r['original_samples_per_s']:.2f}× original"),
                  ("train: seed, projection once", f"{r['seed_projected_samples_per_s']:.1f} samples/s",
-                  f"{r['train_speedup_vs_original']:.2f}× original, {r['repeat_trick_speedup']:.2f}× stock"),
-                 ("  same numbers as stock", f"max |Δ| {r['repeat_trick_max_difference']:.1e}", "float32"),
+                  f"{r['seed_projected_samples_per_s'] / r['original_samples_per_s']:.2f}× original, "
+                  f"{r['repeat_trick_speedup']:.2f}× stock"),
+                 ("  same numbers as stock", f"max |Δ| {r['repeat_trick_max_difference']:.1e}", r["precision"]),
+                 ("  the project uses (auto)", r["seed_auto"],
+                  "the faster here" if r["seed_auto_is_fastest"] else "NOT the faster here: see FASTEST in model.py"),
                  ("train: attention (default)", f"{r['attention_samples_per_s']:.1f} samples/s",
                   f"{r['attention_speedup_vs_original']:.2f}× original"),
                  ("train: showtell", f"{r['showtell_samples_per_s']:.1f} samples/s",
                   f"{r['showtell_speedup_vs_original']:.2f}× original")]
+        rows += [(f"  {name}, compute only", f"{r[f'{name}_compute_samples_per_s']:.1f} samples/s", "one batch repeated")
+                 for name in ("seed", "attention", "showtell")]
         if "torch_reference_samples_per_s" in r:
             rows.append((f"train: PyTorch reference ({r['torch_device']})",
                          f"{r['torch_reference_samples_per_s']:.1f} samples/s",
-                         f"seed is {r['seed_vs_torch_reference']:.2f}× it"))
+                         f"seed ({r['seed_auto']}) is {r['seed_vs_torch_reference']:.2f}× it"))
     if "memory" in results:
         r = results["memory"]
         rows += [("peak RSS, 20k photos", f"{r['peak_rss_mib_20k']:.0f} MiB", ""),
@@ -406,8 +475,18 @@ def machine() -> dict:
 
     import keras
 
+    from model import compute_device
+
+    device = platform.processor() or platform.machine()
+    if compute_device() == "gpu":
+        try:
+            import torch  # the GPU's name, whichever backend computes on it
+
+            device = torch.cuda.get_device_name()
+        except ImportError:
+            device = "GPU"
     return {"backend": keras.backend.backend(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "keras": keras.__version__, "platform": platform.platform()}
+            "keras": keras.__version__, "platform": platform.platform(), "device": device}
 
 
 def main(argv=None) -> int:
@@ -416,16 +495,27 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
     parser.add_argument("--work", help="scratch folder (default: a temporary folder, removed afterwards)")
+    parser.add_argument("--batch-size", type=int,
+                        help="training batch size [default: 64 on a CPU, as train.py; 1024 on a GPU]")
+    parser.add_argument("--units", type=int, default=768, help="LSTM width in the training section (the default size)")
+    parser.add_argument("--steps", type=int, help="training steps timed per model [default: 12; --quick: 6; GPU: 40]")
+    parser.add_argument("--precisions", nargs="+", choices=["float32", "mixed_bfloat16"],
+                        help="Keras dtype policies to train under [default: float32 on a CPU; both on a GPU]")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
-        rss_child(args.rss_child, args.steps)
+        rss_child(args.rss_child, args.child_steps)
         return 0
 
+    from model import compute_device
+
+    gpu = compute_device() == "gpu"
     sections = args.only or SECTIONS
     scale = dict(images=150, steps=6, rss_steps=20, repeats=1) if args.quick else \
-        dict(images=600, steps=12, rss_steps=60, repeats=3)
+        dict(images=600, steps=40 if gpu else 12, rss_steps=60, repeats=3)
+    batch_size = args.batch_size or (1024 if gpu else 64)
+    precisions = args.precisions or (["float32", "mixed_bfloat16"] if gpu else ["float32"])
     results = {"machine": machine(), "quick": args.quick}
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         work = Path(work)
@@ -433,16 +523,20 @@ def main(argv=None) -> int:
             print(f"extraction: {scale['images']} JPEGs...", file=sys.stderr, flush=True)
             results["extraction"] = bench_extraction(work / "extraction", scale["images"])
         if "training" in sections:
-            print(f"training: {scale['steps']} steps per model...", file=sys.stderr, flush=True)
             (work / "training").mkdir()
-            results["training"] = bench_training(work / "training", scale["steps"])
+            for precision in precisions:
+                steps = args.steps or scale["steps"]
+                print(f"training: {steps} steps of {batch_size} per model, {precision}...", file=sys.stderr, flush=True)
+                key = "training" if precision == precisions[0] else f"training_{precision}"
+                results[key] = bench_training(work / "training", steps, batch_size, precision, args.units)
         if "memory" in sections:
             print("memory: 20k and 120k photos...", file=sys.stderr, flush=True)
             results["memory"] = bench_memory(work, steps=scale["rss_steps"])
         if "latency" in sections:
             print("latency: predict.py...", file=sys.stderr, flush=True)
             results["latency"] = bench_latency(work / "latency", scale["repeats"])
-    print(f"{results['machine']['cpus']} CPUs, Keras {results['machine']['keras']} on {results['machine']['backend']}")
+    about = results["machine"]
+    print(f"{about['device']}, {about['cpus']} CPUs, Keras {about['keras']} on {about['backend']}")
     print(format_report(results))
     if args.json:
         flat = {key: value for section in results.values() if isinstance(section, dict) for key, value in section.items()}

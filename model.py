@@ -27,6 +27,7 @@ with the previous character, and into the output layer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 from keras import layers, ops
@@ -64,6 +65,32 @@ class CaptionerConfig:
         return cls(**data)
 
 
+@functools.cache
+def compute_device() -> str:
+    """"gpu" when the Keras backend computes on a GPU, else "cpu"."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "gpu" if jax.default_backend() == "gpu" else "cpu"
+    if backend == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+    return "cpu"
+
+
+def lstm_options() -> dict:
+    """Options for a stock ``layers.LSTM``: JAX's cuDNN LSTM takes no bfloat16, so mixed precision skips it there."""
+    if keras.backend.backend() == "jax" and keras.config.dtype_policy().compute_dtype == "bfloat16":
+        return {"use_cudnn": False}
+    return {}
+
+
 @keras.saving.register_keras_serializable(package="captioner")
 class RepeatedInputLSTM(layers.Layer):
     """``RepeatVector(timesteps)`` then ``LSTM(units)``: an LSTM reading the same input vector at every step.
@@ -81,7 +108,14 @@ class RepeatedInputLSTM(layers.Layer):
     outputs in reverse time order.
     """
 
-    FASTEST = {"tensorflow": "projected", "jax": "projected", "torch": "projected"}  # CPU, from bench.py
+    # (backend, device) -> the implementation bench.py measured faster there; unmeasured pairs use stock.
+    # On an H100: JAX's scan, unrolled, beats its cuDNN LSTM; Keras' eager torch loop loses to cuDNN.
+    FASTEST = {("tensorflow", "cpu"): "projected", ("jax", "cpu"): "projected", ("torch", "cpu"): "projected",
+               ("jax", "gpu"): "projected", ("torch", "gpu"): "stock"}
+    # (backend, device) -> steps the projected scan runs per loop iteration; 1 elsewhere. On an H100, JAX
+    # ran the seed at 25.3k/27.0k/29.1k/29.0k samples/s (float32) and 41.5k/47.5k/50.6k/52.9k (mixed
+    # bfloat16) for 1/2/5/10; on CPUs unrolling did not help.
+    UNROLL = {("jax", "gpu"): 10}
 
     def __init__(self, units: int, timesteps: int, return_sequences: bool = False, reverse: bool = False,
                  implementation: str = "auto", **kwargs):
@@ -90,7 +124,7 @@ class RepeatedInputLSTM(layers.Layer):
             raise ValueError(f"implementation must be auto, projected or stock, not {implementation!r}")
         self.units, self.timesteps = units, timesteps
         self.return_sequences, self.reverse, self.implementation = return_sequences, reverse, implementation
-        self.lstm = layers.LSTM(units, return_sequences=return_sequences, name="lstm")
+        self.lstm = layers.LSTM(units, return_sequences=return_sequences, name="lstm", **lstm_options())
 
     def build(self, input_shape):
         self.lstm.build((input_shape[0], self.timesteps, input_shape[-1]))
@@ -98,7 +132,7 @@ class RepeatedInputLSTM(layers.Layer):
     def call(self, inputs):
         implementation = self.implementation
         if implementation == "auto":
-            implementation = self.FASTEST.get(keras.backend.backend(), "stock")
+            implementation = self.FASTEST.get((keras.backend.backend(), compute_device()), "stock")
         if implementation == "stock":
             outputs = self.lstm(ops.repeat(ops.expand_dims(inputs, 1), self.timesteps, axis=1))
         else:
@@ -121,7 +155,8 @@ class RepeatedInputLSTM(layers.Layer):
             return state, state  # (Keras' TensorFlow scan needs outputs shaped like the carry)
 
         initial = ops.zeros_like(projected[:, : 2 * self.units])
-        state, states = ops.scan(step, initial, length=self.timesteps)  # states: (timesteps, batch, 2 * units)
+        unroll = self.UNROLL.get((keras.backend.backend(), compute_device()), 1)
+        state, states = ops.scan(step, initial, length=self.timesteps, unroll=unroll)  # states: (timesteps, batch, 2 * units)
         if self.return_sequences:
             return ops.transpose(states[:, :, : self.units], (1, 0, 2))
         return state[:, : self.units]
@@ -157,8 +192,8 @@ def build_seed(config: CaptionerConfig, lstm_implementation: str = "auto") -> ke
     backward = repeated_lstm("decoder_backward", return_sequences=True, reverse=True)(state)  # ... go_backwards
     x = layers.Concatenate(name="decoder_lstm")([forward, backward])  # Bidirectional: (batch, 50, 2 * units)
     probabilities = layers.TimeDistributed(
-        layers.Dense(config.num_classes, activation="softmax"), name="next_char"
-    )(x)  # (batch, 50, 128)
+        layers.Dense(config.num_classes, activation="softmax", dtype="float32"), dtype="float32", name="next_char"
+    )(x)  # (batch, 50, 128), float32 under mixed precision too
     return keras.Model(features, probabilities, name="seed")
 
 
@@ -177,11 +212,14 @@ def build_showtell(config: CaptionerConfig) -> keras.Model:
     initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(x)  # (batch, units)
     initial_c = layers.Dense(config.units, activation="tanh", name="init_c")(x)  # (batch, units)
     embedded = layers.Embedding(config.num_classes, config.embedding_dim, name="char_embedding")(previous)  # (batch, 50, E)
-    outputs, _, _ = layers.LSTM(config.units, return_sequences=True, return_state=True, name="decoder_lstm")(
+    outputs, _, _ = layers.LSTM(config.units, return_sequences=True, return_state=True, name="decoder_lstm",
+                                **lstm_options())(
         embedded, initial_state=[initial_h, initial_c]
     )  # (batch, 50, units)
     outputs = layers.Dropout(config.dropout, name="output_dropout")(outputs)
-    probabilities = layers.Dense(config.num_classes, activation="softmax", name="next_char")(outputs)  # (batch, 50, 128)
+    probabilities = layers.Dense(config.num_classes, activation="softmax", dtype="float32", name="next_char")(
+        outputs
+    )  # (batch, 50, 128), float32 under mixed precision too
     return keras.Model([features, previous], probabilities, name="showtell")
 
 
@@ -275,7 +313,9 @@ def build_attention(config: CaptionerConfig) -> keras.Model:
         AttentionLSTMCell(config.units, cells), return_sequences=True, return_state=True, name="decoder_lstm"
     )(embedded, initial_state=[initial_h, initial_c, values, keys])  # (batch, 50, 2 * units): [h, context]
     outputs = layers.Dropout(config.dropout, name="output_dropout")(outputs)
-    probabilities = layers.Dense(config.num_classes, activation="softmax", name="next_char")(outputs)  # (batch, 50, 128)
+    probabilities = layers.Dense(config.num_classes, activation="softmax", dtype="float32", name="next_char")(
+        outputs
+    )  # (batch, 50, 128), float32 under mixed precision too
     return keras.Model([features, previous], probabilities, name="attention")
 
 

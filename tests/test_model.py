@@ -149,3 +149,43 @@ def test_standardisation_keeps_unseen_activations_bounded():
     norm = keras.Model(model.inputs[0], model.get_layer("feature_norm").output)
     new = np.abs(rng.normal(size=(4, 1, 1, 512))).astype("float32")
     assert np.abs(norm.predict(new, verbose=0)).max() < 100
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_mixed_bfloat16_trains_with_float32_probabilities(arch):
+    """Under Keras' mixed_bfloat16 policy (bench.py on GPUs) the softmax stays float32 and a step trains."""
+    from model import model_inputs
+
+    config = small_config(arch=arch)
+    rng = np.random.default_rng(0)
+    features = np.abs(rng.normal(size=(4, *config.feature_shape))).astype("float16")  # as the cache stores them
+    targets = rng.integers(1, 10, size=(4, config.timesteps)).astype("int32")
+    previous = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = build_model(config, features.astype("float32"))
+        loss = model.train_on_batch(model_inputs(config, features, targets), targets)
+        probabilities = model.predict_on_batch(model_inputs(config, features, targets))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert np.isfinite(np.asarray(loss)).all()
+    assert keras.backend.standardize_dtype(probabilities.dtype) == "float32"
+    np.testing.assert_allclose(np.asarray(probabilities).sum(-1), 1.0, atol=1e-4)
+
+
+def test_batches_are_float16_and_threads_keep_their_order():
+    """make_batches sends the cache's float16 rows as they are; reading in threads gives the same batches."""
+    from train import CaptionData, make_batches
+
+    config = small_config(arch="attention")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20, *config.feature_shape)).astype("float16")
+    data = CaptionData(np.repeat(np.arange(20), 5), rng.integers(1, 128, size=(100, 50)).astype("uint8"))
+    single = make_batches(config, features, data, 16, shuffle=True, seed=3)
+    threaded = make_batches(config, features, data, 16, shuffle=True, seed=3, workers=3)
+    for index in range(len(single)):
+        (x1, p1), y1 = single[index]
+        (x2, p2), y2 = threaded[index]
+        assert x1.dtype == np.float16
+        np.testing.assert_array_equal(x1, x2), np.testing.assert_array_equal(p1, p2), np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(x1, features[data.rows[single.order[index * 16 : (index + 1) * 16]]])
