@@ -295,7 +295,7 @@ def prepare_out(args) -> tuple[dict | None, bool]:
 def train(args) -> int:
     import keras
 
-    from model import CaptionerConfig, build_model, load_model
+    from model import CaptionerConfig, build_model, compute_device, load_model
 
     out = Path(args.out)
     saved_state, resuming = prepare_out(args)
@@ -377,9 +377,11 @@ def train(args) -> int:
         state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "history": []}
         log(f"Model {config.arch}: {model.count_params():,} parameters, backend {keras.backend.backend()}.")
 
-    # 5. Fit on cached features.
+    # 5. Fit on cached features (on a GPU a step is quicker than reading its batch: read ahead in 4 threads).
+    workers = 4 if compute_device() == "gpu" else 1
     model.fit(
-        make_batches(config, cache.features, train_data, args.batch_size, shuffle=True, seed=args.seed + state["epoch"]),
+        make_batches(config, cache.features, train_data, args.batch_size, shuffle=True,
+                     seed=args.seed + state["epoch"], workers=workers),
         validation_data=make_batches(config, cache.features, val_data, args.batch_size, shuffle=False, seed=0),
         epochs=args.epochs,
         initial_epoch=state["epoch"],
