@@ -68,20 +68,15 @@ class CaptionerConfig:
 @functools.cache
 def compute_device() -> str:
     """"gpu" when the Keras backend computes on a GPU, else "cpu"."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return "gpu" if jax.default_backend() == "gpu" else "cpu"
-    if backend == "torch":
+    if keras.backend.backend() == "torch":  # Keras has no device list for torch
         import torch
 
         return "gpu" if torch.cuda.is_available() else "cpu"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
-    return "cpu"
+    try:
+        devices = keras.distribution.list_devices()  # e.g. ["gpu:0"]; the accelerator first when there is one
+    except (NotImplementedError, ValueError, RuntimeError):
+        return "cpu"
+    return "gpu" if any(device.lower().startswith(("gpu", "cuda")) for device in devices) else "cpu"
 
 
 def lstm_options() -> dict:
