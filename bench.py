@@ -164,7 +164,7 @@ def bench_training(work: Path, steps: int, batch_size: int, precision: str = "fl
     from features import build_vgg16, feature_shape
     from model import (CaptionerConfig, RepeatedInputLSTM, adapt_feature_norm, build_model, build_seed, compile_model,
                        compute_device)
-    from train import CaptionData, make_batches
+    from train import CaptionData, make_batches, read_ahead_workers
 
     rng = np.random.default_rng(0)
     shape = feature_shape(image_size)
@@ -185,7 +185,7 @@ def bench_training(work: Path, steps: int, batch_size: int, precision: str = "fl
     results = {"units": units, "batch_size": batch_size, "precision": precision,
                "backend": keras.backend.backend(), "device": compute_device()}
 
-    workers = 4 if compute_device() == "gpu" else 1  # a GPU step is quicker than reading its batch
+    workers = read_ahead_workers()  # as train.py reads
 
     def cached(config, workers=workers):
         return make_batches(config, features, data, batch_size, shuffle=True, seed=0, workers=workers)
