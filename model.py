@@ -86,6 +86,76 @@ def lstm_options() -> dict:
     return {}
 
 
+def repeated_input_lstm(projected, recurrent_kernel, timesteps: int, unroll: int = 1):
+    """Every step's output of an LSTM, from a zero state, whose input projection is the same at every step.
+
+    The gradient is written out (backpropagation through time) rather than
+    left to autodiff, which on the TensorFlow backend is the slower half of
+    training: its loop gradient reads, transposes and accumulates the
+    recurrent kernel's ``(units, 4 * units)`` gradient at every step. Here
+    each backward step only carries the state's gradient back through one
+    matmul, and the kernel's gradient is one large matmul over all steps.
+
+    Args:
+        projected: ``x·W + b``, the input's projection, ``(batch, 4 * units)``.
+        recurrent_kernel: ``U``, ``(units, 4 * units)``, gates in Keras' order (i, f, g, o).
+        timesteps: how many steps to run.
+        unroll: steps per loop iteration (``ops.scan``'s ``unroll``).
+
+    Returns:
+        The outputs h of every step, ``(timesteps, batch, units)``.
+    """
+    units = recurrent_kernel.shape[0]
+
+    @ops.custom_gradient
+    def run(projected, recurrent_kernel):
+        zeros = ops.zeros_like(projected[:, :units])  # (batch, units): the initial h and c
+
+        def step(carry, _):
+            h, c, _ = carry
+            z = projected + ops.matmul(h, recurrent_kernel)  # (batch, 4 * units): only the recurrent part per step
+            i, f, g, o = ops.split(z, 4, axis=-1)
+            i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
+            c = f * c + i * g
+            h = o * ops.tanh(c)
+            carry = (h, c, ops.concatenate([i, f, g, o], axis=-1))  # the gates, kept for the backward pass
+            return carry, carry  # (Keras' TensorFlow scan needs outputs shaped like the carry)
+
+        _, (hs, cs, gates) = ops.scan(step, (zeros, zeros, ops.zeros_like(projected)), length=timesteps,
+                                      unroll=unroll)  # hs, cs: (timesteps, batch, units); gates: (..., 4 * units)
+
+        def gradient(*args, upstream=None):  # TensorFlow and JAX pass the upstream gradient, torch the upstream kwarg
+            if upstream is None:
+                (upstream,) = args  # (timesteps, batch, units): d loss / d h of every step
+            first = ops.expand_dims(zeros, 0)
+            previous_cs = ops.concatenate([first, cs[:-1]], axis=0)  # c(t - 1)
+            previous_hs = ops.concatenate([first, hs[:-1]], axis=0)  # h(t - 1)
+            kernel_transposed = ops.transpose(recurrent_kernel)  # (4 * units, units), once, not at every step
+
+            def back(carry, step_inputs):
+                dh_later, dc_later, _ = carry  # what step t + 1 sends back to h(t) and c(t)
+                dh_output, c, previous_c, gate = step_inputs
+                i, f, g, o = ops.split(gate, 4, axis=-1)
+                dh = dh_output + dh_later
+                tanh_c = ops.tanh(c)
+                dc = dc_later + dh * o * (1 - tanh_c * tanh_c)
+                dz = ops.concatenate([dc * g * i * (1 - i), dc * previous_c * f * (1 - f),
+                                      dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], axis=-1)  # (batch, 4 * units)
+                carry = (ops.matmul(dz, kernel_transposed), dc * f, dz)
+                return carry, carry
+
+            _, (_, _, dzs) = ops.scan(back, (zeros, zeros, ops.zeros_like(projected)),
+                                      (upstream, cs, previous_cs, gates), reverse=True, unroll=unroll)
+            d_projected = ops.sum(dzs, axis=0)  # (batch, 4 * units): the same projection fed every step
+            d_kernel = ops.matmul(ops.transpose(ops.reshape(previous_hs, (-1, units))),
+                                  ops.reshape(dzs, (-1, 4 * units)))  # (units, 4 * units), one matmul for all steps
+            return d_projected, d_kernel
+
+        return hs, gradient
+
+    return run(projected, recurrent_kernel)
+
+
 @keras.saving.register_keras_serializable(package="captioner")
 class RepeatedInputLSTM(layers.Layer):
     """``RepeatVector(timesteps)`` then ``LSTM(units)``: an LSTM reading the same input vector at every step.
@@ -139,22 +209,11 @@ class RepeatedInputLSTM(layers.Layer):
     def _projected(self, inputs):
         cell = self.lstm.cell
         projected = ops.matmul(inputs, cell.kernel) + cell.bias  # (batch, 4 * units), once for all steps
-
-        def step(state, _):
-            h, c = ops.split(state, 2, axis=-1)  # one (batch, 2 * units) carry: [h, c]
-            z = projected + ops.matmul(h, cell.recurrent_kernel)  # only the recurrent part per step
-            i, f, g, o = ops.split(z, 4, axis=-1)  # Keras' gate order
-            c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
-            h = ops.sigmoid(o) * ops.tanh(c)
-            state = ops.concatenate([h, c], axis=-1)
-            return state, state  # (Keras' TensorFlow scan needs outputs shaped like the carry)
-
-        initial = ops.zeros_like(projected[:, : 2 * self.units])
         unroll = self.UNROLL.get((keras.backend.backend(), compute_device()), 1)
-        state, states = ops.scan(step, initial, length=self.timesteps, unroll=unroll)  # states: (timesteps, batch, 2 * units)
+        states = repeated_input_lstm(projected, ops.convert_to_tensor(cell.recurrent_kernel), self.timesteps, unroll)
         if self.return_sequences:
-            return ops.transpose(states[:, :, : self.units], (1, 0, 2))
-        return state[:, : self.units]
+            return ops.transpose(states, (1, 0, 2))  # (batch, timesteps, units)
+        return states[-1]  # (batch, units)
 
     def compute_output_shape(self, input_shape):
         if self.return_sequences:

@@ -24,25 +24,49 @@ def stock_seed(config):
     return keras.Model(features, outputs)
 
 
-@pytest.mark.parametrize("implementation", ["projected", "stock"])
-def test_seed_is_the_cards_design(implementation):
-    """Same shapes, and the same numbers as RepeatVector/LSTM/Bidirectional given the same weights."""
+def build_seed_pair(config, features, implementation="projected"):
+    """The project's seed and the stock-layer model, standardised on ``features``, with the same weights."""
     from model import build_seed
 
-    config = CaptionerConfig(units=32, timesteps=50)
-    features = np.random.default_rng(0).normal(size=(3, 4, 4, 512)).astype("float32")
     model = build_seed(config, lstm_implementation=implementation)
     reference = stock_seed(config)
     model.get_layer("feature_norm").adapt(features)
     reference.layers[1].adapt(features)
+    # Weight order: norm, Dense, encoder, decoder forward then backward, output (both models).
+    assert [w.shape for w in model.get_weights()] == [w.shape for w in reference.get_weights()]
+    reference.set_weights(model.get_weights())
+    return model, reference
+
+
+@pytest.mark.parametrize("implementation", ["projected", "stock"])
+def test_seed_is_the_cards_design(implementation):
+    """Same shapes, and the same numbers as RepeatVector/LSTM/Bidirectional given the same weights."""
+    config = CaptionerConfig(units=32, timesteps=50)
+    features = np.random.default_rng(0).normal(size=(3, 4, 4, 512)).astype("float32")
+    model, reference = build_seed_pair(config, features, implementation)
     assert model.input_shape == (None, 4, 4, 512) and model.output_shape == (None, 50, 128)
     assert model.get_layer("encoder_lstm").output.shape == (None, 32)  # final state only
     assert model.get_layer("decoder_lstm").output.shape == (None, 50, 64)  # bidirectional
     assert isinstance(model.get_layer("next_char"), keras.layers.TimeDistributed)
-    # Weight order: norm, Dense, encoder, decoder forward then backward, output (both models).
-    assert [w.shape for w in model.get_weights()] == [w.shape for w in reference.get_weights()]
-    reference.set_weights(model.get_weights())
     np.testing.assert_allclose(model.predict(features, verbose=0), reference.predict(features, verbose=0), atol=1e-5)
+
+
+def test_projected_seed_trains_like_the_stock_layers():
+    """The hand-written backward pass gives autodiff's gradients: one SGD step (learning rate 1) moves the
+    projected seed's weights exactly as it moves the stock RepeatVector/LSTM/Bidirectional model's."""
+    config = CaptionerConfig(units=32, timesteps=50)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(3, 4, 4, 512)).astype("float32")
+    targets = rng.integers(0, 128, size=(3, 50))
+    model, reference = build_seed_pair(config, features)
+    before = model.get_weights()
+    for each in (model, reference):
+        each.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), loss="sparse_categorical_crossentropy")
+        each.train_on_batch(features, targets)
+    moved = [after - before for after, before in zip(reference.get_weights(), before)]
+    assert max(np.abs(step).max() for step in moved) > 1e-3  # the step did move the weights
+    for projected_weight, stock_weight in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(projected_weight, stock_weight, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
