@@ -163,8 +163,9 @@ class RepeatedInputLSTM(layers.Layer):
     The input's projection ``x·W + b`` is then the same at every step, so the
     ``projected`` implementation computes it once and only ``h·U`` per step,
     halving the work of the card's LSTMs (their input is as wide as their
-    state). ``stock`` runs the stock ``keras.layers.LSTM`` (cuDNN on a GPU) on
-    the repeated input. Both use the same weights (those of the inner
+    state), with its backward pass written out (``repeated_input_lstm``).
+    ``stock`` runs the stock ``keras.layers.LSTM`` (cuDNN on a GPU) on the
+    repeated input. Both use the same weights (those of the inner
     ``lstm`` layer, so they give the same numbers); ``auto`` picks the one
     ``bench.py`` measured faster on the backend (``FASTEST``).
 
@@ -174,7 +175,8 @@ class RepeatedInputLSTM(layers.Layer):
     """
 
     # (backend, device) -> the implementation bench.py measured faster there; unmeasured pairs use stock.
-    # On an H100: JAX's scan, unrolled, beats its cuDNN LSTM; Keras' eager torch loop loses to cuDNN.
+    # On an H100: JAX's scan, unrolled, beats its cuDNN LSTM; Keras' eager torch loop loses to cuDNN. (Those
+    # GPU runs predate the written-out backward pass, which was measured on CPUs only.)
     FASTEST = {("tensorflow", "cpu"): "projected", ("jax", "cpu"): "projected", ("torch", "cpu"): "projected",
                ("jax", "gpu"): "projected", ("torch", "gpu"): "stock"}
     # (backend, device) -> steps the projected scan runs per loop iteration; 1 elsewhere. On an H100, JAX
