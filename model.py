@@ -212,7 +212,8 @@ class RepeatedInputLSTM(layers.Layer):
         cell = self.lstm.cell
         projected = ops.matmul(inputs, cell.kernel) + cell.bias  # (batch, 4 * units), once for all steps
         unroll = self.UNROLL.get((keras.backend.backend(), compute_device()), 1)
-        states = repeated_input_lstm(projected, ops.convert_to_tensor(cell.recurrent_kernel), self.timesteps, unroll)
+        recurrent_kernel = ops.cast(cell.recurrent_kernel, projected.dtype)  # a tensor (the variable read once), autocast
+        states = repeated_input_lstm(projected, recurrent_kernel, self.timesteps, unroll)
         if self.return_sequences:
             return ops.transpose(states, (1, 0, 2))  # (batch, timesteps, units)
         return states[-1]  # (batch, units)

@@ -197,6 +197,22 @@ def test_mixed_bfloat16_trains_with_float32_probabilities(arch):
     np.testing.assert_allclose(np.asarray(probabilities).sum(-1), 1.0, atol=1e-4)
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_projected_lstm_runs_eagerly_in_the_policys_dtype(policy):
+    """Called outside any compiled function too, the projected LSTM computes in the policy's compute dtype."""
+    from model import RepeatedInputLSTM
+
+    previous = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy(policy)
+    try:
+        layer = RepeatedInputLSTM(8, 5, return_sequences=True, implementation="projected")
+        outputs = layer(np.ones((2, 8), "float32"))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert tuple(outputs.shape) == (2, 5, 8)
+    assert keras.backend.standardize_dtype(outputs.dtype) == ("bfloat16" if policy != "float32" else "float32")
+
+
 def test_batches_are_float16_and_threads_keep_their_order():
     """make_batches sends the cache's float16 rows as they are; reading in threads gives the same batches."""
     from train import CaptionData, make_batches
