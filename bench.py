@@ -19,7 +19,8 @@ shared machine slows a round rather than one model):
               stock LSTMs against the input projection computed once
               (RepeatedInputLSTM), the autoregressive architectures, and a
               hand-written PyTorch nn.LSTM reference when torch is installed.
-              On a GPU: batch 1024, float32 and mixed_bfloat16 by default.
+              On a GPU: batch 1024. Float32, and mixed_bfloat16 too on a GPU
+              and on CPUs with bfloat16 instructions (not with --quick).
   memory      the training process's peak RSS streaming cached features of
               20k and 120k images (synthetic features, one process each).
   latency     predict.py: cold (process start to caption) and warm per image,
@@ -151,10 +152,27 @@ def same_batch(inputs, targets, length: int):
 
 
 def _timed_fit(model, dataset, steps: int, batch_size: int) -> float:
-    """Samples per second of one ``model.fit`` over ``steps`` batches, as train.py trains."""
+    """Samples per second of one ``model.fit`` over ``steps`` batches, as train.py trains.
+
+    The clock runs from the call to the end of the last step (its loss read
+    back, so asynchronous devices have finished), not to ``fit``'s return:
+    with TensorFlow, dropping the input iterator at the end of ``fit`` can
+    wait for tf.data's autotuning thread to wake, which sleeps 10 ms, 20 ms,
+    40 ms, ... after the iterator starts, so a ``fit`` of 12 steps returned
+    at 5.1, 10.2 or 20.5 s whatever its steps took. train.py pays that once
+    per run, not per epoch.
+    """
+    import keras
+
+    class LastStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            float(np.asarray((logs or {}).get("loss", 0.0)))  # waits for the step's result
+            self.end = time.perf_counter()
+
+    last_step = LastStep()
     start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)  # returns once the last step's loss is known
-    return steps * batch_size / (time.perf_counter() - start)
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[last_step])
+    return steps * batch_size / (last_step.end - start)
 
 
 def best_of_rounds(contenders: dict, batch_size: int, rounds: int, warmup: int = 2) -> dict:
@@ -180,7 +198,7 @@ def bench_training(work: Path, steps: int, batch_size: int, precision: str = "fl
 
     from features import build_vgg16, feature_shape
     from model import (CaptionerConfig, RepeatedInputLSTM, adapt_feature_norm, build_model, build_seed, compile_model,
-                       compute_device)
+                       compute_device, dtype_policy)
     from train import CaptionData, make_batches, read_ahead_workers
 
     rng = np.random.default_rng(0)
@@ -219,9 +237,7 @@ def bench_training(work: Path, steps: int, batch_size: int, precision: str = "fl
     results["loader_samples_per_s"] = steps * batch_size / (time.perf_counter() - start)  # one thread
     results["loader_workers"] = workers
 
-    previous_policy = keras.config.dtype_policy().name
-    keras.config.set_dtype_policy(precision)
-    try:
+    with dtype_policy(precision):
         seed_config = CaptionerConfig(arch="seed", units=units, feature_shape=shape)
         seeds = {}
         for implementation in ("projected", "stock"):
@@ -258,8 +274,6 @@ def bench_training(work: Path, steps: int, batch_size: int, precision: str = "fl
         for name, samples_per_s in best_of_rounds(contenders, batch_size, rounds, warmup).items():
             results[f"{name}_samples_per_s"] = samples_per_s
         del contenders, seeds, original, vgg, head
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
     results["repeat_trick_speedup"] = results["seed_projected_samples_per_s"] / results["seed_stock_samples_per_s"]
     results["seed_auto"] = chosen
     results["seed_auto_is_fastest"] = chosen == max(
@@ -520,7 +534,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int,
                         help="timed fits per model, taking turns; each model's best counts [default: 3; --quick: 1]")
     parser.add_argument("--precisions", nargs="+", choices=["float32", "mixed_bfloat16"],
-                        help="Keras dtype policies to train under [default: float32 on a CPU; both on a GPU]")
+                        help="Keras dtype policies to train under [default: float32; mixed_bfloat16 too on a GPU, and on "
+                             "a CPU where train.py's --precision auto picks it, except with --quick]")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--child-steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -531,14 +546,16 @@ def main(argv=None) -> int:
         rss_child(args.rss_child, args.child_steps)
         return 0
 
-    from model import compute_device
+    from model import compute_device, training_precision
 
     gpu = compute_device() == "gpu"
     sections = args.only or SECTIONS
     scale = dict(images=150, steps=6, rounds=1, rss_steps=20, repeats=1) if args.quick else \
         dict(images=600, steps=40 if gpu else 12, rounds=3, rss_steps=60, repeats=3)
     batch_size = args.batch_size or (1024 if gpu else 64)
-    precisions = args.precisions or (["float32", "mixed_bfloat16"] if gpu else ["float32"])
+    # float32; mixed_bfloat16 too on a GPU, and on a CPU where train.py's --precision auto trains in it (not --quick).
+    both = gpu or (training_precision("auto") != "float32" and not args.quick)
+    precisions = args.precisions or (["float32", "mixed_bfloat16"] if both else ["float32"])
     results = {"machine": machine(), "quick": args.quick}
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         work = Path(work)

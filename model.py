@@ -26,8 +26,10 @@ with the previous character, and into the output layer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+from pathlib import Path
 
 import keras
 from keras import layers, ops
@@ -47,6 +49,7 @@ class CaptionerConfig:
     feature_shape: tuple = (4, 4, 512)  # VGG16 pool5 at that image size
     vgg_weights: str = "imagenet"  # "imagenet", "none" (seeded random) or a weights file
     vgg_precision: str = "float32"  # the arithmetic the features were extracted in: float32 or bfloat16
+    precision: str = "float32"  # the Keras dtype policy the model trains in: float32 or mixed_bfloat16
     learning_rate: float = 1e-3  # Adam's
     embedding_dim: int = 64  # showtell: width of the character embedding
     dropout: float = 0.3  # showtell: dropout on the image vector and the LSTM outputs
@@ -63,6 +66,51 @@ class CaptionerConfig:
             raise ValueError(f"{path} has settings this version does not know: {', '.join(unknown)}")
         data["feature_shape"] = tuple(data.get("feature_shape", cls.feature_shape))
         return cls(**data)
+
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # train.py --precision: Keras dtype policies, or auto
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether the CPU computes in bfloat16 itself (AVX512-BF16 or AMX, as Linux's /proc/cpuinfo says) rather than emulating it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def training_precision(precision: str) -> str:
+    """The dtype policy to train in: ``auto`` is mixed_bfloat16 where bench.py measured training faster in it.
+
+    Faster in mixed_bfloat16 (every architecture; figures in the README):
+    TensorFlow on a CPU with bfloat16 instructions, and JAX on a GPU. Keras'
+    torch backend on an H100 trained the default architecture slower in it,
+    and other CPUs emulate bfloat16, so ``auto`` is float32 there and on
+    pairs never measured. On the demo, attention trained in mixed_bfloat16
+    scored as in float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    backend = keras.backend.backend()
+    if compute_device() == "gpu":
+        faster = backend == "jax"
+    else:
+        faster = backend == "tensorflow" and cpu_has_bfloat16()
+    return "mixed_bfloat16" if faster else "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Layers made inside take Keras' dtype policy ``name`` (e.g. "float32", "mixed_bfloat16"); the previous one is restored after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 @functools.cache
@@ -191,7 +239,8 @@ class RepeatedInputLSTM(layers.Layer):
             raise ValueError(f"implementation must be auto, projected or stock, not {implementation!r}")
         self.units, self.timesteps = units, timesteps
         self.return_sequences, self.reverse, self.implementation = return_sequences, reverse, implementation
-        self.lstm = layers.LSTM(units, return_sequences=return_sequences, name="lstm", **lstm_options())
+        self.lstm = layers.LSTM(units, return_sequences=return_sequences, name="lstm", dtype=self.dtype_policy,
+                                **lstm_options())
 
     def build(self, input_shape):
         self.lstm.build((input_shape[0], self.timesteps, input_shape[-1]))
@@ -293,8 +342,8 @@ class GridAttention(layers.Layer):
     def __init__(self, cells: int, width: int, **kwargs):
         super().__init__(**kwargs)
         self.cells, self.width = cells, width
-        self.query_projection = layers.Dense(width, use_bias=False, name="query_projection")
-        self.score = layers.Dense(1, use_bias=False, name="score")
+        self.query_projection = layers.Dense(width, use_bias=False, name="query_projection", dtype=self.dtype_policy)
+        self.score = layers.Dense(1, use_bias=False, name="score", dtype=self.dtype_policy)
 
     def build(self, query_shape, values_shape=None, keys_shape=None):
         self.query_projection.build(query_shape)
@@ -327,8 +376,9 @@ class AttentionLSTMCell(layers.Layer):
         self.units, self.cells = units, cells
         self.state_size = [units, units, cells * units, cells * units]
         self.output_size = 2 * units
-        self.attention = GridAttention(cells, units, name="attention")
-        self.lstm = layers.LSTMCell(units, name="lstm")
+        # Sublayers take this layer's dtype policy, so a mixed-precision model loads mixed whatever the global policy.
+        self.attention = GridAttention(cells, units, name="attention", dtype=self.dtype_policy)
+        self.lstm = layers.LSTMCell(units, name="lstm", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.attention.build((None, self.units))

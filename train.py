@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "initialised frozen VGG16 [default: imagenet; the demo uses none]")
     data.add_argument("--vgg-precision", choices=["auto", "float32", "bfloat16"], default="auto",
                       help="arithmetic of the one-time feature extraction; auto = bfloat16 where the CPU does it "
-                           "natively (TensorFlow on CPUs with AVX512-BF16/AMX: about 3x faster, features within "
+                           "natively (TensorFlow on CPUs with AVX512-BF16/AMX: about 2x faster, features within "
                            "1%%), else float32")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", choices=["seed", "showtell", "attention"], default="attention",
@@ -83,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     training.add_argument("--patience", type=int, default=5,
                           help="stop after this many epochs without a better validation loss")
     training.add_argument("--seed", type=int, default=0, help="seed for the split, the shuffling and the weights")
+    training.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
+                          help="mixed_bfloat16 is Keras' mixed precision: arithmetic in bfloat16, weights in float32. "
+                               "auto = mixed_bfloat16 where bench.py measured it faster (JAX on a GPU; TensorFlow on "
+                               "CPUs with AVX512-BF16/AMX), else float32")
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="run folder: model, vocabulary, config, history [default: runs/stair; demo: runs/demo]")
     output.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -151,13 +155,15 @@ def keep_freed_memory(pad_bytes: int = 64 << 20) -> bool:
     """Asks glibc's malloc to keep ``pad_bytes`` free at the top of each heap rather than hand it back at once.
 
     A training step allocates and frees the same large buffers every time (the
-    LSTMs' saved states, tens of MB per layer). Once Keras' input pipeline
-    runs in threads of its own, glibc's defaults shrink the heaps holding
-    them after each step and grow them again in the next, and every fresh
-    page faults in: on 2 CPU cores the card's design trained 1.4× slower
-    through ``fit`` than through ``train_on_batch`` (1.5M page faults in 6
-    steps instead of 0.6M). Returns whether the setting took (False on a C
-    library without ``mallopt``, e.g. macOS, where this does not apply).
+    LSTMs' saved states, tens of MB per layer). TensorFlow's generator
+    dataset, which ``fit`` reads a PyDataset through, sets glibc's
+    ``M_TRIM_THRESHOLD`` to 128 KB (it logs "Memory patch applied"), so the
+    heaps holding those buffers shrank after each step and grew again in the
+    next, and every fresh page faulted in: on 2 CPU cores the card's design
+    trained 1.4× slower through ``fit`` than through ``train_on_batch``
+    (1.5M page faults in 6 steps instead of 0.6M). The pad keeps 64 MiB
+    whenever the heap is trimmed. Returns whether the setting took (False on
+    a C library without ``mallopt``, e.g. macOS, where this does not apply).
     """
     import ctypes
 
@@ -324,7 +330,7 @@ def prepare_out(args) -> tuple[dict | None, bool]:
 def train(args) -> int:
     import keras
 
-    from model import CaptionerConfig, build_model, load_model
+    from model import CaptionerConfig, build_model, dtype_policy, load_model, training_precision
 
     out = Path(args.out)
     saved_state, resuming = prepare_out(args)
@@ -355,7 +361,11 @@ def train(args) -> int:
                 f"({config.vgg_weights}).")
         args.image_size, args.vgg_weights = config.image_size, config.vgg_weights
         args.vgg_precision = config.vgg_precision
+        if args.precision not in ("auto", config.precision):
+            log(f"Resuming in the run's own precision ({config.precision}).")
+        args.precision = config.precision
     args.vgg_precision = resolve_precision(args.vgg_precision)
+    args.precision = training_precision(args.precision)
     cache, _ = cached_features([record.path for record in records], args.vgg_weights, args.image_size,
                                args.cache_dir, progress=not args.quiet, log=log, precision=args.vgg_precision)
     usable = np.flatnonzero(cache.complete & np.array([bool(r) for r in readings]))
@@ -379,32 +389,35 @@ def train(args) -> int:
         f"characters outside the vocabulary left out: {unknown + val_unknown}.")
 
     # 4. The model.
-    if resuming:
-        model = load_model(out / CHECKPOINT_FILE)
-        state = saved_state
-        if state.get("stopped_early") or state["epoch"] >= args.epochs:
-            log(f"The run in {out} is already finished ({state['epoch']} epochs); nothing to resume.")
-            return 0
-        log(f"Resuming {out} after epoch {state['epoch']}.")
-    else:
-        keras.utils.set_random_seed(args.seed)
-        config = CaptionerConfig(
-            arch=args.arch,
-            units=args.units,
-            timesteps=TIMESTEPS,
-            num_classes=NUM_CLASSES,
-            image_size=args.image_size,
-            feature_shape=feature_shape(args.image_size),
-            vgg_weights=args.vgg_weights,
-            vgg_precision=args.vgg_precision,
-            learning_rate=args.learning_rate,
-        )
-        model = build_model(config, feature_sample(cache.features, train_data.rows, args.seed))
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / CONFIG_FILE)
-        vocabulary.save(out / VOCAB_FILE)
-        state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "history": []}
-        log(f"Model {config.arch}: {model.count_params():,} parameters, backend {keras.backend.backend()}.")
+    with dtype_policy(args.precision):  # the layers keep it, and it is saved with them
+        if resuming:
+            model = load_model(out / CHECKPOINT_FILE)
+            state = saved_state
+            if state.get("stopped_early") or state["epoch"] >= args.epochs:
+                log(f"The run in {out} is already finished ({state['epoch']} epochs); nothing to resume.")
+                return 0
+            log(f"Resuming {out} after epoch {state['epoch']}.")
+        else:
+            keras.utils.set_random_seed(args.seed)
+            config = CaptionerConfig(
+                arch=args.arch,
+                units=args.units,
+                timesteps=TIMESTEPS,
+                num_classes=NUM_CLASSES,
+                image_size=args.image_size,
+                feature_shape=feature_shape(args.image_size),
+                vgg_weights=args.vgg_weights,
+                vgg_precision=args.vgg_precision,
+                precision=args.precision,
+                learning_rate=args.learning_rate,
+            )
+            model = build_model(config, feature_sample(cache.features, train_data.rows, args.seed))
+            out.mkdir(parents=True, exist_ok=True)
+            config.save(out / CONFIG_FILE)
+            vocabulary.save(out / VOCAB_FILE)
+            state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "history": []}
+            log(f"Model {config.arch}: {model.count_params():,} parameters, backend {keras.backend.backend()}, "
+                f"{config.precision}.")
 
     # 5. Fit on cached features.
     workers = read_ahead_workers()

@@ -150,6 +150,31 @@ def test_resume_continues_and_refuses_to_clobber(tiny_run, tiny_demo, capsys):
     assert state["epoch"] == 3 and [row["epoch"] for row in state["history"]] == [1, 2, 3]
 
 
+def test_mixed_precision_trains_resumes_in_it_and_captions(tiny_demo, tmp_path, capsys):
+    """--precision mixed_bfloat16: the layers compute in bfloat16, --resume keeps it, predict.py captions with it."""
+    import keras
+
+    from model import load_model
+
+    out = tmp_path / "mixed"
+    data = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *TINY]
+    assert train.main([*data, "--epochs", "1", "--precision", "mixed_bfloat16"]) == 0
+    assert keras.config.dtype_policy().name == "float32"  # the process-wide policy is put back
+    assert json.loads((out / "config.json").read_text())["precision"] == "mixed_bfloat16"
+    assert train.main([*data, "--epochs", "2", "--resume", "--precision", "float32"]) == 0
+    assert "Resuming in the run's own precision (mixed_bfloat16)" in capsys.readouterr().out
+    model = load_model(out / "model.keras")
+    assert model.get_layer("decoder_lstm").compute_dtype == "bfloat16"
+    assert model.get_layer("decoder_lstm").variable_dtype == "float32"
+    photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
+    assert predict.main([str(photo), "--model", str(out), "--n-best", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(kana._KATAKANA.fullmatch(char) for char in lines[1].split(") ", 1)[1].rsplit(" (p=", 1)[0])
+    assert predict.main([str(photo), "--model", str(out), "--attention", str(tmp_path / "maps")]) == 0
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 1
+
+
 def test_train_reports_missing_data_without_a_traceback(tmp_path, capsys):
     code = train.main(["--annotations", str(tmp_path / "none.json"), "--images", str(tmp_path), "--out", str(tmp_path / "o")])
     assert code == 2 and "Annotation file not found" in capsys.readouterr().err

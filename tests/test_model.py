@@ -69,17 +69,26 @@ def test_projected_seed_trains_like_the_stock_layers():
         np.testing.assert_allclose(projected_weight, stock_weight, atol=1e-5)
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_save_load_gives_identical_predictions(tmp_path, arch):
-    from model import model_inputs
+def test_save_load_gives_identical_predictions(tmp_path, arch, policy):
+    """Loaded under the default float32 policy, a mixed-precision model computes in bfloat16 still, sublayers too."""
+    from model import dtype_policy, model_inputs
 
     config = small_config(arch=arch)
     features = np.random.default_rng(0).normal(size=(3, 1, 1, 512)).astype("float32")
-    model = build_model(config, feature_sample=features * 2 + 1)  # standardisation statistics must survive saving
+    with dtype_policy(policy):
+        model = build_model(config, feature_sample=features * 2 + 1)  # standardisation statistics must survive saving
     inputs = model_inputs(config, features, np.random.default_rng(1).integers(0, 128, size=(3, 50)))
     model.save(tmp_path / "model.keras")
     restored = load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(model.predict(inputs, verbose=0), restored.predict(inputs, verbose=0), atol=1e-6)
+
+    def policies(model):  # every computing layer's, nested ones included
+        return [(type(layer).__name__, layer.dtype_policy.name) for layer in model._flatten_layers(include_self=False)
+                if not isinstance(layer, keras.layers.InputLayer)]
+
+    assert policies(restored) == policies(model)
 
 
 def test_showtell_reads_the_previous_character():
@@ -178,37 +187,44 @@ def test_standardisation_keeps_unseen_activations_bounded():
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_mixed_bfloat16_trains_with_float32_probabilities(arch):
     """Under Keras' mixed_bfloat16 policy (bench.py on GPUs) the softmax stays float32 and a step trains."""
-    from model import model_inputs
+    from model import dtype_policy, model_inputs
 
     config = small_config(arch=arch)
     rng = np.random.default_rng(0)
     features = np.abs(rng.normal(size=(4, *config.feature_shape))).astype("float16")  # as the cache stores them
     targets = rng.integers(1, 10, size=(4, config.timesteps)).astype("int32")
-    previous = keras.config.dtype_policy().name
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
+    with dtype_policy("mixed_bfloat16"):
         model = build_model(config, features.astype("float32"))
         loss = model.train_on_batch(model_inputs(config, features, targets), targets)
         probabilities = model.predict_on_batch(model_inputs(config, features, targets))
-    finally:
-        keras.config.set_dtype_policy(previous)
     assert np.isfinite(np.asarray(loss)).all()
     assert keras.backend.standardize_dtype(probabilities.dtype) == "float32"
     np.testing.assert_allclose(np.asarray(probabilities).sum(-1), 1.0, atol=1e-4)
 
 
+def test_training_precision_auto_is_bfloat16_only_where_measured_faster(monkeypatch):
+    import model
+
+    assert model.training_precision("float32") == "float32"
+    assert model.training_precision("mixed_bfloat16") == "mixed_bfloat16"
+    with pytest.raises(ValueError, match="float16"):
+        model.training_precision("float16")
+    backend = keras.backend.backend()
+    for device, native, faster in [("cpu", True, backend == "tensorflow"), ("cpu", False, False),
+                                   ("gpu", False, backend == "jax")]:
+        monkeypatch.setattr(model, "compute_device", lambda: device)
+        monkeypatch.setattr(model, "cpu_has_bfloat16", lambda: native)
+        assert model.training_precision("auto") == ("mixed_bfloat16" if faster else "float32"), (device, native)
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_projected_lstm_runs_eagerly_in_the_policys_dtype(policy):
     """Called outside any compiled function too, the projected LSTM computes in the policy's compute dtype."""
-    from model import RepeatedInputLSTM
+    from model import RepeatedInputLSTM, dtype_policy
 
-    previous = keras.config.dtype_policy().name
-    keras.config.set_dtype_policy(policy)
-    try:
+    with dtype_policy(policy):
         layer = RepeatedInputLSTM(8, 5, return_sequences=True, implementation="projected")
         outputs = layer(np.ones((2, 8), "float32"))
-    finally:
-        keras.config.set_dtype_policy(previous)
     assert tuple(outputs.shape) == (2, 5, 8)
     assert keras.backend.standardize_dtype(outputs.dtype) == ("bfloat16" if policy != "float32" else "float32")
 
