@@ -127,9 +127,13 @@ def compute_device() -> str:
     return "gpu" if any(device.lower().startswith(("gpu", "cuda")) for device in devices) else "cpu"
 
 
-def lstm_options() -> dict:
-    """Options for a stock ``layers.LSTM``: JAX's cuDNN LSTM takes no bfloat16, so mixed precision skips it there."""
-    if keras.backend.backend() == "jax" and keras.config.dtype_policy().compute_dtype == "bfloat16":
+def lstm_options(policy=None) -> dict:
+    """Options for a stock ``layers.LSTM`` under ``policy`` (default: the global one).
+
+    JAX's cuDNN LSTM takes no bfloat16, so mixed precision skips it there.
+    """
+    policy = policy or keras.config.dtype_policy()
+    if keras.backend.backend() == "jax" and policy.compute_dtype == "bfloat16":
         return {"use_cudnn": False}
     return {}
 
@@ -240,7 +244,7 @@ class RepeatedInputLSTM(layers.Layer):
         self.units, self.timesteps = units, timesteps
         self.return_sequences, self.reverse, self.implementation = return_sequences, reverse, implementation
         self.lstm = layers.LSTM(units, return_sequences=return_sequences, name="lstm", dtype=self.dtype_policy,
-                                **lstm_options())
+                                **lstm_options(self.dtype_policy))
 
     def build(self, input_shape):
         self.lstm.build((input_shape[0], self.timesteps, input_shape[-1]))

@@ -202,6 +202,17 @@ def test_mixed_bfloat16_trains_with_float32_probabilities(arch):
     np.testing.assert_allclose(np.asarray(probabilities).sum(-1), 1.0, atol=1e-4)
 
 
+def test_a_mixed_repeated_lstm_rebuilt_from_its_config_keeps_its_policy_and_options():
+    """As loading rebuilds it under the global float32 policy: its inner LSTM stays bfloat16 (and off JAX's cuDNN)."""
+    from model import RepeatedInputLSTM, dtype_policy, lstm_options
+
+    with dtype_policy("mixed_bfloat16"):
+        layer = RepeatedInputLSTM(8, 5)
+    rebuilt = RepeatedInputLSTM.from_config(layer.get_config())
+    assert (rebuilt.lstm.compute_dtype, rebuilt.lstm.variable_dtype) == ("bfloat16", "float32")
+    assert rebuilt.lstm.use_cudnn == layer.lstm.use_cudnn == lstm_options(layer.dtype_policy).get("use_cudnn", "auto")
+
+
 def test_training_precision_auto_is_bfloat16_only_where_measured_faster(monkeypatch):
     import model
 
