@@ -19,8 +19,8 @@ shared machine slows a round rather than one model):
               stock LSTMs against the input projection computed once
               (RepeatedInputLSTM), the autoregressive architectures, and a
               hand-written PyTorch nn.LSTM reference when torch is installed.
-              On a GPU: batch 1024. Float32, and mixed_bfloat16 too on a GPU
-              and on CPUs with bfloat16 instructions (not with --quick).
+              Float32, and mixed_bfloat16 too on a GPU or a CPU with bfloat16
+              instructions (not with --quick on a CPU). Batch 1024 on a GPU.
   memory      the training process's peak RSS streaming cached features of
               20k and 120k images (synthetic features, one process each).
   latency     predict.py: cold (process start to caption) and warm per image,

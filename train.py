@@ -389,35 +389,35 @@ def train(args) -> int:
         f"characters outside the vocabulary left out: {unknown + val_unknown}.")
 
     # 4. The model.
-    with dtype_policy(args.precision):  # the layers keep it, and it is saved with them
-        if resuming:
-            model = load_model(out / CHECKPOINT_FILE)
-            state = saved_state
-            if state.get("stopped_early") or state["epoch"] >= args.epochs:
-                log(f"The run in {out} is already finished ({state['epoch']} epochs); nothing to resume.")
-                return 0
-            log(f"Resuming {out} after epoch {state['epoch']}.")
-        else:
-            keras.utils.set_random_seed(args.seed)
-            config = CaptionerConfig(
-                arch=args.arch,
-                units=args.units,
-                timesteps=TIMESTEPS,
-                num_classes=NUM_CLASSES,
-                image_size=args.image_size,
-                feature_shape=feature_shape(args.image_size),
-                vgg_weights=args.vgg_weights,
-                vgg_precision=args.vgg_precision,
-                precision=args.precision,
-                learning_rate=args.learning_rate,
-            )
+    if resuming:
+        model = load_model(out / CHECKPOINT_FILE)
+        state = saved_state
+        if state.get("stopped_early") or state["epoch"] >= args.epochs:
+            log(f"The run in {out} is already finished ({state['epoch']} epochs); nothing to resume.")
+            return 0
+        log(f"Resuming {out} after epoch {state['epoch']}.")
+    else:
+        keras.utils.set_random_seed(args.seed)
+        config = CaptionerConfig(
+            arch=args.arch,
+            units=args.units,
+            timesteps=TIMESTEPS,
+            num_classes=NUM_CLASSES,
+            image_size=args.image_size,
+            feature_shape=feature_shape(args.image_size),
+            vgg_weights=args.vgg_weights,
+            vgg_precision=args.vgg_precision,
+            precision=args.precision,
+            learning_rate=args.learning_rate,
+        )
+        with dtype_policy(config.precision):  # the layers keep it, and the model file records it
             model = build_model(config, feature_sample(cache.features, train_data.rows, args.seed))
-            out.mkdir(parents=True, exist_ok=True)
-            config.save(out / CONFIG_FILE)
-            vocabulary.save(out / VOCAB_FILE)
-            state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "history": []}
-            log(f"Model {config.arch}: {model.count_params():,} parameters, backend {keras.backend.backend()}, "
-                f"{config.precision}.")
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / CONFIG_FILE)
+        vocabulary.save(out / VOCAB_FILE)
+        state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "history": []}
+        log(f"Model {config.arch}: {model.count_params():,} parameters, backend {keras.backend.backend()}, "
+            f"{config.precision}.")
 
     # 5. Fit on cached features.
     workers = read_ahead_workers()

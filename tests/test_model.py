@@ -186,7 +186,7 @@ def test_standardisation_keeps_unseen_activations_bounded():
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_mixed_bfloat16_trains_with_float32_probabilities(arch):
-    """Under Keras' mixed_bfloat16 policy (bench.py on GPUs) the softmax stays float32 and a step trains."""
+    """Under Keras' mixed_bfloat16 policy (train.py --precision mixed_bfloat16) the softmax stays float32 and a step trains."""
     from model import dtype_policy, model_inputs
 
     config = small_config(arch=arch)
