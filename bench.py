@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -40,13 +41,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, before Keras is imported
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX and the PyTorch reference share a GPU
 
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+import runtime  # noqa: E402
+from batches import CaptionBatches, CaptionData, feature_sample  # noqa: E402
+from captioner import Captioner, save_run  # noqa: E402
 from cli import HelpFormatter  # noqa: E402
+from features import FeatureCache, build_vgg16, extract_features, feature_shape, letterbox, load_image, preprocess  # noqa: E402
 from fileio import write_json  # noqa: E402
+from kana import NUM_CLASSES, TIMESTEPS, Vocabulary  # noqa: E402
+from model import CaptionerConfig, adapt_feature_norm, build_image2text, build_model, compile_model  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent
 SECTIONS = ("extraction", "training", "memory", "latency")
@@ -54,8 +63,6 @@ SECTIONS = ("extraction", "training", "memory", "latency")
 
 def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
     """COCO-like JPEGs (640×480 and 480×640, quality 90): smooth colour fields with shapes and noise."""
-    from PIL import Image, ImageDraw
-
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -90,12 +97,8 @@ def timed(function, repeats: int = 1) -> float:
 
 
 def bench_extraction(work: Path, num_images: int, image_size: int = 150) -> dict:
-    from PIL import Image
-
-    from features import FeatureCache, build_vgg16, extract_features, letterbox, load_image, preprocess, resolve_precision
-
     paths = make_jpegs(work / "jpegs", num_images)
-    precision = resolve_precision("auto")
+    precision = runtime.extraction_precision("auto")
     vggs = {name: build_vgg16("none", image_size, name) for name in {"float32", precision}}
     for vgg in vggs.values():
         vgg.predict_on_batch(np.zeros((1, image_size, image_size, 3), np.float32))  # build before timing
@@ -139,7 +142,6 @@ def bench_extraction(work: Path, num_images: int, image_size: int = 150) -> dict
 
 def same_batch(inputs, targets, length: int):
     """A dataset that yields one batch ``length`` times: the model's speed with no loading counted."""
-    import keras
 
     class SameBatch(keras.utils.PyDataset):
         def __len__(self):
@@ -162,7 +164,6 @@ def _timed_fit(model, dataset, steps: int, batch_size: int) -> float:
     at 5.1, 10.2 or 20.5 s whatever its steps took. train.py pays that once
     per run, not per epoch.
     """
-    import keras
 
     class LastStep(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -194,13 +195,6 @@ def best_of_rounds(contenders: dict, batch_size: int, rounds: int, warmup: int =
 def bench_training(work: Path, steps: int, batch_size: int, precision: str = "float32", units: int = 768,
                    image_size: int = 150, rounds: int = 3) -> dict:
     """Training throughput of each model at one batch size and dtype policy (float32 or mixed_bfloat16)."""
-    import keras
-
-    from features import build_vgg16, feature_shape
-    from model import (CaptionerConfig, RepeatedInputLSTM, adapt_feature_norm, build_model, build_seed, compile_model,
-                       compute_device, dtype_policy)
-    from train import CaptionData, make_batches, read_ahead_workers
-
     rng = np.random.default_rng(0)
     shape = feature_shape(image_size)
     warmup, needed = 2, 2 + rounds * steps + 2  # batches each dataset must hold: fit's steps continue across calls
@@ -215,77 +209,78 @@ def bench_training(work: Path, steps: int, batch_size: int, precision: str = "fl
         del features
     features = np.load(path, mmap_mode="r")  # as train.py opens the cache
     rows = np.repeat(np.arange(len(features)), 5)  # five captions per photo, as STAIR
-    targets = rng.integers(1, 128, size=(len(rows), 50)).astype(np.uint8)
+    targets = rng.integers(1, NUM_CLASSES, size=(len(rows), TIMESTEPS)).astype(np.uint8)
     data = CaptionData(rows, targets)
     sample = np.asarray(features[:256], dtype=np.float32)
     results = {"units": units, "batch_size": batch_size, "precision": precision, "rounds": rounds,
-               "backend": keras.backend.backend(), "device": compute_device()}
+               "backend": keras.backend.backend(), "device": runtime.compute_device()}
 
-    workers = read_ahead_workers()  # as train.py reads
+    workers = runtime.read_ahead_workers()  # as train.py reads
 
     def cached(config, workers=workers):
-        return make_batches(config, features, data, batch_size, shuffle=True, seed=0, workers=workers)
+        return CaptionBatches(config, features, data, batch_size, shuffle=True, seed=0, workers=workers)
 
     def compute_only(config):  # one batch over and over: the model's speed without the loading
         inputs, batch_targets = cached(config)[0]
         return same_batch(inputs, batch_targets, needed)
 
-    loader = cached(CaptionerConfig(arch="attention", units=units, feature_shape=shape), workers=1)
+    loader = cached(CaptionerConfig(arch="attention", units=units, image_size=image_size), workers=1)
     start = time.perf_counter()
     for index in range(steps):
         loader[index]
     results["loader_samples_per_s"] = steps * batch_size / (time.perf_counter() - start)  # one thread
     results["loader_workers"] = workers
 
-    with dtype_policy(precision):
-        seed_config = CaptionerConfig(arch="seed", units=units, feature_shape=shape)
-        seeds = {}
+    with runtime.dtype_policy(precision):
+        card_config = CaptionerConfig(arch="image2text", units=units, image_size=image_size)
+        cards = {}
         for implementation in ("projected", "stock"):
-            seeds[implementation] = compile_model(build_seed(seed_config, lstm_implementation=implementation),
-                                                  seed_config)
-            adapt_feature_norm(seeds[implementation].get_layer("feature_norm"), sample)
-        seeds["stock"].set_weights(seeds["projected"].get_weights())  # the same weights must give the same numbers
+            cards[implementation] = compile_model(build_image2text(card_config, lstm_implementation=implementation),
+                                                  card_config)
+            adapt_feature_norm(cards[implementation].get_layer("feature_norm"), sample)
+        cards["stock"].set_weights(cards["projected"].get_weights())  # the same weights must give the same numbers
         check = np.asarray(features[:8], dtype=np.float32)
         results["repeat_trick_max_difference"] = float(np.abs(
-            seeds["stock"].predict(check, verbose=0) - seeds["projected"].predict(check, verbose=0)).max())
-        # What the project trains with (``auto``).
-        chosen = RepeatedInputLSTM.FASTEST.get((keras.backend.backend(), compute_device()), "stock")
-        contenders = {"seed_projected": (seeds["projected"], cached(seed_config), steps),
-                      "seed_stock": (seeds["stock"], cached(seed_config), steps),
-                      "seed_compute": (seeds[chosen], compute_only(seed_config), steps)}
+            cards["stock"].predict(check, verbose=0) - cards["projected"].predict(check, verbose=0)).max())
+        chosen = runtime.lstm_implementation()  # what the project trains with (``auto``)
+        contenders = {"image2text_projected": (cards["projected"], cached(card_config), steps),
+                      "image2text_stock": (cards["stock"], cached(card_config), steps),
+                      "image2text_compute": (cards[chosen], compute_only(card_config), steps)}
 
         # The original's way: VGG16 frozen inside the graph, images in, stock LSTMs, at every step of every epoch.
         vgg = build_vgg16("none", image_size)
-        head = build_seed(seed_config, lstm_implementation="stock")
+        head = build_image2text(card_config, lstm_implementation="stock")
         adapt_feature_norm(head.get_layer("feature_norm"), sample)
         images = keras.Input(shape=(image_size, image_size, 3))
-        original = compile_model(keras.Model(images, head(vgg(images))), seed_config)
+        original = compile_model(keras.Model(images, head(vgg(images))), card_config)
         pixels = rng.normal(0, 60, size=(batch_size, image_size, image_size, 3)).astype(np.float32)  # preprocessed
         original_steps = max(2, steps // 4)
         contenders["original"] = (original, same_batch(pixels, targets[:batch_size].astype(np.int32), needed),
                                   original_steps)
 
         for arch in ("attention", "showtell"):  # the default architecture, and the plainer autoregressive one
-            config = CaptionerConfig(arch=arch, units=units, feature_shape=shape)
+            config = CaptionerConfig(arch=arch, units=units, image_size=image_size)
             model = build_model(config, sample)
             contenders[arch] = (model, cached(config), steps)
             contenders[f"{arch}_compute"] = (model, compute_only(config), steps)
 
         for name, samples_per_s in best_of_rounds(contenders, batch_size, rounds, warmup).items():
             results[f"{name}_samples_per_s"] = samples_per_s
-        del contenders, seeds, original, vgg, head
-    results["repeat_trick_speedup"] = results["seed_projected_samples_per_s"] / results["seed_stock_samples_per_s"]
-    results["seed_auto"] = chosen
-    results["seed_auto_is_fastest"] = chosen == max(
-        ("projected", "stock"), key=lambda name: results[f"seed_{name}_samples_per_s"])  # does this run agree?
-    results["seed_samples_per_s"] = results[f"seed_{chosen}_samples_per_s"]
+        del contenders, cards, original, vgg, head
+    results["repeat_trick_speedup"] = (results["image2text_projected_samples_per_s"]
+                                       / results["image2text_stock_samples_per_s"])
+    results["image2text_auto"] = chosen
+    results["image2text_auto_is_fastest"] = chosen == max(
+        ("projected", "stock"), key=lambda name: results[f"image2text_{name}_samples_per_s"])  # does this run agree?
+    results["image2text_samples_per_s"] = results[f"image2text_{chosen}_samples_per_s"]
     for arch in ("attention", "showtell"):
         results[f"{arch}_speedup_vs_original"] = results[f"{arch}_samples_per_s"] / results["original_samples_per_s"]
-    results["train_speedup_vs_original"] = results["seed_samples_per_s"] / results["original_samples_per_s"]
+    results["train_speedup_vs_original"] = results["image2text_samples_per_s"] / results["original_samples_per_s"]
     references = [torch_reference(shape, units, batch_size, steps, precision) for _ in range(rounds)]
     if references[0]:
         results.update(max(references, key=lambda reference: reference["torch_reference_samples_per_s"]))
-        results["seed_vs_torch_reference"] = results["seed_samples_per_s"] / results["torch_reference_samples_per_s"]
+        results["image2text_vs_torch_reference"] = (results["image2text_samples_per_s"]
+                                                    / results["torch_reference_samples_per_s"])
     return results
 
 
@@ -295,37 +290,37 @@ def torch_reference(shape, units: int, batch_size: int, steps: int, precision: s
     ``mixed_bfloat16`` runs it under bfloat16 autocast, the weights and the optimizer in float32.
     """
     try:
-        import torch
+        import torch  # optional: not in requirements.txt
+        from torch import nn
     except ImportError:
         return None
-    from torch import nn
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    class Seed(nn.Module):
+    class Image2Text(nn.Module):
         def __init__(self):
             super().__init__()
             self.project = nn.Linear(int(np.prod(shape)), units)
             self.encoder = nn.LSTM(units, units, batch_first=True)
             self.decoder = nn.LSTM(units, units, batch_first=True, bidirectional=True)
-            self.out = nn.Linear(2 * units, 128)
+            self.out = nn.Linear(2 * units, NUM_CLASSES)
 
         def forward(self, x):
-            x = torch.relu(self.project(x.flatten(1))).unsqueeze(1).expand(-1, 50, -1)
+            x = torch.relu(self.project(x.flatten(1))).unsqueeze(1).expand(-1, TIMESTEPS, -1)
             _, (h, _) = self.encoder(x)
-            x, _ = self.decoder(h[-1].unsqueeze(1).expand(-1, 50, -1).contiguous())
+            x, _ = self.decoder(h[-1].unsqueeze(1).expand(-1, TIMESTEPS, -1).contiguous())
             return self.out(x)  # logits; the loss applies the softmax
 
-    model = Seed().to(device)
+    model = Image2Text().to(device)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     x = torch.randn(batch_size, *shape, device=device)
-    y = torch.randint(1, 128, (batch_size, 50), device=device)
+    y = torch.randint(1, NUM_CLASSES, (batch_size, TIMESTEPS), device=device)
 
     def step():
         optimizer.zero_grad()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "mixed_bfloat16"):
             logits = model(x)
-        loss = nn.functional.cross_entropy(logits.float().reshape(-1, 128), y.reshape(-1))
+        loss = nn.functional.cross_entropy(logits.float().reshape(-1, NUM_CLASSES), y.reshape(-1))
         loss.backward()
         optimizer.step()
 
@@ -346,13 +341,14 @@ def torch_reference(shape, units: int, batch_size: int, steps: int, precision: s
 # ---------------------------------------------------------------------------
 
 
-def write_features(path: Path, num_images: int) -> None:
+def write_features(path: Path, num_images: int, image_size: int = 150) -> None:
     """A synthetic float16 feature cache of ``num_images`` photos, written in chunks as extraction does."""
     rng = np.random.default_rng(0)
-    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_images, 4, 4, 512))
+    shape = feature_shape(image_size)
+    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_images, *shape))
     for start in range(0, num_images, 1024):
         stop = min(start + 1024, num_images)
-        features[start:stop] = np.abs(rng.standard_normal((stop - start, 4, 4, 512), dtype=np.float32))
+        features[start:stop] = np.abs(rng.standard_normal((stop - start, *shape), dtype=np.float32))
         features.flush()
     del features
     # Evict the file from the page cache, as for a cache written long before training: otherwise the
@@ -365,16 +361,13 @@ def write_features(path: Path, num_images: int) -> None:
 
 def rss_child(path: str, steps: int) -> None:
     """Run in a child process: train ``steps`` batches streamed from the cache at ``path``; print the peak RSS."""
-    from model import CaptionerConfig, build_model
-    from train import CaptionData, feature_sample, make_batches
-
     features = np.load(path, mmap_mode="r")  # as train.py opens the cache
     num_images = len(features)
     rows = np.repeat(np.arange(num_images), 5)  # five captions per photo, as STAIR
-    targets = np.random.default_rng(0).integers(1, 128, size=(len(rows), 50), dtype=np.uint8)
+    targets = np.random.default_rng(0).integers(1, NUM_CLASSES, size=(len(rows), TIMESTEPS), dtype=np.uint8)
     config = CaptionerConfig(arch="attention", units=768)  # the default architecture
     model = build_model(config, feature_sample(features, rows, seed=0))
-    model.fit(make_batches(config, features, CaptionData(rows, targets), 64, shuffle=True, seed=0),
+    model.fit(CaptionBatches(config, features, CaptionData(rows, targets), 64, shuffle=True, seed=0),
               epochs=1, steps_per_epoch=steps, verbose=0)
     print(json.dumps({"images": num_images, "peak_rss_mib": peak_rss_kib() / 1024}))
 
@@ -416,23 +409,14 @@ def bench_memory(work: Path, sizes=(20_000, 120_000), steps: int = 50) -> dict:
 
 def make_run(folder: Path, units: int = 768) -> Path:
     """A run folder with an untrained default-architecture model (it writes all 49 characters: the worst case)."""
-    from features import feature_shape, resolve_precision
-    from kana import Vocabulary
-    from model import CaptionerConfig, build_model
-
-    config = CaptionerConfig(arch="attention", units=units, vgg_weights="none", feature_shape=feature_shape(150),
-                             vgg_precision=resolve_precision("auto"))
-    folder.mkdir(parents=True, exist_ok=True)
+    config = CaptionerConfig(arch="attention", units=units, vgg_weights="none", image_size=150,
+                             vgg_precision=runtime.extraction_precision("auto"))
     sample = np.abs(np.random.default_rng(0).normal(size=(16, *config.feature_shape))).astype(np.float32)
-    build_model(config, sample).save(folder / "model.keras")
-    config.save(folder / "config.json")
-    Vocabulary.build(["アイウエオカキクケコサシスセソタチツテトナニヌネノ"]).save(folder / "vocab.json")
+    save_run(folder, build_model(config, sample), config, Vocabulary.build(["アイウエオカキクケコサシスセソタチツテトナニヌネノ"]))
     return folder
 
 
 def bench_latency(work: Path, repeats: int = 3) -> dict:
-    from predict import Captioner
-
     run = make_run(work / "run")
     photos = make_jpegs(work / "photos", 64, seed=1)
     command = [sys.executable, str(PROJECT / "predict.py"), str(photos[0]), "--model", str(run)]
@@ -470,24 +454,25 @@ def format_report(results: dict) -> str:
         rows += [(f"train: original (VGG16 in graph), {tag}", f"{r['original_samples_per_s']:.1f} samples/s", ""),
                  ("  loading cached batches", f"{r['loader_samples_per_s']:.1f} samples/s",
                   f"one thread; training reads with {r['loader_workers']}"),
-                 ("train: seed, stock LSTMs", f"{r['seed_stock_samples_per_s']:.1f} samples/s",
-                  f"{r['seed_stock_samples_per_s'] / r['original_samples_per_s']:.2f}× original"),
-                 ("train: seed, projection once", f"{r['seed_projected_samples_per_s']:.1f} samples/s",
-                  f"{r['seed_projected_samples_per_s'] / r['original_samples_per_s']:.2f}× original, "
+                 ("train: image2text, stock LSTMs", f"{r['image2text_stock_samples_per_s']:.1f} samples/s",
+                  f"{r['image2text_stock_samples_per_s'] / r['original_samples_per_s']:.2f}× original"),
+                 ("train: image2text, projection once", f"{r['image2text_projected_samples_per_s']:.1f} samples/s",
+                  f"{r['image2text_projected_samples_per_s'] / r['original_samples_per_s']:.2f}× original, "
                   f"{r['repeat_trick_speedup']:.2f}× stock"),
                  ("  same numbers as stock", f"max |Δ| {r['repeat_trick_max_difference']:.1e}", r["precision"]),
-                 ("  the project uses (auto)", r["seed_auto"],
-                  "the faster here" if r["seed_auto_is_fastest"] else "NOT the faster here: see FASTEST in model.py"),
+                 ("  the project uses (auto)", r["image2text_auto"],
+                  "the faster here" if r["image2text_auto_is_fastest"] else
+                  "NOT the faster here: see LSTM_FASTEST in runtime.py"),
                  ("train: attention (default)", f"{r['attention_samples_per_s']:.1f} samples/s",
                   f"{r['attention_speedup_vs_original']:.2f}× original"),
                  ("train: showtell", f"{r['showtell_samples_per_s']:.1f} samples/s",
                   f"{r['showtell_speedup_vs_original']:.2f}× original")]
         rows += [(f"  {name}, compute only", f"{r[f'{name}_compute_samples_per_s']:.1f} samples/s", "one batch repeated")
-                 for name in ("seed", "attention", "showtell")]
+                 for name in ("image2text", "attention", "showtell")]
         if "torch_reference_samples_per_s" in r:
             rows.append((f"train: PyTorch reference ({r['torch_device']})",
                          f"{r['torch_reference_samples_per_s']:.1f} samples/s",
-                         f"seed ({r['seed_auto']}) is {r['seed_vs_torch_reference']:.2f}× it"))
+                         f"image2text ({r['image2text_auto']}) is {r['image2text_vs_torch_reference']:.2f}× it"))
     if "memory" in results:
         r = results["memory"]
         rows += [("peak RSS, 20k photos", f"{r['peak_rss_mib_20k']:.0f} MiB", ""),
@@ -503,16 +488,10 @@ def format_report(results: dict) -> str:
 
 
 def machine() -> dict:
-    import platform
-
-    import keras
-
-    from model import compute_device
-
     device = platform.processor() or platform.machine()
-    if compute_device() == "gpu":
+    if runtime.compute_device() == "gpu":
         try:
-            import torch  # the GPU's name, whichever backend computes on it
+            import torch  # optional: the GPU's name, whichever backend computes on it
 
             device = torch.cuda.get_device_name()
         except ImportError:
@@ -539,22 +518,18 @@ def main(argv=None) -> int:
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--child-steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from train import keep_freed_memory
-
-    keep_freed_memory()  # as train.py trains
+    runtime.keep_freed_memory()  # as train.py trains
     if args.rss_child:
         rss_child(args.rss_child, args.child_steps)
         return 0
 
-    from model import compute_device, training_precision
-
-    gpu = compute_device() == "gpu"
+    gpu = runtime.compute_device() == "gpu"
     sections = args.only or SECTIONS
     scale = dict(images=150, steps=6, rounds=1, rss_steps=20, repeats=1) if args.quick else \
         dict(images=600, steps=40 if gpu else 12, rounds=3, rss_steps=60, repeats=3)
     batch_size = args.batch_size or (1024 if gpu else 64)
     # float32; mixed_bfloat16 too on a GPU, and on a CPU where train.py's --precision auto trains in it (not --quick).
-    both = gpu or (training_precision("auto") != "float32" and not args.quick)
+    both = gpu or (runtime.training_precision("auto") != "float32" and not args.quick)
     precisions = args.precisions or (["float32", "mixed_bfloat16"] if both else ["float32"])
     results = {"machine": machine(), "quick": args.quick}
     with tempfile.TemporaryDirectory(dir=args.work) as work:

@@ -140,3 +140,17 @@ def load_caption_files(annotation_files, image_dirs) -> tuple[list[ImageRecord],
                 record = records[path] = ImageRecord(path, [], image_id, image.get("scene"))
             record.captions.append(caption.strip())
     return list(records.values()), report
+
+
+def find_images(inputs) -> tuple[list[Path], list[str]]:
+    """Files as given, and the images directly inside given folders (sorted); returns ``(paths, problems)``."""
+    paths, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            problems.append(f"{path}: file not found")
+    return paths, problems

@@ -1,13 +1,14 @@
 """Turning model outputs into captions.
 
-Non-autoregressive models (``seed``) give all 50 steps' probabilities at once:
+Non-autoregressive models (``image2text``) give all 50 steps' probabilities at once:
 the caption is the likeliest class per step up to the end class.
 
-Autoregressive models (``showtell``, ``attention``) are run one character at a time with a
-batched beam search: every image keeps ``beam_size`` partial captions, each
-extended by its likeliest next characters; a caption is finished when it
-writes the end class, and finished captions are ranked by log-probability per
-character (length-normalised, so short captions are not favoured).
+Autoregressive models (``showtell``, ``attention``) are run one character at
+a time (``model.StepModels``) with a batched beam search: every image keeps
+``beam_size`` partial captions, each extended by its likeliest next
+characters; a caption is finished when it writes the end class, and finished
+captions are ranked by log-probability per character (length-normalised, so
+short captions are not favoured).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from kana import END, Vocabulary
+from kana import END, TIMESTEPS, Vocabulary
 
 
 DECODE_METHODS = ("argmax", "collapse")  # how a non-autoregressive model's outputs are read
@@ -50,78 +51,23 @@ def decode_parallel(probabilities: np.ndarray, vocabulary: Vocabulary, collapse_
     return captions
 
 
-class StepModels:
-    """The pieces of a trained autoregressive model that beam search calls, found by layer name.
-
-    ``start(features)`` gives the initial per-image decoder states (h and c;
-    for ``attention`` also the projected grid); ``next(tokens, states)`` gives
-    the next character's probabilities and the new states. Beam search treats
-    states as opaque per-beam arrays.
-    """
-
-    def __init__(self, model):
-        import keras
-
-        from model import INITIAL_STATES
-
-        initial = [model.get_layer(name).output for name in INITIAL_STATES[model.name]]
-        token = keras.Input(shape=(1,), dtype="int32", name="token")  # (batch, 1)
-        states = [keras.Input(shape=tuple(state.shape[1:]), name=f"state_{i}") for i, state in enumerate(initial)]
-        embedded = model.get_layer("char_embedding")(token)  # (batch, 1, E)
-        decoder = model.get_layer("decoder_lstm")
-        output, *next_states = decoder(embedded, initial_state=states)
-        probabilities = model.get_layer("next_char")(output)  # (batch, 1, classes)
-        self.initial = keras.Model(model.inputs[0], initial)
-        self.step = keras.Model([token, *states], [probabilities, *next_states])
-        # Attention models: which grid cells the next character looks at, given the states before it.
-        attention = getattr(getattr(decoder, "cell", None), "attention", None)
-        self.attention = None if attention is None else keras.Model(states, attention(states[0], states[2], states[3])[1])
-
-    def start(self, features: np.ndarray) -> list[np.ndarray]:
-        return [np.asarray(state) for state in self.initial.predict_on_batch(features)]
-
-    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
-        probabilities, *states = self.step.predict_on_batch([tokens[:, None].astype("int32"), *states])
-        return np.asarray(probabilities)[:, 0], [np.asarray(state) for state in states]
-
-    def attention_maps(self, features: np.ndarray, captions: list[list[int]]) -> list[np.ndarray]:
-        """Per image, the attention weights ``(characters, cells)`` behind each character of its caption.
-
-        The captions (class indices, without the end class) are fed back one
-        character at a time, as when they were written.
-        """
-        if self.attention is None:
-            raise ValueError("This model has no attention (train with --arch attention).")
-        states = self.start(features)
-        longest = max((len(caption) for caption in captions), default=0)
-        padded = np.zeros((len(captions), longest + 1), dtype=np.int64)  # END first: the start token
-        for row, caption in enumerate(captions):
-            padded[row, 1 : len(caption) + 1] = caption
-        maps = []
-        for step in range(longest):
-            maps.append(np.asarray(self.attention.predict_on_batch(states)))  # (batch, cells)
-            _, states = self.next(padded[:, step], states)
-        stacked = np.stack(maps, axis=1) if maps else np.zeros((len(captions), 0, 0))  # (batch, longest, cells)
-        return [stacked[row, : len(caption)] for row, caption in enumerate(captions)]
-
-
 def beam_search(
-    steps: StepModels,
+    steps,
     features: np.ndarray,
     vocabulary: Vocabulary,
     beam_size: int = 3,
     n_best: int = 1,
-    max_length: int = 49,
+    max_length: int = TIMESTEPS - 1,
 ) -> list[list[Caption]]:
     """Batched beam search; ``beam_size=1`` is greedy decoding.
 
     Args:
-        steps: the model's per-step pieces (or anything with ``start`` and ``next``).
+        steps: the model's per-step pieces (``model.StepModels``, or anything with ``start`` and ``next``).
         features: ``(batch, ...)`` image features.
         vocabulary: the vocabulary the model was trained with.
         beam_size: partial captions kept per image.
         n_best: how many captions to return per image (at most ``beam_size``).
-        max_length: characters before a caption is cut off (unended).
+        max_length: characters before a caption is cut off (unended): the config's timesteps - 1.
 
     Returns:
         Per image, up to ``n_best`` captions, best first.

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fileio import atomic_path, read_json, write_json
+from fileio import atomic_path, write_json
 
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
 CAPTIONS_PER_IMAGE = 5
@@ -183,7 +183,8 @@ def ensure_demo(out_dir=DEMO_DIR) -> Path:
 # ---------------------------------------------------------------------------
 
 
-def _alternation(words: dict) -> re.Pattern:
+def _alternation(words: dict) -> tuple[re.Pattern, dict[str, str]]:
+    """A pattern matching any reading of ``words``, longest first, and ``{reading: name}``."""
     readings = {reading: name for name, choices in words.items() for _, reading in choices}
     return re.compile("|".join(sorted(map(re.escape, readings), key=len, reverse=True))), readings
 
@@ -216,12 +217,6 @@ def scene_accuracy(captions: list[str], scenes: list[list[dict]]) -> float:
     if not captions:
         return 0.0
     return sum(caption_matches_scene(caption, scene) for caption, scene in zip(captions, scenes)) / len(captions)
-
-
-def load_scenes(annotation_file) -> dict[str, list[dict]]:
-    """``{file_name: scene}`` from a demo caption file."""
-    data = read_json(annotation_file, "Demo caption file")
-    return {image["file_name"]: image["scene"] for image in data["images"] if "scene" in image}
 
 
 def main(argv=None) -> int:

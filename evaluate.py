@@ -14,74 +14,28 @@ best and worst photos by CIDEr-D) to --out.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, before Keras is imported
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from cli import HelpFormatter  # noqa: E402
+import numpy as np  # noqa: E402
+
 import demo  # noqa: E402
+from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
+from cli import HelpFormatter  # noqa: E402
 from dataset import load_caption_files  # noqa: E402
-from features import WeightsUnavailable, cached_features  # noqa: E402
-from fileio import write_json  # noqa: E402
 from decoding import DECODE_METHODS  # noqa: E402
+from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
+from fileio import write_json  # noqa: E402
 from kana import convert_captions  # noqa: E402
-from metrics import METRIC_NAMES, caption_metrics, caption_statistics  # noqa: E402
+from metrics import format_table, score  # noqa: E402
+from plots import plot_samples  # noqa: E402
 
-PROJECT_DIR = Path(__file__).resolve().parent
-
-
-def score(captions: list[tuple[str, bool]], references: list[list[str]], scenes=None) -> dict:
-    """All the numbers for ``(caption, ended)`` pairs against katakana references.
-
-    Args:
-        captions: ``(caption, ended)`` per image.
-        references: the katakana reference captions of each image.
-        scenes: for demo data, what each image shows (adds "scene accuracy").
-    """
-    texts = [text for text, _ in captions]
-    result = caption_metrics(texts, references)
-    result.update(caption_statistics(texts, references, [ended for _, ended in captions]))
-    if scenes is not None and all(scene is not None for scene in scenes):
-        result["scene accuracy"] = demo.scene_accuracy(texts, scenes)
-    result["images"] = len(texts)
-    return result
-
-
-def caption_cached(captioner, features, rows, batch_size: int = 256) -> list[tuple[str, bool]]:
-    """Captions the cache rows ``rows`` batch by batch (features are read as they are needed)."""
-    captions = []
-    for start in range(0, len(rows), batch_size):
-        batch = np.asarray(features[np.asarray(rows[start : start + batch_size])], dtype=np.float32)
-        captions.extend((best[0].text, best[0].ended) for best in captioner.caption_features(batch))
-    return captions
-
-
-def format_table(result: dict) -> str:
-    names = [*METRIC_NAMES, "exact match", "never ended", "scene accuracy"]
-    lines = [f"{'metric':<16}{'value':>8}"]
-    lines += [f"{name:<16}{result[name]:>8.3f}" for name in names if name in result]
-    lines.append(f"{'mean length':<16}{result['mean length']:>8.1f}  (references {result['mean reference length']:.1f})")
-    lines.append(f"{'images':<16}{result['images']:>8d}")
-    return "\n".join(lines)
-
-
-def plot_samples(paths, captions, references, per_image, out_file, count: int = 4) -> None:
-    """The ``count`` best and worst photos by CIDEr-D, with predicted and reference captions."""
-    from predict import plot_captions
-
-    order = np.argsort(per_image)
-    chosen = [*order[::-1][:count], *order[:count]] if len(order) > 2 * count else order[::-1]
-    panels = []
-    for index in chosen:
-        label = "best" if per_image[index] >= np.median(per_image) else "worst"
-        text = f"[{label}, CIDEr-D {per_image[index]:.2f}]\n予測: {captions[index]}\n正解: {references[index][0]}"
-        panels.append((paths[index], text))
-    plot_captions(panels, out_file)
+SAMPLES_FILE = "samples.png"
 
 
 def main(argv=None) -> int:
@@ -89,16 +43,17 @@ def main(argv=None) -> int:
         description="Caption a captioned dataset and print COCO caption metrics on katakana characters.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", default="runs/demo", help="run folder written by train.py")
+    parser.add_argument("--model", default=DEFAULT_RUN, help="run folder written by train.py")
     parser.add_argument("--annotations", nargs="+", metavar="JSON",
                         help="caption files to evaluate on [default: the demo's held-out captions_val.json]")
     parser.add_argument("--images", nargs="+", metavar="DIR", help="folders holding their photos [default: demo val2014/]")
     parser.add_argument("--limit", type=int, help="evaluate on the first N photos only")
-    parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax", help="seed models: how captions are read off the model")
+    parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax",
+                        help="image2text models: how captions are read off the model")
     parser.add_argument("--beam-size", type=int, default=1,
                         help="autoregressive models: beams per image (1 = greedy, the best CIDEr-D on the demo)")
     parser.add_argument("--out", help="folder for metrics.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
-    parser.add_argument("--cache-dir", default=str(PROJECT_DIR / "cache"), help="VGG16 feature cache")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
     parser.add_argument("--batch-size", type=int, default=256, help="photos per model call")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--human", action="store_true",
@@ -136,8 +91,7 @@ def human_ceiling(args) -> dict:
 
 
 def evaluate(args) -> dict:
-    from predict import Captioner
-
+    """Captions the annotated photos from cached features and scores them; writes metrics.json and samples.png."""
     captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size)
     records, report = load_caption_files(args.annotations, args.images)
     records = records[: args.limit] if args.limit else records
@@ -151,7 +105,7 @@ def evaluate(args) -> dict:
     if not keep:
         print("error: no readable photo with a usable caption to evaluate on", file=sys.stderr)
         return {}
-    captions = caption_cached(captioner, cache.features, keep, args.batch_size)
+    captions = captioner.caption_cached(cache.features, keep, args.batch_size)
     kept_references = [references[index] for index in keep]
     result = score(captions, kept_references, [records[index].scene for index in keep])
     per_image = result.pop("CIDEr-D per image")
@@ -161,10 +115,10 @@ def evaluate(args) -> dict:
 
     stem = "-".join(Path(name).stem for name in args.annotations)
     out = Path(args.out or Path(args.model) / f"eval-{stem}")
-    write_json(out / "metrics.json", result)
+    write_json(out / METRICS_FILE, result)
     plot_samples([str(records[index].path) for index in keep], [text for text, _ in captions],
-                 kept_references, np.array(per_image), out / "samples.png")
-    print(f"Wrote {out / 'metrics.json'} and {out / 'samples.png'}")
+                 kept_references, np.array(per_image), out / SAMPLES_FILE)
+    print(f"Wrote {out / METRICS_FILE} and {out / SAMPLES_FILE}")
     return result
 
 

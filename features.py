@@ -20,9 +20,12 @@ import os
 import warnings
 from pathlib import Path
 
+import keras
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
+import runtime
 from fileio import atomic_path, read_json, write_json
 
 VGG16_NOTOP_URL = (
@@ -30,6 +33,7 @@ VGG16_NOTOP_URL = (
     "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 )
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parent / "cache"  # train.py's and evaluate.py's --cache-dir
 RANDOM_VGG16_SEED = 1234  # --vgg-weights none: the same random network everywhere
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
@@ -125,25 +129,6 @@ def weights_tag(weights: str) -> str:
     return f"file-{digest[:10]}"
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")  # --vgg-precision
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` is bfloat16 where bench.py measured it faster: TensorFlow on a CPU with bfloat16 instructions.
-
-    (On such a CPU VGG16 runs about 2× faster in bfloat16; the pool5 features
-    differ from float32 by under 1%, less than a photo's JPEG noise. Elsewhere
-    bfloat16 is emulated and slow, so auto is float32.)
-    """
-    if precision != "auto":
-        return precision
-    import keras
-
-    from model import cpu_has_bfloat16
-
-    return "bfloat16" if cpu_has_bfloat16() and keras.backend.backend() == "tensorflow" else "float32"
-
-
 def build_vgg16(weights: str, image_size: int, precision: str = "float32"):
     """The frozen VGG16 convolutional base (no top), ending at pool5.
 
@@ -159,17 +144,13 @@ def build_vgg16(weights: str, image_size: int, precision: str = "float32"):
         WeightsUnavailable: ImageNet weights were asked for and cannot be had.
         FileNotFoundError: a weights path that does not exist.
     """
-    from model import dtype_policy
-
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"VGG16 precision must be float32 or bfloat16, not {precision!r}")
-    with dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32"):
+    with runtime.dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32"):
         return _build_vgg16(weights, image_size)
 
 
 def _build_vgg16(weights: str, image_size: int):
-    import keras
-
     shape = (image_size, image_size, 3)
     if weights == "none":
         model = keras.applications.VGG16(weights=None, include_top=False, input_shape=shape)
@@ -354,6 +335,4 @@ def decode_batches(paths, rows, image_size: int, batch_size: int, num_workers: i
 
 
 def _progress_bar(total: int, description: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=description, unit="img", disable=not enabled, dynamic_ncols=True)

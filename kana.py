@@ -24,6 +24,8 @@ import unicodedata
 from typing import Iterable, Sequence
 
 import numpy as np
+import pykakasi
+from tqdm import tqdm
 
 from fileio import read_json, write_json
 
@@ -64,8 +66,6 @@ _kakasi = None
 def _converter():
     global _kakasi
     if _kakasi is None:  # building the dictionaries takes a moment: do it once, lazily
-        import pykakasi
-
         _kakasi = pykakasi.kakasi()
     return _kakasi
 
@@ -132,8 +132,6 @@ def convert_captions(caption_lists, progress: bool = False) -> tuple[list[list[s
         that are not empty; how many characters had no reading; how many
         captions had no reading at all (and were left out).
     """
-    from tqdm import tqdm
-
     readings, num_dropped_chars, num_empty = [], 0, 0
     for captions in tqdm(caption_lists, desc="katakana", unit="img", disable=not progress, dynamic_ncols=True):
         converted = []

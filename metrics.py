@@ -1,4 +1,4 @@
-"""COCO caption metrics on katakana, each character a token.
+"""COCO caption metrics on katakana, each character a token, and the table train.py and evaluate.py print.
 
 BLEU-1..4, ROUGE-L and CIDEr-D come from pycocoevalcap, the reference
 implementation of the COCO caption evaluation (its ``Cider`` scorer is
@@ -13,6 +13,11 @@ import contextlib
 import io
 
 import numpy as np
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+
+import demo
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
 
@@ -33,10 +38,6 @@ def caption_metrics(candidates: list[str], references: list[list[str]]) -> dict[
         ``{"BLEU-1": ..., "BLEU-4": ..., "ROUGE-L": ..., "CIDEr-D": ...}`` plus
         the per-image CIDEr-D scores under ``"CIDEr-D per image"``.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
     if len(candidates) != len(references):
         raise ValueError(f"{len(candidates)} candidates but {len(references)} reference lists.")
     if not candidates:
@@ -66,3 +67,34 @@ def caption_statistics(candidates: list[str], references: list[list[str]], ended
         "mean reference length": float(np.mean([np.mean([len(ref) for ref in refs]) for refs in references])),
         "never ended": float(np.mean([not flag for flag in ended])),
     }
+
+
+def score(captions: list[tuple[str, bool]], references: list[list[str]], scenes=None) -> dict:
+    """All the numbers for ``(caption, ended)`` pairs against katakana references.
+
+    Args:
+        captions: ``(caption, ended)`` per image.
+        references: the katakana reference captions of each image.
+        scenes: for demo data, what each image shows (adds "scene accuracy").
+
+    Returns:
+        ``caption_metrics`` and ``caption_statistics`` in one dict, with
+        "scene accuracy" where every image has a scene, and "images".
+    """
+    texts = [text for text, _ in captions]
+    result = caption_metrics(texts, references)
+    result.update(caption_statistics(texts, references, [ended for _, ended in captions]))
+    if scenes is not None and all(scene is not None for scene in scenes):
+        result["scene accuracy"] = demo.scene_accuracy(texts, scenes)
+    result["images"] = len(texts)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """``score``'s result as a two-column table."""
+    names = [*METRIC_NAMES, "exact match", "never ended", "scene accuracy"]
+    lines = [f"{'metric':<16}{'value':>8}"]
+    lines += [f"{name:<16}{result[name]:>8.3f}" for name in names if name in result]
+    lines.append(f"{'mean length':<16}{result['mean length']:>8.1f}  (references {result['mean reference length']:.1f})")
+    lines.append(f"{'images':<16}{result['images']:>8d}")
+    return "\n".join(lines)

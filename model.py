@@ -3,7 +3,7 @@
 Every model reads cached VGG16 pool5 features, never pixels: the frozen VGG16
 runs once per image in features.py, not at every training step.
 
-``--arch seed`` is the design of the original keras-image2text, kept exactly:
+``--arch image2text`` is the design of the original keras-image2text, kept exactly:
 
     pool5 (4, 4, 512) -> Flatten -> Dense(units) -> RepeatVector(50)
       -> LSTM(units) encoder -> RepeatVector(50)
@@ -17,125 +17,88 @@ captions worded several ways it learns the average caption and ignores the
 image. ``--arch showtell`` (Vinyals et al., Show and Tell) is autoregressive:
 the image sets the LSTM's initial state, and each step reads the previous
 character and predicts the next (teacher forcing in training, beam search in
-decoding.py at inference). ``--arch attention`` (Xu et al., Show, Attend
-and Tell) starts the same way, and at every step also looks at the pool5 grid
-(4×4 cells at 150 px, 7×7 at 224 px): an additive attention over the cells,
-queried with the LSTM's previous state, feeds a context vector into the LSTM
-with the previous character, and into the output layer.
+decoding.py at inference, through ``StepModels``). ``--arch attention`` (Xu
+et al., Show, Attend and Tell) starts the same way, and at every step also
+looks at the pool5 grid (4×4 cells at 150 px, 7×7 at 224 px): an additive
+attention over the cells, queried with the LSTM's previous state, feeds a
+context vector into the LSTM with the previous character, and into the output
+layer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-from pathlib import Path
+import sys
+from typing import Callable
 
 import keras
+import numpy as np
 from keras import layers, ops
 
-from fileio import read_json, write_json
+import runtime
+from features import feature_shape
+from fileio import atomic_path, read_json, write_json
+from kana import NUM_CLASSES, TIMESTEPS
+
+# Names of the layers that StepModels and the input standardisation reach by name.
+FEATURE_NORM = "feature_norm"
+CHAR_EMBEDDING = "char_embedding"
+DECODER = "decoder_lstm"
+OUTPUT = "next_char"
+
+# Old names of architectures, still read from config.json and --arch.
+ARCHITECTURE_ALIASES = {"seed": "image2text"}
 
 
 @dataclasses.dataclass
 class CaptionerConfig:
     """Everything needed to rebuild a model and feed it; saved as config.json."""
 
-    arch: str = "seed"  # which builder in ARCHITECTURES made the model
+    arch: str = "image2text"  # which entry of ARCHITECTURES made the model
     units: int = 768  # LSTM and Dense width (768 in the original)
-    timesteps: int = 50  # characters per caption, end class included
-    num_classes: int = 128  # softmax width: the end class plus up to 127 characters
+    timesteps: int = TIMESTEPS  # characters per caption, end class included
+    num_classes: int = NUM_CLASSES  # softmax width: the end class plus up to num_classes - 1 characters
     image_size: int = 150  # images are letterboxed to image_size × image_size
-    feature_shape: tuple = (4, 4, 512)  # VGG16 pool5 at that image size
     vgg_weights: str = "imagenet"  # "imagenet", "none" (seeded random) or a weights file
     vgg_precision: str = "float32"  # the arithmetic the features were extracted in: float32 or bfloat16
     precision: str = "float32"  # the Keras dtype policy the model trains in: float32 or mixed_bfloat16
     learning_rate: float = 1e-3  # Adam's
-    embedding_dim: int = 64  # showtell: width of the character embedding
-    dropout: float = 0.3  # showtell: dropout on the image vector and the LSTM outputs
+    embedding_dim: int = 64  # autoregressive models: width of the character embedding
+    dropout: float = 0.3  # autoregressive models: dropout on the image features and the LSTM outputs
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """VGG16 pool5's shape at ``image_size``: the shape of the model's input."""
+        return feature_shape(self.image_size)
 
     def save(self, path) -> None:
         write_json(path, dataclasses.asdict(self))
 
     @classmethod
     def load(cls, path) -> "CaptionerConfig":
+        """Reads config.json, including those of earlier versions (``arch: seed``, a stored ``feature_shape``)."""
         data = read_json(path, "Model config")
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is not a model config (a JSON object of settings).")
+        data = dict(data)
+        stored_shape = data.pop("feature_shape", None)  # earlier versions stored it; it follows from image_size
+        data["arch"] = ARCHITECTURE_ALIASES.get(data.get("arch"), data.get("arch", cls.arch))
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path} has settings this version does not know: {', '.join(unknown)}")
-        data["feature_shape"] = tuple(data.get("feature_shape", cls.feature_shape))
-        return cls(**data)
+        config = cls(**data)
+        if stored_shape is not None and tuple(stored_shape) != config.feature_shape:
+            raise ValueError(f"{path}: feature_shape {stored_shape} does not follow from image_size {config.image_size}.")
+        return config
 
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # train.py --precision: Keras dtype policies, or auto
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether the CPU computes in bfloat16 itself (AVX512-BF16 or AMX, as Linux's /proc/cpuinfo says) rather than emulating it."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def training_precision(precision: str) -> str:
-    """The dtype policy to train in: ``auto`` is mixed_bfloat16 where bench.py measured training faster in it.
-
-    Faster in mixed_bfloat16 (every architecture; figures in the README):
-    TensorFlow on a CPU with bfloat16 instructions, and JAX on a GPU. Keras'
-    torch backend on an H100 trained the default architecture slower in it,
-    and other CPUs emulate bfloat16, so ``auto`` is float32 there and on
-    pairs never measured. On the demo, attention trained in mixed_bfloat16
-    scored as in float32.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision != "auto":
-        return precision
-    backend = keras.backend.backend()
-    if compute_device() == "gpu":
-        faster = backend == "jax"
-    else:
-        faster = backend == "tensorflow" and cpu_has_bfloat16()
-    return "mixed_bfloat16" if faster else "float32"
-
-
-@contextlib.contextmanager
-def dtype_policy(name: str):
-    """Layers made inside take Keras' dtype policy ``name`` (e.g. "float32", "mixed_bfloat16"); the previous one is restored after."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-@functools.cache
-def compute_device() -> str:
-    """"gpu" when the Keras backend computes on a GPU, else "cpu"."""
-    if keras.backend.backend() == "torch":  # Keras has no device list for torch
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    try:
-        devices = keras.distribution.list_devices()  # e.g. ["gpu:0"]; the accelerator first when there is one
-    except (NotImplementedError, ValueError, RuntimeError):
-        return "cpu"
-    return "gpu" if any(device.lower().startswith(("gpu", "cuda")) for device in devices) else "cpu"
-
-
-def lstm_options(policy=None) -> dict:
-    """Options for a stock ``layers.LSTM`` under ``policy`` (default: the global one).
-
-    JAX's cuDNN LSTM takes no bfloat16, so mixed precision skips it there.
-    """
-    policy = policy or keras.config.dtype_policy()
-    if keras.backend.backend() == "jax" and policy.compute_dtype == "bfloat16":
-        return {"use_cudnn": False}
-    return {}
+def architecture_name(name: str) -> str:
+    """``--arch``'s value as ARCHITECTURES names it; an old name is accepted with a note on stderr."""
+    if name in ARCHITECTURE_ALIASES:
+        print(f"note: --arch {name} is now called {ARCHITECTURE_ALIASES[name]}.", file=sys.stderr)
+        return ARCHITECTURE_ALIASES[name]
+    return name
 
 
 def repeated_input_lstm(projected, recurrent_kernel, timesteps: int, unroll: int = 1):
@@ -219,22 +182,12 @@ class RepeatedInputLSTM(layers.Layer):
     ``stock`` runs the stock ``keras.layers.LSTM`` (cuDNN on a GPU) on the
     repeated input. Both use the same weights (those of the inner
     ``lstm`` layer, so they give the same numbers); ``auto`` picks the one
-    ``bench.py`` measured faster on the backend (``FASTEST``).
+    ``bench.py`` measured faster on the backend (``runtime.LSTM_FASTEST``).
 
     With ``reverse=True`` it is the backward half of a ``Bidirectional``: over
     identical inputs, reading backwards is the same computation, with the
     outputs in reverse time order.
     """
-
-    # (backend, device) -> the implementation bench.py measured faster there; unmeasured pairs use stock.
-    # On an H100: JAX's scan, unrolled, beats its cuDNN LSTM; Keras' eager torch loop loses to cuDNN. (Those
-    # GPU runs predate the written-out backward pass, which was measured on CPUs only.)
-    FASTEST = {("tensorflow", "cpu"): "projected", ("jax", "cpu"): "projected", ("torch", "cpu"): "projected",
-               ("jax", "gpu"): "projected", ("torch", "gpu"): "stock"}
-    # (backend, device) -> steps the projected scan runs per loop iteration; 1 elsewhere. On an H100, JAX
-    # ran the seed at 25.3k/27.0k/29.1k/29.0k samples/s (float32) and 41.5k/47.5k/50.6k/52.9k (mixed
-    # bfloat16) for 1/2/5/10; on CPUs unrolling did not help.
-    UNROLL = {("jax", "gpu"): 10}
 
     def __init__(self, units: int, timesteps: int, return_sequences: bool = False, reverse: bool = False,
                  implementation: str = "auto", **kwargs):
@@ -244,7 +197,7 @@ class RepeatedInputLSTM(layers.Layer):
         self.units, self.timesteps = units, timesteps
         self.return_sequences, self.reverse, self.implementation = return_sequences, reverse, implementation
         self.lstm = layers.LSTM(units, return_sequences=return_sequences, name="lstm", dtype=self.dtype_policy,
-                                **lstm_options(self.dtype_policy))
+                                **runtime.lstm_options(self.dtype_policy))
 
     def build(self, input_shape):
         self.lstm.build((input_shape[0], self.timesteps, input_shape[-1]))
@@ -252,7 +205,7 @@ class RepeatedInputLSTM(layers.Layer):
     def call(self, inputs):
         implementation = self.implementation
         if implementation == "auto":
-            implementation = self.FASTEST.get((keras.backend.backend(), compute_device()), "stock")
+            implementation = runtime.lstm_implementation()
         if implementation == "stock":
             outputs = self.lstm(ops.repeat(ops.expand_dims(inputs, 1), self.timesteps, axis=1))
         else:
@@ -264,9 +217,8 @@ class RepeatedInputLSTM(layers.Layer):
     def _projected(self, inputs):
         cell = self.lstm.cell
         projected = ops.matmul(inputs, cell.kernel) + cell.bias  # (batch, 4 * units), once for all steps
-        unroll = self.UNROLL.get((keras.backend.backend(), compute_device()), 1)
         recurrent_kernel = ops.cast(cell.recurrent_kernel, projected.dtype)  # a tensor (the variable read once), autocast
-        states = repeated_input_lstm(projected, recurrent_kernel, self.timesteps, unroll)
+        states = repeated_input_lstm(projected, recurrent_kernel, self.timesteps, runtime.lstm_unroll())
         if self.return_sequences:
             return ops.transpose(states, (1, 0, 2))  # (batch, timesteps, units)
         return states[-1]  # (batch, units)
@@ -282,7 +234,7 @@ class RepeatedInputLSTM(layers.Layer):
                 "implementation": self.implementation}
 
 
-def build_seed(config: CaptionerConfig, lstm_implementation: str = "auto") -> keras.Model:
+def build_image2text(config: CaptionerConfig, lstm_implementation: str = "auto") -> keras.Model:
     """The card's non-autoregressive design (see the module docstring).
 
     Both LSTMs read one vector repeated over the 50 steps, so they are built
@@ -294,17 +246,17 @@ def build_seed(config: CaptionerConfig, lstm_implementation: str = "auto") -> ke
         return RepeatedInputLSTM(config.units, config.timesteps, implementation=lstm_implementation, name=name, **options)
 
     features = keras.Input(shape=config.feature_shape, name="features")  # (batch, 4, 4, 512)
-    x = layers.Normalization(axis=(1, 2, 3), name="feature_norm")(features)  # per-feature standardisation
+    x = layers.Normalization(axis=(1, 2, 3), name=FEATURE_NORM)(features)  # per-feature standardisation
     x = layers.Flatten(name="flatten")(x)  # (batch, 8192)
     x = layers.Dense(config.units, activation="relu", name="image_projection")(x)  # (batch, units)
     state = repeated_lstm("encoder_lstm")(x)  # RepeatVector(50) -> LSTM: (batch, units), the final state
     forward = repeated_lstm("decoder_forward", return_sequences=True)(state)  # RepeatVector(50) -> LSTM
     backward = repeated_lstm("decoder_backward", return_sequences=True, reverse=True)(state)  # ... go_backwards
-    x = layers.Concatenate(name="decoder_lstm")([forward, backward])  # Bidirectional: (batch, 50, 2 * units)
+    x = layers.Concatenate(name=DECODER)([forward, backward])  # Bidirectional: (batch, 50, 2 * units)
     probabilities = layers.TimeDistributed(
-        layers.Dense(config.num_classes, activation="softmax", dtype="float32"), dtype="float32", name="next_char"
+        layers.Dense(config.num_classes, activation="softmax", dtype="float32"), dtype="float32", name=OUTPUT
     )(x)  # (batch, 50, 128), float32 under mixed precision too
-    return keras.Model(features, probabilities, name="seed")
+    return keras.Model(features, probabilities, name="image2text")
 
 
 def build_showtell(config: CaptionerConfig) -> keras.Model:
@@ -312,22 +264,22 @@ def build_showtell(config: CaptionerConfig) -> keras.Model:
 
     Inputs are the features and the previous characters (the caption shifted
     right behind the end class, see ``previous_chars``); the output has the
-    seed model's shape, so training and the loss are the same.
+    image2text model's shape, so training and the loss are the same.
     """
     features = keras.Input(shape=config.feature_shape, name="features")  # (batch, 4, 4, 512)
     previous = keras.Input(shape=(config.timesteps,), dtype="int32", name="previous_chars")  # (batch, 50)
-    x = layers.Normalization(axis=(1, 2, 3), name="feature_norm")(features)  # per-feature standardisation
+    x = layers.Normalization(axis=(1, 2, 3), name=FEATURE_NORM)(features)  # per-feature standardisation
     x = layers.Flatten(name="flatten")(x)  # (batch, 8192)
     x = layers.Dropout(config.dropout, name="image_dropout")(x)
     initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(x)  # (batch, units)
     initial_c = layers.Dense(config.units, activation="tanh", name="init_c")(x)  # (batch, units)
-    embedded = layers.Embedding(config.num_classes, config.embedding_dim, name="char_embedding")(previous)  # (batch, 50, E)
-    outputs, _, _ = layers.LSTM(config.units, return_sequences=True, return_state=True, name="decoder_lstm",
-                                **lstm_options())(
+    embedded = layers.Embedding(config.num_classes, config.embedding_dim, name=CHAR_EMBEDDING)(previous)  # (batch, 50, E)
+    outputs, _, _ = layers.LSTM(config.units, return_sequences=True, return_state=True, name=DECODER,
+                                **runtime.lstm_options())(
         embedded, initial_state=[initial_h, initial_c]
     )  # (batch, 50, units)
     outputs = layers.Dropout(config.dropout, name="output_dropout")(outputs)
-    probabilities = layers.Dense(config.num_classes, activation="softmax", dtype="float32", name="next_char")(
+    probabilities = layers.Dense(config.num_classes, activation="softmax", dtype="float32", name=OUTPUT)(
         outputs
     )  # (batch, 50, 128), float32 under mixed precision too
     return keras.Model([features, previous], probabilities, name="showtell")
@@ -388,6 +340,11 @@ class AttentionLSTMCell(layers.Layer):
         self.attention.build((None, self.units))
         self.lstm.build((None, input_shape[-1] + self.units))
 
+    def attention_weights(self, states):
+        """The weights over the grid cells that the next step attends with, given the states before it."""
+        h, _, values, keys = states
+        return self.attention(h, values, keys)[1]
+
     def call(self, inputs, states, training=False):
         h, c, values, keys = states
         context, _ = self.attention(h, values, keys)
@@ -403,13 +360,13 @@ def build_attention(config: CaptionerConfig) -> keras.Model:
 
     The initial state comes from the whole flattened grid, as in showtell, so
     the model starts from what Show and Tell knows; attention adds a look at
-    one region per character (which ``predict.py --plot`` can draw).
+    one region per character (which ``predict.py --attention`` can draw).
     """
     rows, cols, channels = config.feature_shape
     cells = rows * cols
     features = keras.Input(shape=config.feature_shape, name="features")  # (batch, rows, cols, 512)
     previous = keras.Input(shape=(config.timesteps,), dtype="int32", name="previous_chars")  # (batch, 50)
-    x = layers.Normalization(axis=(1, 2, 3), name="feature_norm")(features)
+    x = layers.Normalization(axis=(1, 2, 3), name=FEATURE_NORM)(features)
     x = layers.Dropout(config.dropout, name="image_dropout")(x)
     flat = layers.Flatten(name="flatten")(x)  # (batch, cells * 512)
     initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(flat)  # (batch, units)
@@ -419,36 +376,61 @@ def build_attention(config: CaptionerConfig) -> keras.Model:
     keys = layers.Dense(config.units, name="grid_keys")(values)  # (batch, cells, units)
     values = layers.Flatten(name="grid_values_flat")(values)  # (batch, cells * units): RNN states are flat
     keys = layers.Flatten(name="grid_keys_flat")(keys)
-    embedded = layers.Embedding(config.num_classes, config.embedding_dim, name="char_embedding")(previous)  # (batch, 50, E)
+    embedded = layers.Embedding(config.num_classes, config.embedding_dim, name=CHAR_EMBEDDING)(previous)  # (batch, 50, E)
     outputs, *_ = layers.RNN(
-        AttentionLSTMCell(config.units, cells), return_sequences=True, return_state=True, name="decoder_lstm"
+        AttentionLSTMCell(config.units, cells), return_sequences=True, return_state=True, name=DECODER
     )(embedded, initial_state=[initial_h, initial_c, values, keys])  # (batch, 50, 2 * units): [h, context]
     outputs = layers.Dropout(config.dropout, name="output_dropout")(outputs)
-    probabilities = layers.Dense(config.num_classes, activation="softmax", dtype="float32", name="next_char")(
+    probabilities = layers.Dense(config.num_classes, activation="softmax", dtype="float32", name=OUTPUT)(
         outputs
     )  # (batch, 50, 128), float32 under mixed precision too
     return keras.Model([features, previous], probabilities, name="attention")
 
 
-ARCHITECTURES = {"seed": build_seed, "showtell": build_showtell, "attention": build_attention}
-AUTOREGRESSIVE = {"showtell", "attention"}  # architectures that read the previous character
-# The layers whose outputs are an autoregressive model's initial decoder states, in order.
-INITIAL_STATES = {
-    "showtell": ("init_h", "init_c"),
-    "attention": ("init_h", "init_c", "grid_values_flat", "grid_keys_flat"),
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One entry of ARCHITECTURES.
+
+    Attributes:
+        build: makes the (uncompiled) model from a config.
+        autoregressive: whether the model reads the previous characters
+            (trained with teacher forcing, decoded by beam search).
+        initial_states: autoregressive models: the layers whose outputs are the
+            decoder's initial states, in the order the decoder takes them.
+    """
+
+    build: Callable[[CaptionerConfig], keras.Model]
+    autoregressive: bool
+    initial_states: tuple[str, ...] = ()
+
+
+ARCHITECTURES = {
+    "image2text": Architecture(build_image2text, autoregressive=False),
+    "showtell": Architecture(build_showtell, autoregressive=True, initial_states=("init_h", "init_c")),
+    "attention": Architecture(build_attention, autoregressive=True,
+                              initial_states=("init_h", "init_c", "grid_values_flat", "grid_keys_flat")),
 }
+
+
+def architecture(config: CaptionerConfig) -> Architecture:
+    """The ARCHITECTURES entry of ``config.arch``.
+
+    Raises:
+        ValueError: no architecture has that name.
+    """
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    return ARCHITECTURES[config.arch]
 
 
 def previous_chars(targets):
     """Teacher-forcing inputs: each caption shifted right by one, behind the end class (the start token)."""
-    import numpy as np
-
     return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
 
 
 def model_inputs(config: CaptionerConfig, features, targets):
     """What the model is fed in training: the features, and for autoregressive models the previous characters."""
-    return (features, previous_chars(targets)) if config.arch in AUTOREGRESSIVE else features
+    return (features, previous_chars(targets)) if architecture(config).autoregressive else features
 
 
 def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
@@ -462,11 +444,9 @@ def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
             magnitude (the background), so standardising is what lets the
             image-specific part through.
     """
-    if config.arch not in ARCHITECTURES:
-        raise ValueError(f"Unknown architecture {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
-    model = ARCHITECTURES[config.arch](config)
+    model = architecture(config).build(config)
     if feature_sample is not None:
-        adapt_feature_norm(model.get_layer("feature_norm"), feature_sample)
+        adapt_feature_norm(model.get_layer(FEATURE_NORM), feature_sample)
     return compile_model(model, config)
 
 
@@ -490,14 +470,18 @@ def adapt_feature_norm(norm: layers.Normalization, feature_sample, floor: float 
     zero spread they would reach 1e8 and saturate the model. Each spread is
     therefore at least ``floor`` times the median spread of the features that vary.
     """
-    import numpy as np
-
     norm.adapt(feature_sample)
     variance = keras.ops.convert_to_numpy(norm.adapt_variance)
     varying = variance[variance > 0]
     minimum = (floor * float(np.median(np.sqrt(varying)))) ** 2 if varying.size else 1.0
     norm.adapt_variance.assign(np.maximum(variance, minimum))
     norm.finalize_state()
+
+
+def save_model(model: keras.Model, path) -> None:
+    """Saves ``model`` atomically: a reader finds the old file or the new one, never half of one."""
+    with atomic_path(path, suffix=".keras") as temporary:
+        model.save(temporary)
 
 
 def load_model(path) -> keras.Model:
@@ -511,3 +495,53 @@ def load_model(path) -> keras.Model:
     except Exception as error:  # Keras raises many types for a bad file; the user needs one message
         raise ValueError(f"{path} could not be loaded as a Keras model ({type(error).__name__}: {error})") from None
 
+
+class StepModels:
+    """The pieces of a trained autoregressive model that beam search calls, found by layer name.
+
+    ``start(features)`` gives the initial per-image decoder states (the
+    architecture's ``initial_states``); ``next(tokens, states)`` gives the
+    next character's probabilities and the new states. Beam search treats
+    states as opaque per-beam arrays.
+    """
+
+    def __init__(self, model: keras.Model, config: CaptionerConfig):
+        initial = [model.get_layer(name).output for name in architecture(config).initial_states]
+        token = keras.Input(shape=(1,), dtype="int32", name="token")  # (batch, 1)
+        states = [keras.Input(shape=tuple(state.shape[1:]), name=f"state_{i}") for i, state in enumerate(initial)]
+        embedded = model.get_layer(CHAR_EMBEDDING)(token)  # (batch, 1, E)
+        decoder = model.get_layer(DECODER)
+        output, *next_states = decoder(embedded, initial_state=states)
+        probabilities = model.get_layer(OUTPUT)(output)  # (batch, 1, classes)
+        self.initial = keras.Model(model.inputs[0], initial)
+        self.step = keras.Model([token, *states], [probabilities, *next_states])
+        # Attention models: which grid cells the next character looks at, given the states before it.
+        cell = getattr(decoder, "cell", None)
+        self.attention = keras.Model(states, cell.attention_weights(states)) if isinstance(cell, AttentionLSTMCell) else None
+
+    def start(self, features: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(state) for state in self.initial.predict_on_batch(features)]
+
+    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
+        probabilities, *states = self.step.predict_on_batch([tokens[:, None].astype("int32"), *states])
+        return np.asarray(probabilities)[:, 0], [np.asarray(state) for state in states]
+
+    def attention_maps(self, features: np.ndarray, captions: list[list[int]]) -> list[np.ndarray]:
+        """Per image, the attention weights ``(characters, cells)`` behind each character of its caption.
+
+        The captions (class indices, without the end class) are fed back one
+        character at a time, as when they were written.
+        """
+        if self.attention is None:
+            raise ValueError("This model has no attention (train with --arch attention).")
+        states = self.start(features)
+        longest = max((len(caption) for caption in captions), default=0)
+        padded = np.zeros((len(captions), longest + 1), dtype=np.int64)  # END first: the start token
+        for row, caption in enumerate(captions):
+            padded[row, 1 : len(caption) + 1] = caption
+        maps = []
+        for step in range(longest):
+            maps.append(np.asarray(self.attention.predict_on_batch(states)))  # (batch, cells)
+            _, states = self.next(padded[:, step], states)
+        stacked = np.stack(maps, axis=1) if maps else np.zeros((len(captions), 0, 0))  # (batch, longest, cells)
+        return [stacked[row, : len(caption)] for row, caption in enumerate(captions)]

@@ -3,12 +3,21 @@
 import json
 
 import numpy as np
+from PIL import Image
 
+import evaluate
 import kana
+import plots
 import predict
 import train
-import evaluate
-from conftest import TINY
+from captioner import Captioner
+from conftest import train_argv
+from dataset import find_images
+from features import load_image
+
+
+def is_katakana(text: str) -> bool:
+    return all(kana._KATAKANA.fullmatch(char) for char in text)
 
 
 def test_training_writes_everything_predict_needs(tiny_run):
@@ -18,7 +27,7 @@ def test_training_writes_everything_predict_needs(tiny_run):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert (config["arch"], config["timesteps"], config["num_classes"], config["vgg_weights"]) == ("attention", 50, 128, "none")
-    assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert len((out / "history.csv").read_text().splitlines()) == 5  # header + 4 epochs
     assert "CIDEr-D" in json.loads((out / "metrics.json").read_text())
 
 
@@ -32,10 +41,18 @@ def test_predict_prints_katakana_and_reports_bad_files(tiny_run, tiny_demo, tmp_
     assert code == 1  # one file failed
     lines = captured.out.splitlines()
     assert [line.partition(": ")[0] for line in lines] == [str(p) for p in photos]
-    for line in lines:
-        caption = line.partition(": ")[2]  # may be empty after two epochs
-        assert all(kana._KATAKANA.fullmatch(char) for char in caption)
+    # Each printed caption is the model's: the library's caption of the same photo.
+    expected = [captions[0].text for _, captions, _ in Captioner(out).caption_files(photos)]
+    assert [line.partition(": ")[2] for line in lines] == expected
+    assert all(is_katakana(caption) for caption in expected)
     assert "broken.jpg" in captured.err and "Traceback" not in captured.err
+
+
+def test_the_tiny_run_writes_katakana_captions(tiny_run, tiny_demo):
+    """The tiny run is trained enough to write something: its captions are non-empty katakana for some photos."""
+    results = list(Captioner(tiny_run[0]).caption_files(sorted((tiny_demo / "val2014").iterdir())))
+    texts = [captions[0].text for _, captions, _ in results]
+    assert any(texts) and all(is_katakana(text) for text in texts)
 
 
 def test_predict_json_and_plot(tiny_run, tiny_demo, tmp_path, capsys):
@@ -44,7 +61,13 @@ def test_predict_json_and_plot(tiny_run, tiny_demo, tmp_path, capsys):
     code = predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--json", "--plot", str(plot)])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and len(rows) == 6 and set(rows[0]) == {"file", "caption"}
-    assert plot.stat().st_size > 10_000
+    assert [row["file"] for row in rows] == [str(p) for p in sorted((tiny_demo / "val2014").iterdir())]
+    # Six photos in a grid of 4 columns: 2 rows of 4 × 3.6 inch panels at 100 dpi.
+    with Image.open(plot) as image:
+        assert image.size == (1600, 720)
+        pixels = np.asarray(image.convert("RGB"))
+    # The first photo is drawn in the first panel: its mean colour is there, not just a white page.
+    assert pixels[:360, :400].std() > 20
 
 
 def test_predict_n_best_prints_ranked_captions_with_probabilities(tiny_run, tiny_demo, capsys):
@@ -58,15 +81,20 @@ def test_predict_n_best_prints_ranked_captions_with_probabilities(tiny_run, tiny
     assert all(0 <= p <= 1 for p in probabilities)
 
 
-def test_seed_architecture_trains_and_predicts(tiny_demo, tmp_path, capsys):
-    out = tmp_path / "seed"
-    argv = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
-            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--arch", "seed", *TINY]
-    assert train.main(argv) == 0
-    assert json.loads((out / "config.json").read_text())["arch"] == "seed"
+def test_image2text_architecture_trains_and_predicts(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "image2text"
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", "image2text")) == 0
+    assert json.loads((out / "config.json").read_text())["arch"] == "image2text"
     capsys.readouterr()  # the training log
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--decode", "collapse"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 6
+
+
+def test_the_old_name_seed_is_accepted_with_a_note(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "seed"
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", "seed")) == 0
+    assert "--arch seed is now called image2text" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["arch"] == "image2text"
 
 
 def test_attention_maps_are_drawn_per_photo(tiny_run, tiny_demo, tmp_path, capsys):
@@ -76,22 +104,22 @@ def test_attention_maps_are_drawn_per_photo(tiny_run, tiny_demo, tmp_path, capsy
     assert predict.main([str(photo), "--model", str(out), "--attention", str(maps)]) == 0
     assert (maps / "COCO_val2014_000000000001.png").is_file()
     # A caption of five characters: five maps over the 1×1 grid of a 32 px photo, drawn as six panels.
-    captioner = predict.Captioner(out)
+    captioner = Captioner(out)
     text = "".join(captioner.vocabulary.characters[:5])
-    image = predict.load_image(photo, 32)[None]
-    (weights,) = captioner.attention_maps(captioner.vgg.predict_on_batch(predict.preprocess(image)), [text])
+    image, weights = captioner.attention_of_file(photo, text)
     assert weights.shape == (5, 1, 1) and np.allclose(weights, 1.0)
+    np.testing.assert_array_equal(image, load_image(photo, 32))
     empty, five = tmp_path / "empty.png", tmp_path / "five.png"
-    predict.plot_attention(captioner, photo, "", empty)
-    predict.plot_attention(captioner, photo, text, five)
-    assert five.stat().st_size > empty.stat().st_size
+    plots.plot_attention(image, "", weights[:0], photo.name, empty)
+    plots.plot_attention(image, text, weights, photo.name, five)
+    with Image.open(empty) as one_panel, Image.open(five) as six_panels:
+        # 1.6 × 1.8 inch panels at 80 dpi, in one row.
+        assert one_panel.size == (128, 144) and six_panels.size == (6 * 128, 144)
 
 
 def test_showtell_trains_and_has_no_attention_maps(tiny_demo, tmp_path, capsys):
     out = tmp_path / "showtell"
-    argv = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
-            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--arch", "showtell", *TINY]
-    assert train.main(argv) == 0
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", "showtell")) == 0
     capsys.readouterr()  # the training log
     photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
     assert predict.main([str(photo), "--model", str(out), "--n-best", "2"]) == 0
@@ -141,13 +169,11 @@ def test_human_ceiling_scores_references_against_each_other(tiny_demo, capsys):
 
 def test_resume_continues_and_refuses_to_clobber(tiny_run, tiny_demo, capsys):
     out, cache = tiny_run
-    data = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
-            "--out", str(out), "--cache-dir", str(cache), *TINY]
-    assert train.main([*data, "--epochs", "3"]) == 2
+    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 5)) == 2
     assert "--resume" in capsys.readouterr().err
-    assert train.main([*data, "--epochs", "3", "--resume"]) == 0
+    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 5, "--resume", "--patience", 10)) == 0
     state = json.loads((out / "state.json").read_text())
-    assert state["epoch"] == 3 and [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert state["epoch"] == 5 and [row["epoch"] for row in state["history"]] == [1, 2, 3, 4, 5]
 
 
 def test_mixed_precision_trains_resumes_in_it_and_captions(tiny_demo, tmp_path, capsys):
@@ -157,12 +183,11 @@ def test_mixed_precision_trains_resumes_in_it_and_captions(tiny_demo, tmp_path, 
     from model import load_model
 
     out = tmp_path / "mixed"
-    data = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
-            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *TINY]
-    assert train.main([*data, "--epochs", "1", "--precision", "mixed_bfloat16"]) == 0
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--precision", "mixed_bfloat16")) == 0
     assert keras.config.dtype_policy().name == "float32"  # the process-wide policy is put back
     assert json.loads((out / "config.json").read_text())["precision"] == "mixed_bfloat16"
-    assert train.main([*data, "--epochs", "2", "--resume", "--precision", "float32"]) == 0
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 2, "--resume",
+                                 "--precision", "float32")) == 0
     assert "Resuming in the run's own precision (mixed_bfloat16)" in capsys.readouterr().out
     model = load_model(out / "model.keras")
     assert model.get_layer("decoder_lstm").compute_dtype == "bfloat16"
@@ -171,7 +196,7 @@ def test_mixed_precision_trains_resumes_in_it_and_captions(tiny_demo, tmp_path, 
     assert predict.main([str(photo), "--model", str(out), "--n-best", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     best = lines[1].split(") ", 1)[1].rsplit(" (p=", 1)[0]  # "  1) カタカナ (p=0.01)"
-    assert len(lines) == 3 and all(kana._KATAKANA.fullmatch(char) for char in best)
+    assert len(lines) == 3 and is_katakana(best)
     assert predict.main([str(photo), "--model", str(out), "--attention", str(tmp_path / "maps")]) == 0
     assert len(list((tmp_path / "maps").glob("*.png"))) == 1
 
@@ -209,9 +234,7 @@ def test_a_stair_dataset_the_project_did_not_generate(tmp_path, capsys):
     captions = ["犬が芝生の上を走っている。", "テーブルの上にケーキが置いてある。", "2人の男性がテニスをしている。"]
     stair, folder, images = make_stair(tmp_path, captions)
     out = tmp_path / "run"
-    argv = ["--annotations", str(stair), "--images", str(folder), "--out", str(out),
-            "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", *TINY]
-    assert train.main(argv) == 0
+    assert train.main(train_argv((stair, folder), out, tmp_path / "cache", "--epochs", 1)) == 0
     log = capsys.readouterr().out
     assert "36 captions of 12 photos" in log
     vocabulary = kana.Vocabulary.load(out / "vocab.json")
@@ -229,9 +252,7 @@ def test_a_messy_dataset_trains_and_says_what_it_skipped(tmp_path, capsys):
     broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG
     Image.new("RGB", (64, 48)).save(folder / "COCO_train2014_000000000999.jpg")  # a photo nobody captioned
     out = tmp_path / "run"
-    argv = ["--annotations", str(stair), "--images", str(folder), "--out", str(out),
-            "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", *TINY]
-    assert train.main(argv) == 0
+    assert train.main(train_argv((stair, folder), out, tmp_path / "cache", "--epochs", 1)) == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out
     log = captured.out
@@ -257,9 +278,9 @@ def test_predict_streams_a_folder_of_ten_thousand_photos(tiny_run, tiny_demo, tm
     decoded = []
     real_load = features.load_image
     monkeypatch.setattr(features, "load_image", lambda path, size: decoded.append(path) or real_load(path, size))
-    paths, problems = predict.expand_inputs([folder])
+    paths, problems = find_images([folder])
     assert len(paths) == 10_000 and not problems
-    captioner = predict.Captioner(tiny_run[0])
+    captioner = Captioner(tiny_run[0])
     results = captioner.caption_files(paths, batch_size=16)
     for captioned in range(1, 5 * 16 + 1):
         path, captions, error = next(results)
@@ -281,18 +302,18 @@ def test_a_vocabulary_from_another_run_is_detected(tiny_run, tmp_path, capsys):
 
 
 def test_a_nan_loss_stops_training_without_saving_a_model(tiny_demo, tmp_path, monkeypatch, capsys):
-    real_sample = train.feature_sample
-    monkeypatch.setattr(train, "feature_sample", lambda *args, **kwargs: real_sample(*args, **kwargs) * np.nan)
+    import training
+
+    real_sample = training.feature_sample
+    monkeypatch.setattr(training, "feature_sample", lambda *args, **kwargs: real_sample(*args, **kwargs) * np.nan)
     out = tmp_path / "nan"
-    argv = ["--annotations", str(tiny_demo / "captions_train.json"), "--images", str(tiny_demo / "train2014"),
-            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "3", *TINY]
-    assert train.main(argv) == 1
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 3)) == 1
     log = capsys.readouterr().out
     assert "The loss became nan" in log and "no model was saved" in log
     assert not (out / "model.keras").exists() and not (out / "checkpoint.keras").exists()
 
 
-def test_a_model_file_with_code_in_it_is_refused(tiny_run, tiny_demo, tmp_path, capsys):
+def test_a_model_file_with_code_in_it_is_refused(tiny_run, tiny_demo, tmp_path, capsys, monkeypatch):
     """Safe mode: a .keras file whose Lambda layer carries Python code is not loaded."""
     import shutil
 
@@ -300,21 +321,33 @@ def test_a_model_file_with_code_in_it_is_refused(tiny_run, tiny_demo, tmp_path, 
 
     out = tmp_path / "untrusted"
     shutil.copytree(tiny_run[0], out)
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv("CODE_RAN_MARKER", str(marker))
     inputs = keras.Input(shape=(1, 1, 512))
-    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    # Code that leaves a mark when it runs (no closure: Keras serialises the lambda's bytecode alone).
+    outputs = keras.layers.Lambda(
+        lambda x: x * 2 if __import__("pathlib").Path(__import__("os").environ["CODE_RAN_MARKER"]).touch() is None
+        else x)(inputs)
     keras.Model(inputs, outputs).save(out / "model.keras")
+    marker.unlink()  # building the model ran it once
     photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
     assert predict.main([str(photo), "--model", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "could not be loaded" in err and "Traceback" not in err
+    assert "could not be loaded" in err and "arbitrary code" in err and "Traceback" not in err
+    assert not marker.exists()
+    # The file does carry code: loaded unsafely and called, it runs.
+    keras.models.load_model(out / "model.keras", safe_mode=False)(np.zeros((1, 1, 1, 512), "float32"))
+    assert marker.exists()
 
 
-def test_training_keeps_freed_memory_on_glibc():
+def test_train_keeps_freed_memory(tmp_path, monkeypatch):
     """train.py asks glibc to keep freed memory at the top of its heaps (page faults slowed CPU training 1.4×)."""
     import platform
 
-    import pytest
+    import runtime
 
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt's M_TOP_PAD is glibc's")
-    assert train.keep_freed_memory() is True
+    calls = []
+    real = runtime.keep_freed_memory
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(real()) or calls[-1])
+    train.main(["--annotations", str(tmp_path / "none.json"), "--images", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert calls == [platform.libc_ver()[0] == "glibc"]  # called once, and it takes where mallopt exists

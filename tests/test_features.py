@@ -170,8 +170,6 @@ def test_bfloat16_extraction_is_close_to_float32_and_cached_apart(tmp_path):
     exact = np.asarray(caches["float32"].features, dtype=np.float32)
     fast = np.asarray(caches["bfloat16"].features, dtype=np.float32)
     assert 0 < np.abs(fast - exact).mean() < 0.02 * np.abs(exact).mean()
-    assert features.resolve_precision("auto") in ("float32", "bfloat16")
-    assert features.resolve_precision("float32") == "float32"
 
 
 def test_random_vgg16_is_the_same_every_time():

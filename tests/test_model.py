@@ -1,16 +1,21 @@
+import json
+
 import numpy as np
 import pytest
 
 import keras
 
-from model import ARCHITECTURES, CaptionerConfig, build_model, load_model
+import runtime
+from model import ARCHITECTURES, CaptionerConfig, StepModels, build_model, load_model, model_inputs
+from runtime import dtype_policy
 
 
 def small_config(**overrides):
-    return CaptionerConfig(**{"units": 16, "feature_shape": (1, 1, 512), "image_size": 32, **overrides})
+    """32 px photos: 1×1×512 pool5 features."""
+    return CaptionerConfig(**{"units": 16, "image_size": 32, **overrides})
 
 
-def stock_seed(config):
+def stock_image2text(config):
     """The card's design written with stock Keras layers, as keras-image2text had it."""
     from keras import layers
 
@@ -25,11 +30,11 @@ def stock_seed(config):
 
 
 def build_seed_pair(config, features, implementation="projected"):
-    """The project's seed and the stock-layer model, standardised on ``features``, with the same weights."""
-    from model import build_seed
+    """The project's image2text and the stock-layer model, standardised on ``features``, with the same weights."""
+    from model import build_image2text
 
-    model = build_seed(config, lstm_implementation=implementation)
-    reference = stock_seed(config)
+    model = build_image2text(config, lstm_implementation=implementation)
+    reference = stock_image2text(config)
     model.get_layer("feature_norm").adapt(features)
     reference.layers[1].adapt(features)
     # Weight order: norm, Dense, encoder, decoder forward then backward, output (both models).
@@ -39,7 +44,7 @@ def build_seed_pair(config, features, implementation="projected"):
 
 
 @pytest.mark.parametrize("implementation", ["projected", "stock"])
-def test_seed_is_the_cards_design(implementation):
+def test_image2text_is_the_cards_design(implementation):
     """Same shapes, and the same numbers as RepeatVector/LSTM/Bidirectional given the same weights."""
     config = CaptionerConfig(units=32, timesteps=50)
     features = np.random.default_rng(0).normal(size=(3, 4, 4, 512)).astype("float32")
@@ -51,9 +56,9 @@ def test_seed_is_the_cards_design(implementation):
     np.testing.assert_allclose(model.predict(features, verbose=0), reference.predict(features, verbose=0), atol=1e-5)
 
 
-def test_projected_seed_trains_like_the_stock_layers():
+def test_projected_image2text_trains_like_the_stock_layers():
     """The hand-written backward pass gives autodiff's gradients: one SGD step (learning rate 1) moves the
-    projected seed's weights exactly as it moves the stock RepeatVector/LSTM/Bidirectional model's."""
+    projected image2text's weights exactly as it moves the stock RepeatVector/LSTM/Bidirectional model's."""
     config = CaptionerConfig(units=32, timesteps=50)
     rng = np.random.default_rng(0)
     features = rng.normal(size=(3, 4, 4, 512)).astype("float32")
@@ -73,8 +78,6 @@ def test_projected_seed_trains_like_the_stock_layers():
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_save_load_gives_identical_predictions(tmp_path, arch, policy):
     """Loaded under the default float32 policy, a mixed-precision model computes in bfloat16 still, sublayers too."""
-    from model import dtype_policy, model_inputs
-
     config = small_config(arch=arch)
     features = np.random.default_rng(0).normal(size=(3, 1, 1, 512)).astype("float32")
     with dtype_policy(policy):
@@ -104,8 +107,21 @@ def test_config_round_trip_and_unknown_settings(tmp_path):
     config = small_config(units=8, vgg_weights="none")
     config.save(tmp_path / "config.json")
     assert CaptionerConfig.load(tmp_path / "config.json") == config
+    assert "feature_shape" not in json.loads((tmp_path / "config.json").read_text())  # it follows from image_size
+    assert config.feature_shape == (1, 1, 512) and CaptionerConfig(image_size=224).feature_shape == (7, 7, 512)
     (tmp_path / "config.json").write_text('{"units": 8, "colour": "red"}')
     with pytest.raises(ValueError, match="colour"):
+        CaptionerConfig.load(tmp_path / "config.json")
+
+
+def test_an_old_config_loads(tmp_path):
+    """Earlier versions wrote arch "seed" and a feature_shape; both still load, and a contradiction is refused."""
+    old = {"arch": "seed", "units": 16, "image_size": 32, "feature_shape": [1, 1, 512], "vgg_weights": "none"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = CaptionerConfig.load(tmp_path / "config.json")
+    assert (config.arch, config.feature_shape) == ("image2text", (1, 1, 512))
+    (tmp_path / "config.json").write_text(json.dumps({**old, "feature_shape": [4, 4, 512]}))
+    with pytest.raises(ValueError, match="does not follow from image_size"):
         CaptionerConfig.load(tmp_path / "config.json")
 
 
@@ -117,20 +133,19 @@ def test_unknown_architecture_is_a_clear_error():
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_each_architecture_memorises_a_few_captions(arch):
     """A handful of images with one caption each must be learnt exactly (a tiny-batch overfit)."""
-    from decoding import StepModels, beam_search, decode_parallel
+    from decoding import beam_search, decode_parallel
     from kana import Vocabulary
-    from model import AUTOREGRESSIVE, model_inputs
 
     captions = ["アカイマル", "アオイシカク", "キイロイサンカク", "ミドリノマル"]
     vocabulary = Vocabulary.build(captions)
     keras.utils.set_random_seed(0)
     features = np.random.default_rng(0).normal(size=(4, 2, 2, 512)).astype("float32")
     targets = np.stack([vocabulary.encode(caption, 12)[0] for caption in captions])
-    config = small_config(arch=arch, units=64, learning_rate=1e-2, dropout=0.0, feature_shape=(2, 2, 512), timesteps=12)
+    config = small_config(arch=arch, units=64, learning_rate=1e-2, dropout=0.0, image_size=64, timesteps=12)
     model = build_model(config, feature_sample=features)
     model.fit(model_inputs(config, features, targets), targets, epochs=300, batch_size=4, verbose=0)
-    if arch in AUTOREGRESSIVE:
-        decoded = beam_search(StepModels(model), features, vocabulary, beam_size=2, max_length=11)
+    if ARCHITECTURES[arch].autoregressive:
+        decoded = beam_search(StepModels(model, config), features, vocabulary, beam_size=2, max_length=11)
     else:
         decoded = decode_parallel(model.predict(features, verbose=0), vocabulary)
     predicted = [captions[0].text for captions in decoded]
@@ -140,16 +155,13 @@ def test_each_architecture_memorises_a_few_captions(arch):
 @pytest.mark.parametrize("arch", ["showtell", "attention"])
 def test_step_models_match_the_training_graph(arch):
     """Beam search's one-step models must give the teacher-forced model's probabilities, step by step."""
-    from decoding import StepModels
-    from model import model_inputs
-
-    config = small_config(arch=arch, feature_shape=(2, 2, 512), timesteps=6, dropout=0.0)
+    config = small_config(arch=arch, image_size=64, timesteps=6, dropout=0.0)
     rng = np.random.default_rng(0)
     features = rng.normal(size=(3, 2, 2, 512)).astype("float32")
     targets = rng.integers(1, 128, size=(3, 6))
     model = build_model(config, feature_sample=features)
     expected = model.predict(model_inputs(config, features, targets), verbose=0)  # (3, 6, 128)
-    steps = StepModels(model)
+    steps = StepModels(model, config)
     states, tokens = steps.start(features), np.zeros(3, dtype=np.int64)
     for t in range(6):
         probabilities, states = steps.next(tokens, states)
@@ -158,17 +170,16 @@ def test_step_models_match_the_training_graph(arch):
 
 
 def test_attention_maps_are_distributions_over_the_grid():
-    from decoding import StepModels
-
-    config = small_config(arch="attention", feature_shape=(2, 3, 512))
-    features = np.random.default_rng(0).normal(size=(2, 2, 3, 512)).astype("float32")
-    steps = StepModels(build_model(config, feature_sample=features))
+    config = small_config(arch="attention", image_size=96)  # a 3×3 grid
+    features = np.random.default_rng(0).normal(size=(2, 3, 3, 512)).astype("float32")
+    steps = StepModels(build_model(config, feature_sample=features), config)
     maps = steps.attention_maps(features, [[5, 6, 7], [8]])
-    assert [m.shape for m in maps] == [(3, 6), (1, 6)]
+    assert [m.shape for m in maps] == [(3, 9), (1, 9)]
     np.testing.assert_allclose([m.sum(axis=1) for m in maps[:1]], 1.0, atol=1e-5)
     assert (maps[0] >= 0).all()
     with pytest.raises(ValueError, match="no attention"):
-        StepModels(build_model(small_config(arch="showtell"))).attention_maps(features, [[5]])
+        StepModels(build_model(small_config(arch="showtell")), small_config(arch="showtell")).attention_maps(
+            features, [[5]])
 
 
 def test_standardisation_keeps_unseen_activations_bounded():
@@ -187,8 +198,6 @@ def test_standardisation_keeps_unseen_activations_bounded():
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_mixed_bfloat16_trains_with_float32_probabilities(arch):
     """Under Keras' mixed_bfloat16 policy (train.py --precision mixed_bfloat16) the softmax stays float32 and a step trains."""
-    from model import dtype_policy, model_inputs
-
     config = small_config(arch=arch)
     rng = np.random.default_rng(0)
     features = np.abs(rng.normal(size=(4, *config.feature_shape))).astype("float16")  # as the cache stores them
@@ -204,7 +213,8 @@ def test_mixed_bfloat16_trains_with_float32_probabilities(arch):
 
 def test_a_mixed_repeated_lstm_rebuilt_from_its_config_keeps_its_policy_and_options():
     """As loading rebuilds it under the global float32 policy: its inner LSTM stays bfloat16 (and off JAX's cuDNN)."""
-    from model import RepeatedInputLSTM, dtype_policy, lstm_options
+    from model import RepeatedInputLSTM
+    from runtime import lstm_options
 
     with dtype_policy("mixed_bfloat16"):
         layer = RepeatedInputLSTM(8, 5)
@@ -213,25 +223,28 @@ def test_a_mixed_repeated_lstm_rebuilt_from_its_config_keeps_its_policy_and_opti
     assert rebuilt.lstm.use_cudnn == layer.lstm.use_cudnn == lstm_options(layer.dtype_policy).get("use_cudnn", "auto")
 
 
-def test_training_precision_auto_is_bfloat16_only_where_measured_faster(monkeypatch):
-    import model
-
-    assert model.training_precision("float32") == "float32"
-    assert model.training_precision("mixed_bfloat16") == "mixed_bfloat16"
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_auto_precisions_are_bfloat16_only_where_measured_faster(monkeypatch, backend):
+    """Training: TensorFlow on a bfloat16 CPU, JAX on a GPU. Extraction: TensorFlow on a bfloat16 CPU."""
+    assert runtime.training_precision("float32") == "float32"
+    assert runtime.training_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert runtime.extraction_precision("bfloat16") == "bfloat16"
     with pytest.raises(ValueError, match="float16"):
-        model.training_precision("float16")
-    backend = keras.backend.backend()
-    for device, native, faster in [("cpu", True, backend == "tensorflow"), ("cpu", False, False),
-                                   ("gpu", False, backend == "jax")]:
-        monkeypatch.setattr(model, "compute_device", lambda: device)
-        monkeypatch.setattr(model, "cpu_has_bfloat16", lambda: native)
-        assert model.training_precision("auto") == ("mixed_bfloat16" if faster else "float32"), (device, native)
+        runtime.training_precision("float16")
+    monkeypatch.setattr(runtime.keras.backend, "backend", lambda: backend)
+    for device, native in [("cpu", True), ("cpu", False), ("gpu", False), ("gpu", True)]:
+        monkeypatch.setattr(runtime, "compute_device", lambda: device)
+        monkeypatch.setattr(runtime, "cpu_has_bfloat16", lambda: native)
+        bf16_cpu = device == "cpu" and native and backend == "tensorflow"
+        training = "mixed_bfloat16" if bf16_cpu or (device == "gpu" and backend == "jax") else "float32"
+        assert runtime.training_precision("auto") == training, (device, native)
+        assert runtime.extraction_precision("auto") == ("bfloat16" if bf16_cpu else "float32"), (device, native)
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_projected_lstm_runs_eagerly_in_the_policys_dtype(policy):
     """Called outside any compiled function too, the projected LSTM computes in the policy's compute dtype."""
-    from model import RepeatedInputLSTM, dtype_policy
+    from model import RepeatedInputLSTM
 
     with dtype_policy(policy):
         layer = RepeatedInputLSTM(8, 5, return_sequences=True, implementation="projected")
@@ -241,15 +254,15 @@ def test_projected_lstm_runs_eagerly_in_the_policys_dtype(policy):
 
 
 def test_batches_are_float16_and_threads_keep_their_order():
-    """make_batches sends the cache's float16 rows as they are; reading in threads gives the same batches."""
-    from train import CaptionData, make_batches
+    """CaptionBatches sends the cache's float16 rows as they are; reading in threads gives the same batches."""
+    from batches import CaptionBatches, CaptionData
 
     config = small_config(arch="attention")
     rng = np.random.default_rng(0)
     features = rng.normal(size=(20, *config.feature_shape)).astype("float16")
     data = CaptionData(np.repeat(np.arange(20), 5), rng.integers(1, 128, size=(100, 50)).astype("uint8"))
-    single = make_batches(config, features, data, 16, shuffle=True, seed=3)
-    threaded = make_batches(config, features, data, 16, shuffle=True, seed=3, workers=3)
+    single = CaptionBatches(config, features, data, 16, shuffle=True, seed=3)
+    threaded = CaptionBatches(config, features, data, 16, shuffle=True, seed=3, workers=3)
     for index in range(len(single)):
         (x1, p1), y1 = single[index]
         (x2, p2), y2 = threaded[index]

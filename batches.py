@@ -1,0 +1,110 @@
+"""Training data: photos split for validation, captions encoded, batches read from the feature cache.
+
+A caption becomes a row of ``timesteps`` class indices (``CaptionData``);
+``CaptionBatches`` pairs each with its photo's row of the memory-mapped
+feature cache, batch by batch, so that no more than a batch of features is
+ever in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+from kana import Vocabulary
+from model import CaptionerConfig, model_inputs
+
+
+@dataclasses.dataclass
+class CaptionData:
+    """Encoded captions and the feature-cache row of each caption's photo."""
+
+    rows: np.ndarray  # (num_captions,) int64
+    targets: np.ndarray  # (num_captions, timesteps) uint8 (up to 256 classes): a quarter of int32's memory
+
+
+def split_by_image(num_images: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint train/validation photo indices; at least one photo in each."""
+    if num_images < 2:
+        raise ValueError(f"Training needs at least 2 usable photos; found {num_images}.")
+    order = np.random.default_rng(seed).permutation(num_images)
+    num_val = min(num_images - 1, max(1, round(num_images * val_fraction)))
+    return np.sort(order[num_val:]), np.sort(order[:num_val])
+
+
+@dataclasses.dataclass
+class EncodingReport:
+    """What encoding left out."""
+
+    num_unknown: int = 0  # characters outside the vocabulary
+    num_truncated: int = 0  # captions longer than timesteps - 1 characters, cut
+
+
+def encode_captions(readings, image_indices, vocabulary: Vocabulary, timesteps: int) -> tuple[CaptionData, EncodingReport]:
+    """Encodes the captions of the given photos (a photo's index is its cache row).
+
+    Args:
+        readings: per photo, its katakana captions.
+        image_indices: the photos to encode.
+        vocabulary: the characters the model writes.
+        timesteps: characters per encoded caption, end class included.
+    """
+    rows, targets, report = [], [], EncodingReport()
+    for image in image_indices:
+        for katakana in readings[image]:
+            encoded, unknown, truncated = vocabulary.encode(katakana, timesteps)
+            rows.append(image)
+            targets.append(encoded)
+            report.num_unknown += unknown
+            report.num_truncated += truncated
+    dtype = np.uint8 if vocabulary.num_classes <= 256 else np.int32
+    return CaptionData(np.array(rows, dtype=np.int64), np.array(targets, dtype=dtype).reshape(-1, timesteps)), report
+
+
+class CaptionBatches(keras.utils.PyDataset):
+    """A Keras dataset reading feature rows from the memory-mapped cache, batch by batch.
+
+    Args:
+        config: the model's config (autoregressive models are also fed the previous characters).
+        features: the cache's float16 features, ``(num_images, rows, cols, 512)``.
+        data: the captions to serve.
+        batch_size: captions per batch.
+        shuffle: a new order every epoch.
+        seed: the order's seed.
+        workers: > 1 reads the next batches in that many threads while the model trains.
+    """
+
+    def __init__(self, config: CaptionerConfig, features, data: CaptionData, batch_size: int, shuffle: bool,
+                 seed: int, workers: int = 1):
+        super().__init__(workers=workers, use_multiprocessing=False)
+        self.config, self.features, self.data = config, features, data
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(data.rows)) if shuffle else np.arange(len(data.rows))
+
+    def __len__(self):
+        return math.ceil(len(self.data.rows) / self.batch_size)
+
+    def __getitem__(self, index):
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = self.data.rows[chosen]
+        # Read in row order (kinder to the page cache), then restore the batch order. The rows stay
+        # float16, half the bytes to copy and send: the model's first layer casts them on the device.
+        sorted_rows, inverse = np.unique(rows, return_inverse=True)
+        batch_features = self.features[sorted_rows][inverse]
+        targets = self.data.targets[chosen].astype(np.int32)
+        return model_inputs(self.config, batch_features, targets), targets
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.data.rows))
+
+
+def feature_sample(features, rows: np.ndarray, seed: int, size: int = 2000) -> np.ndarray:
+    """Up to ``size`` training photos' features, in float32, for the model's input standardisation."""
+    unique = np.unique(rows)
+    chosen = np.sort(np.random.default_rng(seed).choice(unique, size=min(size, len(unique)), replace=False))
+    return np.asarray(features[chosen], dtype=np.float32)

@@ -1,0 +1,139 @@
+"""A run folder and the captioner it makes: what train.py writes, and what predict.py and evaluate.py read.
+
+A run folder holds:
+
+    model.keras       the model with the best validation loss
+    config.json       the CaptionerConfig it was built from
+    vocab.json        the classes it writes, end class first
+    checkpoint.keras  the last epoch with optimizer state (training only, for --resume)
+    state.json        epochs done, early-stopping counters, history (training only)
+    metrics.json, history.csv, loss.png
+
+The first three are all ``Captioner`` needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from decoding import Caption, beam_search, decode_parallel
+from features import build_vgg16, decode_batches, load_image, preprocess
+from kana import Vocabulary
+from model import CaptionerConfig, StepModels, architecture, load_model, save_model
+
+DEFAULT_RUN = "runs/demo"  # what python train.py makes and predict.py reads when no run is named
+MODEL_FILE = "model.keras"  # the weights with the best validation loss
+CHECKPOINT_FILE = "checkpoint.keras"  # the last epoch, with optimizer state, for --resume
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+STATE_FILE = "state.json"  # epochs done, early-stopping counters, history
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+LOSS_PLOT_FILE = "loss.png"
+RUN_FILES = (MODEL_FILE, CONFIG_FILE, VOCAB_FILE)  # what captioning needs
+
+
+def save_run(folder, model, config: CaptionerConfig, vocabulary: Vocabulary) -> None:
+    """Writes the files a Captioner loads (each atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save(folder / CONFIG_FILE)
+    vocabulary.save(folder / VOCAB_FILE)
+    save_model(model, folder / MODEL_FILE)
+
+
+class Captioner:
+    """A trained run folder, ready to caption images.
+
+    Args:
+        model_dir: a folder written by train.py (model.keras, config.json, vocab.json).
+        vgg_weights: overrides the VGG16 weights the run was trained with
+            (e.g. a local copy of the same ImageNet weights file).
+        with_vgg: False to caption cached features only (no VGG16 built).
+        decode: how a non-autoregressive model's outputs are read (see decoding.DECODE_METHODS).
+        beam_size: beams per image for autoregressive models (1 = greedy).
+
+    Raises:
+        FileNotFoundError: a file of the run is missing.
+        ValueError: the files do not belong together.
+    """
+
+    def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str = "argmax",
+                 beam_size: int = 1):
+        model_dir = Path(model_dir)
+        for name in RUN_FILES:
+            if not (model_dir / name).is_file():
+                raise FileNotFoundError(
+                    f"{model_dir / name} not found: --model must be a run folder written by train.py."
+                )
+        self.config = CaptionerConfig.load(model_dir / CONFIG_FILE)
+        self.vocabulary = Vocabulary.load(model_dir / VOCAB_FILE)
+        self.model = load_model(model_dir / MODEL_FILE)
+        num_classes = self.model.output_shape[-1]
+        if num_classes != self.config.num_classes or self.vocabulary.num_classes > num_classes:
+            raise ValueError(
+                f"{model_dir}: the model writes {num_classes} classes, config.json says "
+                f"{self.config.num_classes} and vocab.json has {self.vocabulary.num_classes}; "
+                f"these files are not from the same run."
+            )
+        self.decode, self.beam_size = decode, beam_size
+        self.steps = StepModels(self.model, self.config) if architecture(self.config).autoregressive else None
+        self.vgg = build_vgg16(vgg_weights or self.config.vgg_weights, self.config.image_size,
+                               self.config.vgg_precision) if with_vgg else None
+
+    @property
+    def has_attention(self) -> bool:
+        return self.steps is not None and self.steps.attention is not None
+
+    def caption_features(self, features: np.ndarray, n_best: int = 1) -> list[list[Caption]]:
+        """Up to ``n_best`` captions per image, best first, from pool5 features ``(batch, 4, 4, 512)``."""
+        features = np.asarray(features, dtype=np.float32)
+        if self.steps is not None:
+            return beam_search(self.steps, features, self.vocabulary, self.beam_size, n_best, self.config.timesteps - 1)
+        probabilities = self.model.predict_on_batch(features)  # (batch, 50, 128)
+        return decode_parallel(probabilities, self.vocabulary, collapse_repeats=self.decode == "collapse")
+
+    def caption_cached(self, features, rows, batch_size: int = 256) -> list[tuple[str, bool]]:
+        """``(caption, ended)`` of the cache rows ``rows``, batch by batch (features are read as they are needed)."""
+        captions = []
+        for start in range(0, len(rows), batch_size):
+            batch = np.asarray(features[np.asarray(rows[start : start + batch_size])], dtype=np.float32)
+            captions.extend((best[0].text, best[0].ended) for best in self.caption_features(batch))
+        return captions
+
+    def image_features(self, images: np.ndarray) -> np.ndarray:
+        """VGG16 pool5 features of letterboxed uint8 images ``(batch, size, size, 3)``."""
+        return self.vgg.predict_on_batch(preprocess(images))
+
+    def attention_maps(self, features: np.ndarray, texts: list[str]) -> list[np.ndarray]:
+        """Attention models: per caption, the weights over the VGG16 grid behind each character ``(len(text), rows, cols)``."""
+        if not self.has_attention:
+            raise ValueError(f"The model is {self.config.arch!r}, which has no attention; train with --arch attention.")
+        indices = [self.vocabulary.encode(text, len(text) + 1)[0][: len(text)].tolist() for text in texts]
+        rows, cols, _ = self.config.feature_shape
+        maps = self.steps.attention_maps(np.asarray(features, dtype=np.float32), indices)
+        return [weights.reshape(len(weights), rows, cols) for weights in maps]
+
+    def attention_of_file(self, path, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The letterboxed photo ``(size, size, 3)`` and the attention behind each character of ``text`` over it."""
+        image = load_image(path, self.config.image_size)
+        (maps,) = self.attention_maps(self.image_features(image[None]), [text])  # (characters, rows, cols)
+        return image, maps
+
+    def caption_images(self, images: np.ndarray, n_best: int = 1) -> list[list[Caption]]:
+        """Captions from letterboxed uint8 images ``(batch, size, size, 3)``."""
+        return self.caption_features(self.image_features(images), n_best)
+
+    def caption_files(self, paths, batch_size: int = 32, n_best: int = 1):
+        """Yields ``(path, captions, error)`` for each file, in order, batch by batch.
+
+        ``captions`` (a best-first list of ``Caption``) is None where the file
+        could not be read, and ``error`` says why.
+        """
+        paths = [str(path) for path in paths]
+        for chunk, rows, images, errors in decode_batches(paths, np.arange(len(paths)), self.config.image_size, batch_size):
+            captions = dict(zip(rows.tolist(), self.caption_images(images, n_best))) if len(rows) else {}
+            for row in chunk.tolist():
+                yield paths[row], captions.get(row), errors.get(row)

@@ -1,0 +1,262 @@
+"""The steps of a training run, in the order train.py takes them.
+
+    prepare_out      check --out against --resume/--overwrite; the saved state when resuming
+    resolve_config   one CaptionerConfig for fresh and resumed runs
+    prepare_data     captions -> katakana; photos -> cached VGG16 features; split, vocabulary, encoding
+    build_or_resume  a new compiled model (its config and vocabulary written), or the checkpoint
+    fit              Keras fit on the cached features, saving the run after every epoch
+    evaluate_validation  caption metrics of the best model on the validation photos
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import runtime
+from batches import CaptionBatches, CaptionData, encode_captions, feature_sample, split_by_image
+from captioner import (CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, MODEL_FILE,
+                       STATE_FILE, VOCAB_FILE, Captioner)
+from dataset import ImageRecord, load_caption_files
+from features import FeatureCache, cached_features
+from fileio import read_json, remove_stale_temporaries, write_json, write_text
+from kana import Vocabulary, convert_captions
+from metrics import format_table, score
+from model import CaptionerConfig, build_model, load_model, save_model
+from plots import plot_loss
+
+# Files a fresh run replaces; anything else in --out is left alone.
+RUN_OUTPUTS = (STATE_FILE, CHECKPOINT_FILE, MODEL_FILE, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE)
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
+    """Checks ``out`` against --resume/--overwrite; returns the saved state when resuming, else None.
+
+    Raises:
+        FileNotFoundError: --resume, and ``out`` holds no checkpoint.
+        FileExistsError: ``out`` holds a run, and neither --resume nor --overwrite was given.
+    """
+    if out.is_dir():
+        for path in remove_stale_temporaries(out):
+            log(f"Removed {path.name}, left by an interrupted run.")
+    has_run = (out / STATE_FILE).exists()
+    if resume:
+        if not has_run or not (out / CHECKPOINT_FILE).exists():
+            raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from (no {STATE_FILE}).")
+        return read_json(out / STATE_FILE, "Run state")
+    if has_run and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a training run. Pass --resume to continue it, --overwrite to start over, "
+            f"or choose another --out."
+        )
+    for name in RUN_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    return None
+
+
+def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> CaptionerConfig:
+    """The run's config: ``requested`` with ``auto`` precisions resolved, or a resumed run's own.
+
+    A resumed run keeps every setting it started with; where ``requested``
+    asks for other features or another precision, the log says so.
+    """
+    if resumed_from is None:
+        return dataclasses.replace(requested, vgg_precision=runtime.extraction_precision(requested.vgg_precision),
+                                   precision=runtime.training_precision(requested.precision))
+    config = CaptionerConfig.load(resumed_from / CONFIG_FILE)
+    if (config.image_size, config.vgg_weights) != (requested.image_size, requested.vgg_weights):
+        log(f"Resuming with the run's own image size ({config.image_size}) and VGG16 weights ({config.vgg_weights}).")
+    if requested.precision not in ("auto", config.precision):
+        log(f"Resuming in the run's own precision ({config.precision}).")
+    return config
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """Everything fit and evaluation read, with photos indexed by their feature-cache row."""
+
+    records: list[ImageRecord]  # every photo the annotations name and the image folders hold
+    references: list[list[str]]  # per photo, its human captions in katakana
+    cache: FeatureCache  # per photo, its VGG16 features
+    vocabulary: Vocabulary
+    val_images: np.ndarray  # cache rows of the validation photos
+    train: CaptionData
+    val: CaptionData
+
+
+def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fraction: float, seed: int,
+                 vocabulary_file: Path | None = None, distill_from: str | None = None,
+                 progress: bool = True) -> TrainingData:
+    """Captions -> katakana; photos -> cached features (once per photo); split by photo; vocabulary; encoding.
+
+    Args:
+        config: the run's config (its image size, VGG16 weights and precision pick the features).
+        annotations, images: caption files and the folders holding their photos.
+        cache_dir: where features are cached.
+        val_fraction: share of the photos held out for validation.
+        seed: the split's seed.
+        vocabulary_file: a resumed run's vocabulary; None builds one from the training captions.
+        distill_from: a trained run whose captions replace the human ones as targets.
+        progress: show progress bars.
+    """
+    records, report = load_caption_files(annotations, images)
+    log(f"Read {report.num_annotations} annotations: {sum(len(r.captions) for r in records)} captions "
+        f"of {len(records)} photos.")
+    for line in report.lines():
+        log(f"  {line}")
+    readings, num_dropped, num_empty = convert_captions([r.captions for r in records], progress=progress)
+    log(f"Katakana: {num_dropped} characters without a reading were dropped; "
+        f"{num_empty} captions had no reading at all and were skipped.")
+
+    cache, _ = cached_features([record.path for record in records], config.vgg_weights, config.image_size,
+                               cache_dir, progress=progress, log=log, precision=config.vgg_precision)
+    usable = np.flatnonzero(cache.complete & np.array([bool(r) for r in readings]))
+    train_images, val_images = split_by_image(len(usable), val_fraction, seed)
+    train_images, val_images = usable[train_images], usable[val_images]
+
+    references = readings  # the human captions: validation metrics are always against these
+    if distill_from:
+        readings = distilled_readings(distill_from, config, cache.features, readings,
+                                      np.concatenate([train_images, val_images]))
+    if vocabulary_file is not None:
+        vocabulary = Vocabulary.load(vocabulary_file)
+    else:
+        vocabulary = Vocabulary.build((k for image in train_images for k in readings[image]), config.num_classes)
+    train, train_report = encode_captions(readings, train_images, vocabulary, config.timesteps)
+    val, val_report = encode_captions(readings, val_images, vocabulary, config.timesteps)
+    log(f"Vocabulary: {vocabulary.num_classes} classes (end class + {len(vocabulary.characters)} characters).")
+    log(f"Training on {len(train.rows)} captions of {len(train_images)} photos; validating on "
+        f"{len(val.rows)} captions of {len(val_images)} photos.")
+    log(f"Captions longer than {config.timesteps - 1} characters were truncated: "
+        f"{train_report.num_truncated + val_report.num_truncated}; characters outside the vocabulary left out: "
+        f"{train_report.num_unknown + val_report.num_unknown}.")
+    return TrainingData(records, references, cache, vocabulary, val_images, train, val)
+
+
+def distilled_readings(teacher_dir, config: CaptionerConfig, features, readings, images) -> list[list[str]]:
+    """Sequence-level knowledge distillation: each photo's one target is the teacher's best caption.
+
+    A non-autoregressive decoder cannot pick one of several wordings per
+    image; a teacher's single consistent caption removes that ambiguity.
+    """
+    teacher = Captioner(teacher_dir, with_vgg=False)
+    if (teacher.config.vgg_weights, teacher.config.image_size, teacher.config.vgg_precision) != (
+            config.vgg_weights, config.image_size, config.vgg_precision):
+        raise ValueError(
+            f"--distill-from {teacher_dir} was trained on other features (VGG16 weights "
+            f"{teacher.config.vgg_weights}, {teacher.config.image_size} px); pass the same --vgg-weights and --image-size."
+        )
+    log(f"Captioning {len(images)} photos with the teacher {teacher_dir} (greedy) as training targets.")
+    distilled = [[] for _ in readings]
+    for image, (text, _) in zip(images, teacher.caption_cached(features, images)):
+        distilled[image] = [text] if text else []
+    return distilled
+
+
+def new_state() -> dict:
+    """state.json of a run that has not finished an epoch yet."""
+    return {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "history": []}
+
+
+def build_or_resume(config: CaptionerConfig, data: TrainingData, out: Path, saved_state: dict | None,
+                    seed: int) -> tuple[keras.Model, dict]:
+    """The resumed run's checkpoint and state, or a new model (its config and vocabulary written to ``out``)."""
+    if saved_state is not None:
+        return load_model(out / CHECKPOINT_FILE), saved_state
+    keras.utils.set_random_seed(seed)
+    with runtime.dtype_policy(config.precision):  # the layers keep it, and the model file records it
+        model = build_model(config, feature_sample(data.cache.features, data.train.rows, seed))
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / CONFIG_FILE)
+    data.vocabulary.save(out / VOCAB_FILE)
+    log(f"Model {config.arch}: {model.count_params():,} parameters, backend {keras.backend.backend()}, "
+        f"{config.precision}.")
+    return model, new_state()
+
+
+def is_finished(state: dict, epochs: int) -> bool:
+    return bool(state.get("stopped_early")) or state["epoch"] >= epochs
+
+
+def fit(model: keras.Model, config: CaptionerConfig, data: TrainingData, out: Path, state: dict, epochs: int,
+        batch_size: int, patience: int, seed: int, verbose: bool = True) -> None:
+    """Trains up to epoch ``epochs`` from ``state["epoch"]``, saving the run after every epoch (``Checkpointer``)."""
+    features = data.cache.features
+    model.fit(
+        CaptionBatches(config, features, data.train, batch_size, shuffle=True, seed=seed + state["epoch"],
+                       workers=runtime.read_ahead_workers()),
+        validation_data=CaptionBatches(config, features, data.val, batch_size, shuffle=False, seed=0),
+        epochs=epochs,
+        initial_epoch=state["epoch"],
+        callbacks=[keras.callbacks.TerminateOnNaN(), Checkpointer(out, state, patience)],
+        verbose="auto" if verbose else 0,
+    )
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """After each epoch, saves the run atomically and applies early stopping.
+
+    Saves checkpoint.keras (last epoch, with optimizer state), model.keras
+    (best validation loss), state.json, history.csv and loss.png. An epoch
+    whose loss is not finite is not saved, and training stops.
+    """
+
+    def __init__(self, out: Path, state: dict, patience: int):
+        super().__init__()
+        self.out, self.state, self.patience = out, state, patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = self.state
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        if not all(math.isfinite(value) for value in logs.values()):
+            log(f"\nThe loss became {logs.get('loss')} in epoch {epoch + 1}: stopping without saving this "
+                f"epoch. Try a lower --learning-rate; --resume restarts from the last good epoch.")
+            self.model.stop_training = True
+            state["diverged"] = True
+            return
+        state["history"].append({"epoch": epoch + 1, **logs})
+        if logs["val_loss"] < state["best_val_loss"]:
+            state["best_val_loss"], state["best_epoch"], state["wait"] = logs["val_loss"], epoch + 1, 0
+            save_model(self.model, self.out / MODEL_FILE)
+        else:
+            state["wait"] += 1
+        save_model(self.model, self.out / CHECKPOINT_FILE)
+        state["epoch"] = epoch + 1
+        if state["wait"] >= self.patience:
+            log(f"\nNo better validation loss for {self.patience} epochs: stopping early.")
+            self.model.stop_training = True
+            state["stopped_early"] = True
+        write_json(self.out / STATE_FILE, state)
+        write_history(self.out, state["history"])
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    """history.csv and loss.png from the per-epoch logs."""
+    if not history:
+        return
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(history[0]), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(out / HISTORY_FILE, text.getvalue())
+    plot_loss(history, out / LOSS_PLOT_FILE)
+
+
+def evaluate_validation(out: Path, data: TrainingData) -> str:
+    """Scores the saved best model on the validation photos' cached features; writes metrics.json; returns the table."""
+    rows = data.val_images
+    captions = Captioner(out, with_vgg=False).caption_cached(data.cache.features, rows)
+    result = score(captions, [data.references[i] for i in rows], [data.records[i].scene for i in rows])
+    result.pop("CIDEr-D per image")
+    write_json(out / METRICS_FILE, {"split": "validation", **result})
+    return format_table(result)
