@@ -96,7 +96,7 @@ def timed(function, repeats: int = 1) -> float:
 # ---------------------------------------------------------------------------
 
 
-def bench_extraction(work: Path, num_images: int, image_size: int = 150) -> dict:
+def bench_extraction(work: Path, num_images: int, image_size: int = CaptionerConfig.image_size) -> dict:
     paths = make_jpegs(work / "jpegs", num_images)
     precision = runtime.extraction_precision("auto")
     vggs = {name: build_vgg16("none", image_size, name) for name in {"float32", precision}}
@@ -192,8 +192,8 @@ def best_of_rounds(contenders: dict, batch_size: int, rounds: int, warmup: int =
     return best
 
 
-def bench_training(work: Path, steps: int, batch_size: int, precision: str = "float32", units: int = 768,
-                   image_size: int = 150, rounds: int = 3) -> dict:
+def bench_training(work: Path, steps: int, batch_size: int, precision: str = "float32", units: int = CaptionerConfig.units,
+                   image_size: int = CaptionerConfig.image_size, rounds: int = 3) -> dict:
     """Training throughput of each model at one batch size and dtype policy (float32 or mixed_bfloat16)."""
     rng = np.random.default_rng(0)
     shape = feature_shape(image_size)
@@ -341,7 +341,7 @@ def torch_reference(shape, units: int, batch_size: int, steps: int, precision: s
 # ---------------------------------------------------------------------------
 
 
-def write_features(path: Path, num_images: int, image_size: int = 150) -> None:
+def write_features(path: Path, num_images: int, image_size: int = CaptionerConfig.image_size) -> None:
     """A synthetic float16 feature cache of ``num_images`` photos, written in chunks as extraction does."""
     rng = np.random.default_rng(0)
     shape = feature_shape(image_size)
@@ -365,7 +365,7 @@ def rss_child(path: str, steps: int) -> None:
     num_images = len(features)
     rows = np.repeat(np.arange(num_images), 5)  # five captions per photo, as STAIR
     targets = np.random.default_rng(0).integers(1, NUM_CLASSES, size=(len(rows), TIMESTEPS), dtype=np.uint8)
-    config = CaptionerConfig(arch="attention", units=768)  # the default architecture
+    config = CaptionerConfig(arch="attention")  # the default architecture, at the default size
     model = build_model(config, feature_sample(features, rows, seed=0))
     model.fit(CaptionBatches(config, features, CaptionData(rows, targets), 64, shuffle=True, seed=0),
               epochs=1, steps_per_epoch=steps, verbose=0)
@@ -407,9 +407,9 @@ def bench_memory(work: Path, sizes=(20_000, 120_000), steps: int = 50) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def make_run(folder: Path, units: int = 768) -> Path:
+def make_run(folder: Path, units: int = CaptionerConfig.units) -> Path:
     """A run folder with an untrained default-architecture model (it writes all 49 characters: the worst case)."""
-    config = CaptionerConfig(arch="attention", units=units, vgg_weights="none", image_size=150,
+    config = CaptionerConfig(arch="attention", units=units, vgg_weights="none",
                              vgg_precision=runtime.extraction_precision("auto"))
     sample = np.abs(np.random.default_rng(0).normal(size=(16, *config.feature_shape))).astype(np.float32)
     save_run(folder, build_model(config, sample), config, Vocabulary.build(["アイウエオカキクケコサシスセソタチツテトナニヌネノ"]))
@@ -508,7 +508,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", help="scratch folder (default: a temporary folder, removed afterwards)")
     parser.add_argument("--batch-size", type=int,
                         help="training batch size [default: 64 on a CPU, as train.py; 1024 on a GPU]")
-    parser.add_argument("--units", type=int, default=768, help="LSTM width in the training section (the default size)")
+    parser.add_argument("--units", type=int, default=CaptionerConfig.units, help="LSTM width in the training section (the default size)")
     parser.add_argument("--steps", type=int, help="training steps timed per model [default: 12; --quick: 6; GPU: 40]")
     parser.add_argument("--rounds", type=int,
                         help="timed fits per model, taking turns; each model's best counts [default: 3; --quick: 1]")

@@ -29,7 +29,9 @@ from cli import HelpFormatter  # noqa: E402
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable  # noqa: E402
 from model import ARCHITECTURES, CaptionerConfig, architecture_name  # noqa: E402
 
-DEFAULTS = dict(epochs=30, batch_size=64, units=768, vgg_weights="imagenet", out="runs/stair")
+# Real data: the original's width and ImageNet VGG16, as CaptionerConfig's defaults say.
+DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weights=CaptionerConfig.vgg_weights,
+                out="runs/stair")
 # The demo fits a laptop CPU: a random VGG16 (no download) and a narrower model.
 DEMO_DEFAULTS = dict(epochs=15, batch_size=128, units=256, vgg_weights="none", out=DEFAULT_RUN)
 
@@ -46,12 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="folders holding the photos the annotations name (e.g. train2014/ val2014/)")
     data.add_argument("--val-fraction", type=float, default=0.1,
                       help="share of the photos held out for validation (split by photo, never by caption)")
-    data.add_argument("--image-size", type=int, default=150, help="photos are letterboxed to this square size")
+    data.add_argument("--image-size", type=int, default=CaptionerConfig.image_size,
+                      help="photos are letterboxed to this square size")
     data.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
                       help="where VGG16 features are cached, reused across epochs and runs")
     data.add_argument("--vgg-weights", metavar="WEIGHTS",
-                      help="'imagenet' (Keras download/cache), a local .h5 file, or 'none' for a randomly "
-                           "initialised frozen VGG16 [default: imagenet; the demo uses none]")
+                      help=f"'imagenet' (Keras download/cache), a local .h5 file, or 'none' for a randomly initialised "
+                           f"frozen VGG16 [default: {DEFAULTS['vgg_weights']}; the demo uses {DEMO_DEFAULTS['vgg_weights']}]")
     data.add_argument("--vgg-precision", choices=runtime.EXTRACTION_PRECISIONS, default="auto",
                       help="arithmetic of the one-time feature extraction; auto = bfloat16 where the CPU does it "
                            "natively (TensorFlow on CPUs with AVX512-BF16/AMX: about 2x faster, features within "
@@ -65,11 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--distill-from", metavar="RUN",
                        help="train on the captions a trained (autoregressive) run writes for each photo instead of "
                             "the human captions: sequence-level distillation, one consistent target per photo")
-    model.add_argument("--units", type=int, help="LSTM/Dense width [default: 768; the demo uses 256]")
+    model.add_argument("--units", type=int, help=f"LSTM/Dense width [default: {DEFAULTS['units']}; the demo uses {DEMO_DEFAULTS['units']}]")
     fitting = parser.add_argument_group("training")
-    fitting.add_argument("--epochs", type=int, help="the total number of epochs [default: 30; the demo uses 15]")
-    fitting.add_argument("--batch-size", type=int, help="captions per step [default: 64; the demo uses 128]")
-    fitting.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate")
+    fitting.add_argument("--epochs", type=int, help=f"the total number of epochs [default: {DEFAULTS['epochs']}; the demo uses {DEMO_DEFAULTS['epochs']}]")
+    fitting.add_argument("--batch-size", type=int, help=f"captions per step [default: {DEFAULTS['batch_size']}; the demo uses {DEMO_DEFAULTS['batch_size']}]")
+    fitting.add_argument("--learning-rate", type=float, default=CaptionerConfig.learning_rate, help="Adam's learning rate")
     fitting.add_argument("--patience", type=int, default=5,
                          help="stop after this many epochs without a better validation loss")
     fitting.add_argument("--seed", type=int, default=0, help="random seed for the split, the shuffling and the weights")
@@ -78,8 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                               "auto = mixed_bfloat16 where bench.py measured it faster (JAX on a GPU; TensorFlow on "
                               "CPUs with AVX512-BF16/AMX), else float32")
     output = parser.add_argument_group("output")
-    output.add_argument("--out", help=f"run folder: model, vocabulary, config, history [default: runs/stair; "
-                                      f"demo: {DEFAULT_RUN}]")
+    output.add_argument("--out", help=f"run folder: model, vocabulary, config, history [default: {DEFAULTS['out']}; "
+                                      f"the demo: {DEFAULT_RUN}]")
     output.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     output.add_argument("--overwrite", action="store_true", help="start over even if --out holds a run")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
