@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+import hard
 from fileio import atomic_path, write_json
 
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
@@ -220,15 +221,22 @@ def scene_accuracy(captions: list[str], scenes: list[list[dict]]) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Generate the demo dataset (STAIR/COCO caption format).")
-    parser.add_argument("--out", default=str(DEMO_DIR), help="output folder (default: %(default)s)")
+    parser = argparse.ArgumentParser(description="Generate the demo dataset, or the hard benchmark (STAIR/COCO caption format).")
+    parser.add_argument("--hard", action="store_true",
+                        help=f"the hard benchmark (hard.py) instead: train, val and val-unseen sets in {hard.HARD_DIR}")
+    parser.add_argument("--out", help=f"output folder (default: {DEMO_DIR}; --hard: {hard.HARD_DIR})")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
-    parser.add_argument("--num-train", type=int, default=2000, help="training photos (default: %(default)s)")
-    parser.add_argument("--num-val", type=int, default=200, help="held-out photos (default: %(default)s)")
-    parser.add_argument("--templates", choices=sorted(TEMPLATES), default="standard", help="caption wording")
+    parser.add_argument("--num-train", type=int, help="training photos (default: 2000; --hard: 3000)")
+    parser.add_argument("--num-val", type=int, help="held-out photos per set (default: 200; --hard: 300)")
+    parser.add_argument("--templates", choices=sorted(TEMPLATES), default="standard", help="caption wording (demo only)")
     args = parser.parse_args(argv)
-    out = generate(args.out, args.seed, args.num_train, args.num_val, args.templates)
-    print(f"Wrote {args.num_train} training and {args.num_val} held-out photos to {out}")
+    if args.hard:
+        num_train, num_val = args.num_train or 3000, args.num_val or 300
+        out = hard.generate(args.out or hard.HARD_DIR, args.seed, num_train, num_val)
+    else:
+        num_train, num_val = args.num_train or 2000, args.num_val or 200
+        out = generate(args.out or DEMO_DIR, args.seed, num_train, num_val, args.templates)
+    print(f"Wrote {num_train} training and {num_val} held-out photos per set to {out}")
     return 0
 
 

@@ -18,6 +18,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 import demo
+import hard
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
 
@@ -75,7 +76,8 @@ def score(captions: list[tuple[str, bool]], references: list[list[str]], scenes=
     Args:
         captions: ``(caption, ended)`` per image.
         references: the katakana reference captions of each image.
-        scenes: for demo data, what each image shows (adds "scene accuracy").
+        scenes: for generated data, what each image shows: adds "scene accuracy" for the
+            demo's scenes, and hard.py's attribute scores for the hard benchmark's.
 
     Returns:
         ``caption_metrics`` and ``caption_statistics`` in one dict, with
@@ -84,7 +86,9 @@ def score(captions: list[tuple[str, bool]], references: list[list[str]], scenes=
     texts = [text for text, _ in captions]
     result = caption_metrics(texts, references)
     result.update(caption_statistics(texts, references, [ended for _, ended in captions]))
-    if scenes is not None and all(scene is not None for scene in scenes):
+    if scenes is not None and all(isinstance(scene, dict) for scene in scenes):
+        result.update(hard.score(texts, scenes))
+    elif scenes is not None and all(scene is not None for scene in scenes):
         result["scene accuracy"] = demo.scene_accuracy(texts, scenes)
     result["images"] = len(texts)
     return result
@@ -92,9 +96,11 @@ def score(captions: list[tuple[str, bool]], references: list[list[str]], scenes=
 
 def format_table(result: dict) -> str:
     """``score``'s result as a two-column table."""
-    names = [*METRIC_NAMES, "exact match", "never ended", "scene accuracy"]
-    lines = [f"{'metric':<16}{'value':>8}"]
-    lines += [f"{name:<16}{result[name]:>8.3f}" for name in names if name in result]
-    lines.append(f"{'mean length':<16}{result['mean length']:>8.1f}  (references {result['mean reference length']:.1f})")
-    lines.append(f"{'images':<16}{result['images']:>8d}")
+    names = [name for name in (*METRIC_NAMES, "exact match", "never ended", "scene accuracy", *hard.ATTRIBUTES)
+             if name in result]
+    width = max(len(name) for name in (*names, "mean length")) + 2
+    lines = [f"{'metric':<{width}}{'value':>8}"]
+    lines += [f"{name:<{width}}{result[name]:>8.3f}" for name in names]
+    lines.append(f"{'mean length':<{width}}{result['mean length']:>8.1f}  (references {result['mean reference length']:.1f})")
+    lines.append(f"{'images':<{width}}{result['images']:>8d}")
     return "\n".join(lines)

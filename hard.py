@@ -1,0 +1,420 @@
+"""The hard benchmark: scenes the demo's random VGG16 cannot read, in STAIR/COCO format, and a scorer per attribute.
+
+    $ python demo.py --hard                              # data/hard/: train, val (seen styles), val-unseen
+    $ python evaluate.py --model RUN --annotations data/hard/captions_val-unseen.json --images data/hard/val-unseen2014
+
+Each photo is COCO-sized (640×480, 480×640, 640×427, 500×375 or 612×612,
+JPEG quality 40–90) and shows one to four objects (mostly one or two) of ten kinds in eight
+colours, from a tenth to half the photo's width, on a plain, gradient,
+noisy, room or sky-and-grass background; one photo in ten is greyscale.
+Five captions each, in STAIR-like styles, name each object's colour and
+kind, its position (left, middle, right) or how many there are of it, some
+its size and the background; some run past 49 katakana.
+
+Held out from training, so the validation sets measure generalisation:
+caption styles (``UNSEEN_STYLES``, only in ``val-unseen``) and colour–kind
+pairs (``UNSEEN_PAIRS``: never drawn in training photos; ``val-unseen``
+draws them often).
+
+Every image entry carries its ``scene``; ``score`` parses a katakana caption
+back into (colour, kind, count, position) mentions and scores each attribute.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from fileio import atomic_path, write_json
+from kana import text_to_katakana
+
+HARD_DIR = Path(__file__).resolve().parent / "data" / "hard"
+SIZES = ((640, 480), (480, 640), (640, 427), (500, 375), (612, 612))  # COCO's common photo sizes
+CAPTIONS_PER_IMAGE = 5
+GREYSCALE_SHARE = 0.1
+OBJECT_COUNT_SHARES = (0.35, 0.35, 0.2, 0.1)  # photos with 1, 2, 3, 4 objects
+
+COLORS = {  # name: (RGB, written forms)
+    "red": ((215, 35, 35), ["赤い", "赤の"]),
+    "blue": ((35, 70, 215), ["青い", "青色の"]),
+    "green": ((30, 160, 60), ["緑の"]),
+    "yellow": ((235, 210, 30), ["黄色い", "黄色の"]),
+    "white": ((245, 245, 245), ["白い", "白の"]),
+    "black": ((20, 20, 20), ["黒い", "黒の"]),
+    "purple": ((130, 40, 170), ["紫の", "紫色の"]),
+    "orange": ((245, 130, 20), ["オレンジ色の", "オレンジの"]),
+}
+KINDS = {  # name: written forms
+    "circle": ["丸", "円"], "triangle": ["三角", "三角形"], "square": ["四角", "四角形"], "star": ["星"],
+    "heart": ["ハート"], "cross": ["十字"], "hexagon": ["六角形"], "diamond": ["菱形"], "crescent": ["三日月"],
+    "arrow": ["矢印"],
+}
+POSITIONS = {"left": ["左", "左側"], "middle": ["真ん中", "中央"], "right": ["右", "右側"]}
+COUNTS = {2: "二つ", 3: "三つ", 4: "四つ"}
+SIZE_WORDS = {"big": "大きな", "small": "小さな"}
+BACKGROUNDS = {"plain": "無地の背景", "gradient": "グラデーションの背景", "noise": "ざらざらした背景",
+               "room": "部屋", "sky": "空と芝生"}
+# Never drawn in a training photo; val-unseen draws them in most photos.
+UNSEEN_PAIRS = {("red", "star"), ("blue", "heart"), ("yellow", "cross"), ("green", "arrow")}
+
+
+# ---------------------------------------------------------------------------
+# Scenes and drawing
+# ---------------------------------------------------------------------------
+
+
+def random_scene(rng: np.random.Generator, pairs: str = "seen") -> dict:
+    """One to four objects that do not overlap, their sizes a tenth to half the photo's width.
+
+    ``pairs``: "seen" never draws an UNSEEN_PAIRS colour–kind pair; "unseen"
+    makes the first object one of them.
+    """
+    width, height = SIZES[int(rng.integers(len(SIZES)))]
+    objects, boxes = [], []
+    for index in range(int(rng.choice(4, p=OBJECT_COUNT_SHARES)) + 1):
+        color, kind = _pick_pair(rng, pairs, first=index == 0)
+        for _ in range(50):  # rejection sampling; smaller objects fit more easily
+            size = float(rng.uniform(0.1, 0.5 if len(objects) < 2 else 0.3))
+            radius = size * width / 2
+            x, y = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
+            if radius <= height / 2 and all(math.hypot(x - bx, y - by) > radius + br + 4 for bx, by, br in boxes):
+                boxes.append((x, y, radius))
+                objects.append({"color": color, "kind": kind, "size": round(size, 3), "x": round(x / width, 3),
+                                "y": round(y / height, 3), "position": _position(x / width)})
+                break
+    objects.sort(key=lambda obj: obj["x"])
+    return {"width": width, "height": height, "background": str(rng.choice(list(BACKGROUNDS))),
+            "greyscale": bool(rng.random() < GREYSCALE_SHARE), "objects": objects}
+
+
+def _pick_pair(rng, pairs: str, first: bool) -> tuple[str, str]:
+    if pairs == "unseen" and first:
+        return sorted(UNSEEN_PAIRS)[int(rng.integers(len(UNSEEN_PAIRS)))]
+    while True:
+        pair = str(rng.choice(list(COLORS))), str(rng.choice(list(KINDS)))
+        if pairs == "unseen" or pair not in UNSEEN_PAIRS:
+            return pair
+
+
+def _position(x: float) -> str:
+    return "left" if x < 1 / 3 else "middle" if x < 2 / 3 else "right"
+
+
+def draw_scene(scene: dict, rng: np.random.Generator) -> Image.Image:
+    """The background, then each object as a jittered colour through its shape's mask."""
+    width, height = scene["width"], scene["height"]
+    image = Image.fromarray(_background(scene["background"], width, height, rng))
+    for obj in scene["objects"]:
+        mask = Image.new("L", (width, height))
+        center = (obj["x"] * width, obj["y"] * height)
+        _draw_kind(ImageDraw.Draw(mask), obj["kind"], center, obj["size"] * width / 2)
+        rgb = np.clip(np.array(COLORS[obj["color"]][0]) + rng.integers(-18, 19, 3), 0, 255)
+        image.paste(tuple(int(value) for value in rgb), mask=mask)
+    if scene["greyscale"]:
+        image = image.convert("L").convert("RGB")
+    return image
+
+
+def _background(name: str, width: int, height: int, rng) -> np.ndarray:
+    tint = lambda low, high: rng.integers(low, high, 3).astype(np.float32)  # noqa: E731
+    rows = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    if name == "plain":
+        pixels = np.broadcast_to(tint(70, 200), (height, width, 3))
+    elif name == "gradient":
+        pixels = np.linspace(0, 1, width, dtype=np.float32)[None, :, None] * (tint(60, 200) - tint(60, 200)) + tint(60, 200)
+        pixels = np.broadcast_to(pixels, (height, width, 3))
+    elif name == "noise":
+        pixels = tint(90, 170) + rng.normal(0, 30, (height, width, 3))
+    elif name == "room":  # a wall above, a wooden floor with planks below
+        wall, floor = tint(150, 215), np.array([120, 80, 45], np.float32) + rng.integers(-20, 21, 3)
+        planks = (np.sin(np.arange(width) / width * 40) * 12)[None, :, None]
+        pixels = np.where(rows < 0.65, wall, floor + planks)
+    else:  # sky above, grass below
+        sky = np.array([110, 170, 235], np.float32) * (0.8 + 0.2 * rows)
+        grass = np.array([60, 140, 50], np.float32) + rng.normal(0, 15, (height, width, 3))
+        pixels = np.where(rows < 0.55, sky, grass)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _polygon(center, radius, points) -> list[tuple[float, float]]:
+    cx, cy = center
+    return [(cx + radius * px, cy + radius * py) for px, py in points]
+
+
+def _regular(sides: int, start: float = -math.pi / 2) -> list[tuple[float, float]]:
+    return [(math.cos(start + 2 * math.pi * i / sides), math.sin(start + 2 * math.pi * i / sides)) for i in range(sides)]
+
+
+_STAR = [(math.cos(-math.pi / 2 + math.pi * i / 5) * (1 if i % 2 == 0 else 0.42),
+          math.sin(-math.pi / 2 + math.pi * i / 5) * (1 if i % 2 == 0 else 0.42)) for i in range(10)]
+_HEART = [(16 * math.sin(t) ** 3 / 17, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 17)
+          for t in np.linspace(0, 2 * math.pi, 40)]
+_CROSS = [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1), (-0.3, 0.3),
+          (-1, 0.3), (-1, -0.3), (-0.3, -0.3)]
+_ARROW = [(-1, -0.25), (0.2, -0.25), (0.2, -0.65), (1, 0), (0.2, 0.65), (0.2, 0.25), (-1, 0.25)]
+_SHAPES = {"triangle": _regular(3), "hexagon": _regular(6, 0), "diamond": [(0, -1), (0.62, 0), (0, 1), (-0.62, 0)],
+           "star": _STAR, "heart": _HEART, "cross": _CROSS, "arrow": _ARROW}
+
+
+def _draw_kind(draw: ImageDraw.ImageDraw, kind: str, center, radius: float) -> None:
+    cx, cy = center
+    box = (cx - radius, cy - radius, cx + radius, cy + radius)
+    if kind == "circle":
+        draw.ellipse(box, fill=255)
+    elif kind == "square":
+        draw.rectangle((cx - 0.85 * radius, cy - 0.85 * radius, cx + 0.85 * radius, cy + 0.85 * radius), fill=255)
+    elif kind == "crescent":
+        draw.ellipse(box, fill=255)
+        draw.ellipse((cx - 0.55 * radius, cy - 1.05 * radius, cx + 1.35 * radius, cy + 0.85 * radius), fill=0)
+    else:
+        draw.polygon(_polygon(center, radius, _SHAPES[kind]), fill=255)
+
+
+# ---------------------------------------------------------------------------
+# Captions
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Group:
+    """Objects of one colour and kind: what a caption names together."""
+
+    color: str | None  # None in a greyscale photo, where colours cannot be told apart
+    kind: str
+    count: int
+    position: str  # the leftmost object's
+    size: str | None  # "big" or "small" when every object of the group is
+
+
+def groups(scene: dict) -> list[Group]:
+    """The scene's (colour, kind) groups, left to right; in a greyscale photo, kind groups."""
+    found: dict[tuple[str | None, str], list[dict]] = {}
+    for obj in scene["objects"]:
+        found.setdefault((None if scene["greyscale"] else obj["color"], obj["kind"]), []).append(obj)
+    result = []
+    for (color, kind), members in found.items():
+        sizes = {"big" if obj["size"] >= 0.35 else "small" if obj["size"] <= 0.15 else None for obj in members}
+        result.append(Group(color, kind, len(members), members[0]["position"], sizes.pop() if len(sizes) == 1 else None))
+    return result
+
+
+def _object_phrase(group: Group, greyscale: bool, rng) -> str:
+    size = SIZE_WORDS[group.size] if group.size and rng.random() < 0.5 else ""
+    color = "" if group.color is None else _choice(rng, COLORS[group.color][1])
+    return size + color + _choice(rng, KINDS[group.kind])
+
+
+def _choice(rng, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _clauses(scene: dict, rng, where: str, count_form: str) -> list[str]:
+    """One clause per group: ``where`` formats a single object with {p} and {o}; ``count_form`` a group with {o} and {n}."""
+    clauses = []
+    for group in groups(scene):
+        phrase = _object_phrase(group, scene["greyscale"], rng)
+        if group.count > 1:
+            clauses.append(count_form.format(o=phrase, n=COUNTS[group.count]))
+        else:
+            clauses.append(where.format(p=_choice(rng, POSITIONS[group.position]), o=phrase))
+    return clauses
+
+
+def _photo_prefix(scene: dict) -> str:
+    return "灰色の写真で、" if scene["greyscale"] else ""
+
+
+def _style_list(scene, rng):  # 左に赤い丸、右に青い星があります。
+    return _photo_prefix(scene) + "、".join(_clauses(scene, rng, "{p}に{o}", "{n}の{o}")) + "があります。"
+
+
+def _style_subject(scene, rng):  # 赤い丸が左に、青い星が右にあります。
+    return _photo_prefix(scene) + "、".join(_clauses(scene, rng, "{o}が{p}に", "{o}が{n}")) + "あります。"
+
+
+def _style_clauses(scene, rng):  # 左に赤い丸があり、右に青い星があります。
+    return _photo_prefix(scene) + "、".join(_clauses(scene, rng, "{p}に{o}があり", "{o}が{n}あり")) + "ます。"
+
+
+def _style_count(scene, rng):  # 図形が三つあります。左は赤い丸です。...
+    total = len(scene["objects"])
+    head = "図形が一つあります。" if total == 1 else f"図形が{COUNTS[total]}あります。"
+    return _photo_prefix(scene) + head + "、".join(_clauses(scene, rng, "{p}は{o}", "{o}が{n}")) + "です。"
+
+
+def _style_long(scene, rng):  # the background, then each object at length: often over 49 katakana
+    clauses = _clauses(scene, rng, "{p}には{o}が描かれていて", "{o}が{n}描かれていて")
+    return _photo_prefix(scene) + BACKGROUNDS[scene["background"]] + "に、" + "、".join(clauses) + "ます。"
+
+
+def _style_seen_from(scene, rng):  # unseen: 左の方に赤い丸が見え、...
+    return _photo_prefix(scene) + "、".join(_clauses(scene, rng, "{p}の方に{o}が見え", "{o}が{n}見え")) + "ます。"
+
+
+def _style_only(scene, rng):  # unseen: 写っているのは左の赤い丸と...
+    return _photo_prefix(scene) + "写っているのは" + "と、".join(_clauses(scene, rng, "{p}の{o}", "{n}の{o}")) + "です。"
+
+
+SEEN_STYLES = (_style_list, _style_subject, _style_clauses, _style_count, _style_long)
+UNSEEN_STYLES = (_style_seen_from, _style_only)
+
+
+def write_captions(scene: dict, rng, styles=SEEN_STYLES) -> list[str]:
+    """Five captions of ``scene``, cycling through ``styles``."""
+    return [styles[index % len(styles)](scene, rng) for index in range(CAPTIONS_PER_IMAGE)]
+
+
+# ---------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------
+
+SPLITS = {  # name: (pairs, styles)
+    "train": ("seen", SEEN_STYLES),
+    "val": ("seen", SEEN_STYLES),
+    "val-unseen": ("unseen", UNSEEN_STYLES),
+}
+
+
+def generate(out_dir=HARD_DIR, seed: int = 0, num_train: int = 3000, num_val: int = 300) -> Path:
+    """Writes captions_{train,val,val-unseen}.json and the photos in {split}2014/ folders; returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    for split, (pairs, styles) in SPLITS.items():
+        rng = np.random.default_rng([seed, list(SPLITS).index(split)])
+        count = num_train if split == "train" else num_val
+        folder = out_dir / f"{split}2014"
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for image_id in range(1, count + 1):
+            scene = random_scene(rng, pairs)
+            file_name = f"COCO_{split.split('-')[0]}2014_{image_id:012d}.jpg"
+            with atomic_path(folder / file_name, suffix=".jpg") as temporary:
+                draw_scene(scene, rng).save(temporary, quality=int(rng.integers(40, 91)))
+            images.append({"id": image_id, "file_name": file_name, "width": scene["width"], "height": scene["height"],
+                           "scene": scene})
+            for caption in write_captions(scene, rng, styles):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
+        info = {"description": f"kana-captioner hard benchmark, {split} (seed {seed})", "version": "1.0"}
+        write_json(out_dir / f"captions_{split}.json", {"info": info, "images": images, "annotations": annotations})
+    return out_dir
+
+
+# ---------------------------------------------------------------------------
+# Scoring captions against scenes
+# ---------------------------------------------------------------------------
+
+
+def _readings(names_to_forms: dict) -> dict[str, str]:
+    """``{katakana reading: name}`` of every written form."""
+    return {text_to_katakana(form): name for name, forms in names_to_forms.items() for form in forms}
+
+
+def _alternation(readings) -> str:
+    return "|".join(sorted(map(re.escape, readings), key=len, reverse=True))
+
+
+_COLOR_READINGS = _readings({name: forms for name, (_, forms) in COLORS.items()})
+_KIND_READINGS = _readings(KINDS)
+_POSITION_READINGS = _readings(POSITIONS)
+_COUNT_READINGS = {text_to_katakana(word): count for count, word in COUNTS.items()}
+_SIZE = _alternation(text_to_katakana(word) for word in SIZE_WORDS.values())
+_MENTION = re.compile(f"(?:{_SIZE})?({_alternation(_COLOR_READINGS)})?(?:{_SIZE})?({_alternation(_KIND_READINGS)})")
+_POSITION = re.compile(_alternation(_POSITION_READINGS))
+_COUNT = re.compile(_alternation(_COUNT_READINGS))
+_CLAUSE = re.compile("[、。]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mention:
+    """What a caption says of one group of objects."""
+
+    color: str | None
+    kind: str
+    count: int  # 1 unless a count word is in its clause
+    position: str | None  # the position word in its clause, if one
+
+
+def parse(katakana: str) -> list[Mention]:
+    """The (colour, kind, count, position) mentions of a katakana caption, clause by clause.
+
+    A clause is what lies between 、 and 。; a count or position word belongs to
+    the clause's mention when the clause has exactly one (else to none).
+    """
+    mentions = []
+    for clause in _CLAUSE.split(katakana):
+        found = [(match.group(1), match.group(2)) for match in _MENTION.finditer(clause)]
+        if not found:
+            continue
+        positions, counts = _POSITION.findall(clause), _COUNT.findall(clause)
+        single = len(found) == 1
+        position = _POSITION_READINGS[positions[0]] if single and len(positions) == 1 else None
+        count = _COUNT_READINGS[counts[0]] if single and len(counts) == 1 else 1
+        for color, kind in found:
+            mentions.append(Mention(_COLOR_READINGS.get(color), _KIND_READINGS[kind], count, position))
+    return mentions
+
+
+def colors_named(katakana: str) -> set[str]:
+    return {_COLOR_READINGS[match] for match in re.findall(_alternation(_COLOR_READINGS), katakana)}
+
+
+ATTRIBUTES = ("kind", "color", "color and kind", "count", "position", "every object right", "absent colour named")
+
+
+def score_caption(katakana: str, scene: dict) -> dict[str, float]:
+    """Per-attribute scores of one caption; each is a share of the scene's groups (or 0/1 for the photo).
+
+    ``color`` is scored on colour photos only (None on greyscale ones);
+    ``position`` on groups of one object, ``count`` on every group (a single
+    object must not be given a count of two or more). ``every object right``:
+    each group named once with its colour, kind, count and position, and
+    nothing else named. ``absent colour named``: a colour no object has (any
+    colour, in a greyscale photo).
+    """
+    mentions = parse(katakana)
+    scene_groups = groups(scene)
+    grey = scene["greyscale"]
+    unused = list(mentions)
+
+    def match(group: Group) -> Mention | None:  # each mention is matched to one group at most
+        for mention in unused:
+            if mention.kind == group.kind and (grey or mention.color == group.color):
+                unused.remove(mention)
+                return mention
+        return None
+
+    matched = [match(group) for group in scene_groups]
+    present = {group.color for group in scene_groups}
+    named_kinds = {m.kind for m in mentions}
+    named_colors = colors_named(katakana)
+    right = [m is not None and m.count == g.count and (g.count > 1 or m.position == g.position)
+             for g, m in zip(scene_groups, matched)]
+    return {
+        "kind": float(np.mean([g.kind in named_kinds for g in scene_groups])),
+        "color": None if grey else float(np.mean([g.color in named_colors for g in scene_groups])),
+        "color and kind": float(np.mean([m is not None for m in matched])),
+        "count": float(np.mean([m is not None and m.count == g.count for g, m in zip(scene_groups, matched)])),
+        "position": _mean([m is not None and m.position == g.position
+                           for g, m in zip(scene_groups, matched) if g.count == 1]),
+        "every object right": float(all(right) and len(mentions) == len(scene_groups)),
+        "absent colour named": float(bool(named_colors if grey else named_colors - present)),
+    }
+
+
+def _mean(values) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def score(captions: list[str], scenes: list[dict]) -> dict[str, float]:
+    """The mean of each attribute's score over the photos it applies to (``score_caption``)."""
+    columns = collections.defaultdict(list)
+    for caption, scene in zip(captions, scenes):
+        for name, value in score_caption(caption, scene).items():
+            if value is not None:
+                columns[name].append(value)
+    return {name: float(np.mean(columns[name])) for name in ATTRIBUTES if columns[name]}

@@ -1,0 +1,161 @@
+"""The feature ceiling: how much of each attribute a linear probe reads off the VGG16 features the captioner reads.
+
+    $ python probe.py                                   # the hard benchmark's training photos, random VGG16
+    $ python probe.py --vgg-weights weights.h5 --annotations data/hard/captions_train.json --images data/hard/train2014
+
+For every photo of a generated set (hard.py's scenes), the pool5 features
+(from the same cache train.py uses) are max- and mean-pooled over the grid
+and standardised; ridge regression, fitted on the first 75% of the photos,
+predicts which colours, kinds and positions are present and how many objects
+there are; the last 25% are scored:
+
+    AUC            how well the probe's score ranks photos with the attribute above those without
+    top-k          the share of present colours (kinds, positions) among the probe's k best guesses,
+                   k being how many the photo has: comparable with the captioner's per-group scores
+    count          the share of photos whose number of objects the probe gets exactly
+
+A captioner that reads these features can do better than a linear probe, so
+this is a floor on what the features hold; a captioner far below it is
+losing what the features hold.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, before Keras is imported
+
+import argparse  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import hard  # noqa: E402
+import runtime  # noqa: E402
+from cli import HelpFormatter  # noqa: E402
+from dataset import load_caption_files  # noqa: E402
+from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
+from fileio import write_json  # noqa: E402
+from model import CaptionerConfig  # noqa: E402
+
+RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0)  # tried on a held-out part of the fitting photos
+
+
+def pooled(features: np.ndarray) -> np.ndarray:
+    """Max- and mean-pooled over the grid: ``(n, rows, cols, channels)`` -> ``(n, 2 * channels)``."""
+    features = np.asarray(features, dtype=np.float32)
+    return np.concatenate([features.max(axis=(1, 2)), features.mean(axis=(1, 2))], axis=1)
+
+
+def targets(scenes: list[dict]) -> dict[str, np.ndarray]:
+    """Per attribute, a 0/1 matrix ``(photos, values)``; ``count`` is one-hot over 1..4 objects."""
+    def indicator(values, key):
+        return np.array([[any(obj[key] == value for obj in scene["objects"]) for value in values] for scene in scenes],
+                        dtype=np.float32)
+
+    counts = np.array([len(scene["objects"]) for scene in scenes])
+    return {"color": indicator(list(hard.COLORS), "color"), "kind": indicator(list(hard.KINDS), "kind"),
+            "position": indicator(list(hard.POSITIONS), "position"),
+            "count": (counts[:, None] == np.arange(1, 5)[None, :]).astype(np.float32)}
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
+    """Weights ``(features + 1, outputs)`` of ridge regression with a bias (not penalised)."""
+    x = np.concatenate([x, np.ones((len(x), 1), np.float32)], axis=1)
+    gram = x.T @ x + penalty * len(x) * np.diag(np.r_[np.ones(x.shape[1] - 1), 0.0])
+    return np.linalg.solve(gram, x.T @ y)
+
+
+def predict_ridge(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x, np.ones((len(x), 1), np.float32)], axis=1) @ weights
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """The probability that a positive outranks a negative, ties counting half (Mann–Whitney); None without both."""
+    positive = labels > 0
+    num_positive, num_negative = int(positive.sum()), int((~positive).sum())
+    if not num_positive or not num_negative:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based, tied scores share their mean rank
+    ranks = average_rank[inverse]
+    return float((ranks[positive].sum() - num_positive * (num_positive + 1) / 2) / (num_positive * num_negative))
+
+
+def top_k_share(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The share of present values among each photo's k best-scored values, k = how many it has."""
+    hits, total = 0, 0
+    for row_scores, row_labels in zip(scores, labels):
+        k = int(row_labels.sum())
+        if k:
+            hits += int(row_labels[np.argsort(-row_scores)[:k]].sum())
+            total += k
+    return hits / total if total else 0.0
+
+
+def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75) -> dict:
+    """The probe's scores per attribute on the last ``1 - fit_share`` of the photos (see the module docstring)."""
+    x = pooled(features)
+    split = int(len(x) * fit_share)
+    mean, spread = x[:split].mean(0), x[:split].std(0) + 1e-6
+    x = (x - mean) / spread
+    results = {"photos fitted": split, "photos scored": len(x) - split}
+    colour_photos = np.array([not scene["greyscale"] for scene in scenes])
+    for name, y in targets(scenes).items():
+        rows = colour_photos if name == "color" else np.ones(len(x), bool)  # colours are not in greyscale photos
+        fit_rows, test_rows = np.flatnonzero(rows[:split]), split + np.flatnonzero(rows[split:])
+        penalty = _choose_penalty(x[fit_rows], y[fit_rows])
+        scores = predict_ridge(fit_ridge(x[fit_rows], y[fit_rows], penalty), x[test_rows])
+        if name == "count":
+            results["count"] = float(np.mean(scores.argmax(1) == y[test_rows].argmax(1)))
+            continue
+        aucs = [auc(scores[:, column], y[test_rows, column]) for column in range(y.shape[1])]
+        results[f"{name} AUC"] = float(np.mean([value for value in aucs if value is not None]))
+        results[f"{name} top-k"] = top_k_share(scores, y[test_rows])
+    return results
+
+
+def _choose_penalty(x: np.ndarray, y: np.ndarray) -> float:
+    """The ridge penalty with the least squared error on the last fifth of the fitting photos."""
+    split = int(len(x) * 0.8)
+    errors = [np.mean((predict_ridge(fit_ridge(x[:split], y[:split], penalty), x[split:]) - y[split:]) ** 2)
+              for penalty in RIDGE_PENALTIES]
+    return RIDGE_PENALTIES[int(np.argmin(errors))]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--annotations", default=str(hard.HARD_DIR / "captions_train.json"),
+                        help="a generated caption file whose images carry hard.py scenes")
+    parser.add_argument("--images", default=str(hard.HARD_DIR / "train2014"), help="the folder of its photos")
+    parser.add_argument("--vgg-weights", default="none", help="imagenet, a local .h5 file, or none (random)")
+    parser.add_argument("--image-size", type=int, default=CaptionerConfig.image_size, help="letterbox size")
+    parser.add_argument("--vgg-precision", choices=runtime.EXTRACTION_PRECISIONS, default="auto",
+                        help="as train.py's: the same features as the captioner reads")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
+    parser.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        records, _ = load_caption_files([args.annotations], [args.images])
+        if not records or not all(isinstance(record.scene, dict) for record in records):
+            raise ValueError(f"{args.annotations} has no hard.py scenes to probe (python demo.py --hard makes some).")
+        cache, _ = cached_features([record.path for record in records], args.vgg_weights, args.image_size,
+                                   args.cache_dir, progress=not args.quiet,
+                                   precision=runtime.extraction_precision(args.vgg_precision))
+    except (FileNotFoundError, ValueError, WeightsUnavailable) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows = np.flatnonzero(cache.complete)
+    results = probe(cache.features[rows], [records[row].scene for row in rows])
+    print(f"{'attribute':<18}{'value':>8}")
+    for name, value in results.items():
+        print(f"{name:<18}{value:>8.3f}" if isinstance(value, float) else f"{name:<18}{value:>8d}")
+    if args.json:
+        write_json(args.json, {"annotations": args.annotations, "vgg_weights": args.vgg_weights,
+                               "image_size": args.image_size, **results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

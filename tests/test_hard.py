@@ -1,0 +1,99 @@
+"""The hard benchmark: its captions parse back to their scenes, its held-out parts are held out, its scorer catches mistakes."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hard
+import probe
+from dataset import load_caption_files
+from kana import text_to_katakana
+
+
+@pytest.fixture(scope="module")
+def hard_set(tmp_path_factory):
+    return hard.generate(tmp_path_factory.mktemp("hard"), seed=1, num_train=60, num_val=30)
+
+
+def test_it_is_stair_format_with_coco_sized_photos(hard_set):
+    for split in hard.SPLITS:
+        records, report = load_caption_files([hard_set / f"captions_{split}.json"], [hard_set / f"{split}2014"])
+        assert len(records) == (60 if split == "train" else 30) and not report.skipped
+        assert all(len(record.captions) == hard.CAPTIONS_PER_IMAGE for record in records)
+        with Image.open(records[0].path) as image:
+            assert image.size in hard.SIZES and image.format == "JPEG"
+
+
+def test_every_caption_scores_full_marks_against_its_own_scene(hard_set):
+    for split in hard.SPLITS:
+        data = json.loads((hard_set / f"captions_{split}.json").read_text(encoding="utf-8"))
+        scenes = {image["id"]: image["scene"] for image in data["images"]}
+        for annotation in data["annotations"]:
+            scores = hard.score_caption(text_to_katakana(annotation["caption"]), scenes[annotation["image_id"]])
+            assert scores["every object right"] == 1.0 and scores["absent colour named"] == 0.0, annotation
+
+
+def test_unseen_pairs_and_styles_are_held_out(hard_set):
+    def scenes(split):
+        data = json.loads((hard_set / f"captions_{split}.json").read_text(encoding="utf-8"))
+        return [image["scene"] for image in data["images"]], [a["caption"] for a in data["annotations"]]
+
+    train_scenes, train_captions = scenes("train")
+    unseen_scenes, unseen_captions = scenes("val-unseen")
+    pairs = lambda scenes: {(o["color"], o["kind"]) for s in scenes for o in s["objects"]}  # noqa: E731
+    assert not pairs(train_scenes) & hard.UNSEEN_PAIRS
+    assert all({(o["color"], o["kind"]) for o in s["objects"]} & hard.UNSEEN_PAIRS for s in unseen_scenes)
+    assert not any("見え" in caption or "写っているのは" in caption for caption in train_captions)
+    assert all("見え" in caption or "写っているのは" in caption for caption in unseen_captions)
+
+
+SCENE = {"greyscale": False, "objects": [
+    {"color": "red", "kind": "circle", "position": "left", "size": 0.2},
+    {"color": "blue", "kind": "star", "position": "middle", "size": 0.2},
+    {"color": "blue", "kind": "star", "position": "right", "size": 0.2}]}
+
+
+@pytest.mark.parametrize("caption, expected", [
+    ("左に赤い丸、青い星が二つあります。", {"every object right": 1.0, "count": 1.0, "absent colour named": 0.0}),
+    ("左に赤い丸、青い星が三つあります。", {"every object right": 0.0, "count": 0.5}),
+    ("右に赤い丸、青い星が二つあります。", {"every object right": 0.0, "position": 0.0}),
+    ("左に緑の丸、青い星が二つあります。", {"every object right": 0.0, "color": 0.5, "absent colour named": 1.0}),
+    ("左に赤い丸があります。", {"every object right": 0.0, "kind": 0.5, "color and kind": 0.5}),
+    ("左に赤い三角、青い星が二つあります。", {"kind": 0.5, "color": 1.0}),
+    ("左に赤い丸、青い星が二つ、右に黄色い星があります。", {"every object right": 0.0, "absent colour named": 1.0}),
+])
+def test_the_scorer_catches_each_kind_of_mistake(caption, expected):
+    scores = hard.score_caption(text_to_katakana(caption), SCENE)
+    for name, value in expected.items():
+        assert scores[name] == value, (caption, name, scores)
+
+
+def test_greyscale_photos_are_scored_without_colours():
+    scene = {**SCENE, "greyscale": True}
+    assert hard.score_caption(text_to_katakana("左に丸、星が二つあります。"), scene)["every object right"] == 1.0
+    scores = hard.score_caption(text_to_katakana("左に赤い丸、星が二つあります。"), scene)
+    assert scores["color"] is None and scores["absent colour named"] == 1.0  # no colour can be seen
+
+
+def test_auc_and_top_k_on_hand_made_scores():
+    assert probe.auc(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0])) == 1.0
+    assert probe.auc(np.array([0.1, 0.2, 0.9, 0.8]), np.array([1, 1, 0, 0])) == 0.0
+    assert probe.auc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5
+    assert probe.auc(np.array([0.5, 0.5]), np.array([1, 1])) is None
+    assert probe.top_k_share(np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]]), np.array([[1, 0, 1], [1, 0, 0]])) == 2 / 3
+
+
+def test_the_probe_reads_what_the_features_hold():
+    """Features that carry each colour in a channel of their own: the probe finds the colours, not the kinds."""
+    rng = np.random.default_rng(0)
+    scenes = [hard.random_scene(rng) for _ in range(400)]
+    features = rng.normal(size=(len(scenes), 2, 2, 16)).astype(np.float32)
+    for row, scene in enumerate(scenes):
+        for obj in scene["objects"]:
+            if not scene["greyscale"]:
+                features[row, 0, 0, list(hard.COLORS).index(obj["color"])] += 5.0
+    results = probe.probe(features, scenes)
+    assert results["color AUC"] > 0.95 and results["color top-k"] > 0.9
+    assert 0.4 < results["kind AUC"] < 0.6  # chance
