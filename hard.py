@@ -369,26 +369,31 @@ ATTRIBUTES = ("kind", "color", "color and kind", "count", "position", "every obj
 def score_caption(katakana: str, scene: dict) -> dict[str, float]:
     """Per-attribute scores of one caption; each is a share of the scene's groups (or 0/1 for the photo).
 
-    ``color`` is scored on colour photos only (None on greyscale ones);
-    ``position`` on groups of one object, ``count`` on every group (a single
-    object must not be given a count of two or more). ``every object right``:
-    each group named once with its colour, kind, count and position, and
-    nothing else named. ``absent colour named``: a colour no object has (any
-    colour, in a greyscale photo).
+    ``color`` is scored on colour photos only (None on greyscale ones).
+    ``count`` and ``position`` are read from the mention of the group's kind
+    (whatever colour it names), so that each attribute is scored on its own:
+    ``count`` on every group (a single object must not be given a count of
+    two or more), ``position`` on groups of one object. ``every object
+    right``: each group named once with its colour, kind, count and position,
+    and nothing else named. ``absent colour named``: a colour no object has
+    (any colour, in a greyscale photo).
     """
     mentions = parse(katakana)
     scene_groups = groups(scene)
     grey = scene["greyscale"]
-    unused = list(mentions)
 
-    def match(group: Group) -> Mention | None:  # each mention is matched to one group at most
-        for mention in unused:
-            if mention.kind == group.kind and (grey or mention.color == group.color):
+    def matches(same_color: bool) -> list[Mention | None]:
+        """Each group's mention (of its kind, and of its colour if asked); a mention serves one group at most."""
+        unused, found = list(mentions), []
+        for group in scene_groups:
+            mention = next((m for m in unused if m.kind == group.kind and (grey or not same_color
+                                                                            or m.color == group.color)), None)
+            if mention is not None:
                 unused.remove(mention)
-                return mention
-        return None
+            found.append(mention)
+        return found
 
-    matched = [match(group) for group in scene_groups]
+    matched, by_kind = matches(same_color=True), matches(same_color=False)
     present = {group.color for group in scene_groups}
     named_kinds = {m.kind for m in mentions}
     named_colors = colors_named(katakana)
@@ -398,9 +403,9 @@ def score_caption(katakana: str, scene: dict) -> dict[str, float]:
         "kind": float(np.mean([g.kind in named_kinds for g in scene_groups])),
         "color": None if grey else float(np.mean([g.color in named_colors for g in scene_groups])),
         "color and kind": float(np.mean([m is not None for m in matched])),
-        "count": float(np.mean([m is not None and m.count == g.count for g, m in zip(scene_groups, matched)])),
+        "count": float(np.mean([m is not None and m.count == g.count for g, m in zip(scene_groups, by_kind)])),
         "position": _mean([m is not None and m.position == g.position
-                           for g, m in zip(scene_groups, matched) if g.count == 1]),
+                           for g, m in zip(scene_groups, by_kind) if g.count == 1]),
         "every object right": float(all(right) and len(mentions) == len(scene_groups)),
         "absent colour named": float(bool(named_colors if grey else named_colors - present)),
     }

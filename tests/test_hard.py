@@ -59,7 +59,8 @@ SCENE = {"greyscale": False, "objects": [
     ("左に赤い丸、青い星が二つあります。", {"every object right": 1.0, "count": 1.0, "absent colour named": 0.0}),
     ("左に赤い丸、青い星が三つあります。", {"every object right": 0.0, "count": 0.5}),
     ("右に赤い丸、青い星が二つあります。", {"every object right": 0.0, "position": 0.0}),
-    ("左に緑の丸、青い星が二つあります。", {"every object right": 0.0, "color": 0.5, "absent colour named": 1.0}),
+    ("左に緑の丸、青い星が二つあります。", {"every object right": 0.0, "color": 0.5, "absent colour named": 1.0,
+                                      "position": 1.0, "count": 1.0}),  # the kind's position and count, all the same
     ("左に赤い丸があります。", {"every object right": 0.0, "kind": 0.5, "color and kind": 0.5}),
     ("左に赤い三角、青い星が二つあります。", {"kind": 0.5, "color": 1.0}),
     ("左に赤い丸、青い星が二つ、右に黄色い星があります。", {"every object right": 0.0, "absent colour named": 1.0}),
@@ -97,3 +98,13 @@ def test_the_probe_reads_what_the_features_hold():
     results = probe.probe(features, scenes)
     assert results["color AUC"] > 0.95 and results["color top-k"] > 0.9
     assert 0.4 < results["kind AUC"] < 0.6  # chance
+
+
+def test_evaluation_reports_the_attributes_of_hard_scenes():
+    from metrics import format_table, score
+
+    caption = text_to_katakana("左に赤い丸、青い星が二つあります。")
+    result = score([(caption, True), ("", False)], [[caption], [caption]], [SCENE, SCENE])
+    assert result["every object right"] == 0.5 and result["kind"] == 0.5 and "scene accuracy" not in result
+    table = format_table(result)
+    assert "every object right" in table and "absent colour named" in table
