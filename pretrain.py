@@ -129,8 +129,10 @@ def main(argv=None) -> int:
     for name in ("num_images", "num_val", "image_size", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.num_images < args.batch_size:
+        parser.error("--num-images must be at least --batch-size (training uses whole batches)")
     out = Path(args.out)
-    if out.name.endswith(".weights.h5") is False:
+    if not out.name.endswith(".weights.h5"):
         parser.error("--out must end in .weights.h5 (Keras' weights-only format)")
     runtime.keep_freed_memory()
     start = time.perf_counter()
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
     keras.utils.set_random_seed(0)
     with runtime.dtype_policy(runtime.training_precision(args.precision)):
         trainer, vgg = build_trainer(args.image_size, args.learning_rate)
-    trainer.fit(SceneBatches(*train, args.batch_size, shuffle=True), validation_data=SceneBatches(*val, 64, False),
+    trainer.fit(SceneBatches(*train, args.batch_size, shuffle=True), validation_data=SceneBatches(*val, min(64, args.num_val), False),
                 epochs=args.epochs, steps_per_epoch=args.steps, verbose="auto")
     # The frozen base is saved in float32, whatever it trained in, under VGG16's own layer names.
     plain = build_vgg16("none", args.image_size)

@@ -1,0 +1,34 @@
+"""pretrain.py: targets per third of the photo, and a weights file that train.py's VGG16 loads."""
+
+import numpy as np
+
+import hard
+import pretrain
+from features import build_vgg16
+
+
+def test_targets_name_each_third_of_the_photo():
+    scene = {"objects": [{"color": "red", "kind": "star", "position": "left"},
+                         {"color": "blue", "kind": "star", "position": "right"}]}
+    target, count = pretrain.scene_targets(scene)
+    assert count == 1  # two objects: class 1
+    assert {label for label, on in zip(pretrain.LABELS, target) if on} == {
+        "left:red", "left:star", "right:blue", "right:star"}
+
+
+def test_scenes_are_drawn_in_colour_and_deterministically():
+    images, targets, counts = pretrain.make_scenes(24, 32, progress=False)
+    assert images.shape == (24, 32, 32, 3) and images.dtype == np.uint8
+    assert (images[..., 0] != images[..., 1]).any(axis=(1, 2)).all()  # never greyscale
+    assert set(counts.tolist()) <= {0, 1, 2, 3} and (targets.sum(1) >= 2).all()  # a colour and a kind at least
+    again, _, _ = pretrain.make_scenes(24, 32, progress=False)
+    np.testing.assert_array_equal(images, again)
+
+
+def test_a_short_run_writes_weights_that_the_feature_extractor_loads(tmp_path):
+    out = tmp_path / "vgg.weights.h5"
+    assert pretrain.main(["--num-images", "64", "--num-val", "32", "--image-size", "32", "--epochs", "1",
+                          "--out", str(out)]) == 0
+    trained, random = build_vgg16(str(out), 64), build_vgg16("none", 64)  # any image size: the base is convolutional
+    moved = [np.abs(a - b).max() for a, b in zip(trained.get_weights(), random.get_weights())]
+    assert len(moved) == 26 and max(moved) > 0  # every conv layer's kernel and bias, trained away from the seed
