@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from fileio import atomic_path, write_json
 from kana import text_to_katakana

@@ -88,7 +88,8 @@ class CaptionerConfig:
         if unknown:
             raise ValueError(f"{path} has settings this version does not know: {', '.join(unknown)}")
         config = cls(**data)
-        if stored_shape is not None and tuple(stored_shape) != config.feature_shape:
+        if stored_shape is not None and (not isinstance(stored_shape, list)
+                                         or tuple(stored_shape) != config.feature_shape):
             raise ValueError(f"{path}: feature_shape {stored_shape} does not follow from image_size {config.image_size}.")
         return config
 

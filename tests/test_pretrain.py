@@ -2,7 +2,6 @@
 
 import numpy as np
 
-import hard
 import pretrain
 from features import build_vgg16
 
