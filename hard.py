@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import re
 from pathlib import Path
@@ -318,14 +319,32 @@ def _alternation(readings) -> str:
     return "|".join(sorted(map(re.escape, readings), key=len, reverse=True))
 
 
-_COLOR_READINGS = _readings({name: forms for name, (_, forms) in COLORS.items()})
-_KIND_READINGS = _readings(KINDS)
-_POSITION_READINGS = _readings(POSITIONS)
-_COUNT_READINGS = {text_to_katakana(word): count for count, word in COUNTS.items()}
-_SIZE = _alternation(text_to_katakana(word) for word in SIZE_WORDS.values())
-_MENTION = re.compile(f"(?:{_SIZE})?({_alternation(_COLOR_READINGS)})?(?:{_SIZE})?({_alternation(_KIND_READINGS)})")
-_POSITION = re.compile(_alternation(_POSITION_READINGS))
-_COUNT = re.compile(_alternation(_COUNT_READINGS))
+@dataclasses.dataclass(frozen=True)
+class _Grammar:
+    """The readings and patterns a caption is parsed with."""
+
+    colors: dict[str, str]  # katakana reading -> colour name
+    kinds: dict[str, str]
+    positions: dict[str, str]
+    counts: dict[str, int]
+    mention: re.Pattern  # (size) (colour) (size) kind: groups 1 and 2 are the colour and kind readings
+    color: re.Pattern
+    position: re.Pattern
+    count: re.Pattern
+
+
+@functools.cache
+def _grammar() -> _Grammar:
+    """Built on first use, not on import: the readings come from pykakasi, which predict.py never needs for this."""
+    colors = _readings({name: forms for name, (_, forms) in COLORS.items()})
+    kinds, positions = _readings(KINDS), _readings(POSITIONS)
+    counts = {text_to_katakana(word): count for count, word in COUNTS.items()}
+    size = _alternation(text_to_katakana(word) for word in SIZE_WORDS.values())
+    mention = re.compile(f"(?:{size})?({_alternation(colors)})?(?:{size})?({_alternation(kinds)})")
+    return _Grammar(colors, kinds, positions, counts, mention, re.compile(_alternation(colors)),
+                    re.compile(_alternation(positions)), re.compile(_alternation(counts)))
+
+
 _CLAUSE = re.compile("[、。]")
 
 
@@ -345,22 +364,24 @@ def parse(katakana: str) -> list[Mention]:
     A clause is what lies between 、 and 。; a count or position word belongs to
     the clause's mention when the clause has exactly one (else to none).
     """
+    grammar = _grammar()
     mentions = []
     for clause in _CLAUSE.split(katakana):
-        found = [(match.group(1), match.group(2)) for match in _MENTION.finditer(clause)]
+        found = [(match.group(1), match.group(2)) for match in grammar.mention.finditer(clause)]
         if not found:
             continue
-        positions, counts = _POSITION.findall(clause), _COUNT.findall(clause)
+        positions, counts = grammar.position.findall(clause), grammar.count.findall(clause)
         single = len(found) == 1
-        position = _POSITION_READINGS[positions[0]] if single and len(positions) == 1 else None
-        count = _COUNT_READINGS[counts[0]] if single and len(counts) == 1 else 1
+        position = grammar.positions[positions[0]] if single and len(positions) == 1 else None
+        count = grammar.counts[counts[0]] if single and len(counts) == 1 else 1
         for color, kind in found:
-            mentions.append(Mention(_COLOR_READINGS.get(color), _KIND_READINGS[kind], count, position))
+            mentions.append(Mention(grammar.colors.get(color), grammar.kinds[kind], count, position))
     return mentions
 
 
 def colors_named(katakana: str) -> set[str]:
-    return {_COLOR_READINGS[match] for match in re.findall(_alternation(_COLOR_READINGS), katakana)}
+    grammar = _grammar()
+    return {grammar.colors[match] for match in grammar.color.findall(katakana)}
 
 
 ATTRIBUTES = ("kind", "color", "color and kind", "count", "position", "every object right", "absent colour named")
