@@ -220,6 +220,10 @@ def scene_accuracy(captions: list[str], scenes: list[list[dict]]) -> float:
     return sum(caption_matches_scene(caption, scene) for caption, scene in zip(captions, scenes)) / len(captions)
 
 
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value  # 0 is a choice (e.g. a held-out set alone), not "unset"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Generate the demo dataset, or the hard benchmark (STAIR/COCO caption format).")
     parser.add_argument("--hard", action="store_true",
@@ -231,10 +235,10 @@ def main(argv=None) -> int:
     parser.add_argument("--templates", choices=sorted(TEMPLATES), default="standard", help="caption wording (demo only)")
     args = parser.parse_args(argv)
     if args.hard:
-        num_train, num_val = args.num_train or 3000, args.num_val or 300
+        num_train, num_val = _given(args.num_train, 3000), _given(args.num_val, 300)
         out = hard.generate(args.out or hard.HARD_DIR, args.seed, num_train, num_val)
     else:
-        num_train, num_val = args.num_train or 2000, args.num_val or 200
+        num_train, num_val = _given(args.num_train, 2000), _given(args.num_val, 200)
         out = generate(args.out or DEMO_DIR, args.seed, num_train, num_val, args.templates)
     print(f"Wrote {num_train} training and {num_val} held-out photos per set to {out}")
     return 0

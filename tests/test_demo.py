@@ -40,3 +40,12 @@ def test_scene_check_catches_wrong_colour_position_or_missing_object():
     assert not demo.caption_matches_scene("ヒダリニアカイマルガアリマス。", scene)
     assert not demo.caption_matches_scene("ヒダイイイイイイイイガガガガ", scene)
     assert demo.scene_accuracy(["ヒダリニアカイマル、ミギニアオイサンカクガアリマス。", "ア"], [scene, scene]) == 0.5
+
+
+def test_the_cli_makes_a_held_out_set_alone(tmp_path):
+    """`--num-train 0`, as the README's extra held-out sets are made: no training photos at all."""
+    assert demo.main(["--seed", "1", "--num-train", "0", "--num-val", "3", "--out", str(tmp_path / "d")]) == 0
+    assert not list((tmp_path / "d" / "train2014").iterdir())
+    assert len(list((tmp_path / "d" / "val2014").iterdir())) == 3
+    assert demo.main(["--hard", "--num-train", "0", "--num-val", "2", "--out", str(tmp_path / "h")]) == 0
+    assert not list((tmp_path / "h" / "train2014").iterdir())
