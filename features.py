@@ -199,6 +199,14 @@ def feature_shape(image_size: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------
 
 
+def _file_stamp(path: str) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 @dataclasses.dataclass
 class FeatureCache:
     """Memory-mapped features of a fixed list of images.
@@ -219,7 +227,9 @@ class FeatureCache:
     def open(cls, root, paths, weights: str, image_size: int, precision: str = "float32") -> "FeatureCache":
         """Opens (or creates) the cache of ``paths`` under ``root`` (one cache per weights, size and precision)."""
         paths = [str(Path(path).resolve()) for path in paths]
-        digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:12]
+        # Each file's size and modification time are in the name too: a photo rewritten in place (a dataset
+        # generated again) gets a new cache rather than the old photo's features.
+        digest = hashlib.sha1("\n".join(f"{path}\t{_file_stamp(path)}" for path in paths).encode()).hexdigest()[:12]
         tag = f"{weights_tag(weights)}-{image_size}px" + ("-bf16" if precision == "bfloat16" else "")
         folder = Path(root) / f"vgg16-{tag}-{len(paths)}-{digest}"
         folder.mkdir(parents=True, exist_ok=True)

@@ -194,3 +194,17 @@ def test_missing_imagenet_weights_say_how_to_get_them(monkeypatch):
 def test_missing_weights_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         features.build_vgg16(str(tmp_path / "vgg.h5"), 32)
+
+
+def test_a_photo_rewritten_in_place_is_not_read_from_the_old_cache(tmp_path):
+    """A dataset generated again at the same paths gets new features, not the old photos'."""
+    import os
+
+    paths = make_photos(tmp_path / "photos", 2)
+    first = FeatureCache.open(tmp_path / "cache", paths, "none", 32)
+    extract_features(first, FakeVGG(), 32, progress=False)
+    Image.new("RGB", (40, 30), (0, 0, 250)).save(paths[0])
+    os.utime(paths[0], ns=(1, 1))  # a new stamp even within the file system's time resolution
+    second = FeatureCache.open(tmp_path / "cache", paths, "none", 32)
+    assert second.folder != first.folder and not second.complete.any()
+    assert FeatureCache.open(tmp_path / "cache", paths, "none", 32).folder == second.folder  # stable while unchanged
