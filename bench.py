@@ -51,11 +51,11 @@ from PIL import Image, ImageDraw  # noqa: E402
 import runtime  # noqa: E402
 from batches import CaptionBatches, CaptionData, feature_sample  # noqa: E402
 from captioner import Captioner, save_run  # noqa: E402
-from cli import HelpFormatter  # noqa: E402
+from cli import HelpFormatter, bounded_int, file_path, folder_path, positive_int  # noqa: E402
 from features import FeatureCache, build_vgg16, extract_features, feature_shape, letterbox, load_image, preprocess  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import NUM_CLASSES, TIMESTEPS, Vocabulary  # noqa: E402
-from model import CaptionerConfig, adapt_feature_norm, build_image2text, build_model, compile_model  # noqa: E402
+from model import LIMITS, CaptionerConfig, adapt_feature_norm, build_image2text, build_model, compile_model  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent
 SECTIONS = ("extraction", "training", "memory", "latency")
@@ -504,13 +504,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer images and steps: a few minutes on 2 CPU cores")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to this JSON file")
-    parser.add_argument("--work", help="scratch folder (default: a temporary folder, removed afterwards)")
-    parser.add_argument("--batch-size", type=int,
+    parser.add_argument("--json", metavar="FILE", type=file_path, help="also write the figures to this JSON file")
+    parser.add_argument("--work", type=folder_path, help="scratch folder (default: a temporary folder, removed afterwards)")
+    parser.add_argument("--batch-size", type=bounded_int(1, 65_536),
                         help="training batch size [default: 64 on a CPU, as train.py; 1024 on a GPU]")
-    parser.add_argument("--units", type=int, default=CaptionerConfig.units, help="LSTM width in the training section (the default size)")
-    parser.add_argument("--steps", type=int, help="training steps timed per model [default: 12; --quick: 6; GPU: 40]")
-    parser.add_argument("--rounds", type=int,
+    parser.add_argument("--units", type=bounded_int(*LIMITS["units"]), default=CaptionerConfig.units, help="LSTM width in the training section (the default size)")
+    parser.add_argument("--steps", type=positive_int, help="training steps timed per model [default: 12; --quick: 6; GPU: 40]")
+    parser.add_argument("--rounds", type=positive_int,
                         help="timed fits per model, taking turns; each model's best counts [default: 3; --quick: 1]")
     parser.add_argument("--precisions", nargs="+", choices=["float32", "mixed_bfloat16"],
                         help="Keras dtype policies to train under [default: float32; mixed_bfloat16 too on a GPU, and on "

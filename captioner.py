@@ -69,14 +69,13 @@ class Captioner:
                     f"{model_dir / name} not found: --model must be a run folder written by train.py."
                 )
         self.config = CaptionerConfig.load(model_dir / CONFIG_FILE)
-        self.vocabulary = Vocabulary.load(model_dir / VOCAB_FILE)
+        self.vocabulary = Vocabulary.load(model_dir / VOCAB_FILE, self.config.vocabulary, self.config.num_classes)
         self.model = load_model(model_dir / MODEL_FILE)
         num_classes = self.model.output_shape[-1]
-        if num_classes != self.config.num_classes or self.vocabulary.num_classes > num_classes:
+        if (num_classes, tuple(self.model.inputs[0].shape[1:])) != (self.config.num_classes, self.config.feature_shape):
             raise ValueError(
-                f"{model_dir}: the model writes {num_classes} classes, config.json says "
-                f"{self.config.num_classes} and vocab.json has {self.vocabulary.num_classes}; "
-                f"these files are not from the same run."
+                f"{model_dir}: the model does not match config.json (classes {num_classes} vs "
+                f"{self.config.num_classes}, or another image size); these files are not from the same run."
             )
         self.decode, self.beam_size = decode, beam_size
         self.steps = StepModels(self.model, self.config) if architecture(self.config).autoregressive else None

@@ -1,6 +1,14 @@
-"""Command-line helpers shared by train.py, predict.py and evaluate.py."""
+"""Command-line helpers shared by the scripts: help that shows defaults, and argument types that check their values.
+
+Each type turns a bad value into argparse's one-line usage error (exit
+status 2) before the script does anything, so that no mistyped number or
+path reaches the code that creates, moves or deletes files.
+"""
 
 import argparse
+import math
+import os
+from pathlib import Path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -10,3 +18,109 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or isinstance(action, argparse._StoreTrueAction):
             return action.help
         return super()._get_help_string(action)
+
+
+def bounded_int(low: int, high: int | None = None):
+    """An argparse type: a whole number from ``low`` to ``high`` (no upper bound when None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {span}, not {value}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+positive_int = bounded_int(1)
+nonnegative_int = bounded_int(0)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError("a path cannot contain a NUL character")
+    return Path(text)
+
+
+def existing_file(text: str) -> str:
+    """An argparse type: a regular file that exists and can be read."""
+    path = _path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: file not found")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not readable")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    """An argparse type: a folder that exists."""
+    path = _path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {'not a folder' if path.exists() else 'folder not found'}")
+    return text
+
+
+def folder_path(text: str) -> str:
+    """An argparse type: a folder to write into, which may not exist yet but is not a file."""
+    path = _path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: exists and is not a folder")
+    return text
+
+
+def file_path(text: str) -> str:
+    """An argparse type: a file to write, which may not exist yet but is not a folder, in a folder that is not a file."""
+    path = _path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; name a file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {parent} is not a folder")
+            break
+    return text
+
+
+def nonempty_path(text: str) -> str:
+    """An argparse type: any path that is not empty (an image, or a folder of images, checked later)."""
+    _path(text)
+    return text
+
+
+VGG_WEIGHTS_NAMES = ("imagenet", "synthetic", "none")
+
+
+def vgg_weights(text: str) -> str:
+    """An argparse type: ``imagenet``, ``synthetic``, ``none``, or a local weights file that exists."""
+    if text in VGG_WEIGHTS_NAMES:
+        return text
+    try:
+        return existing_file(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (expected {', '.join(VGG_WEIGHTS_NAMES)} or a weights file)") from None

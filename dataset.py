@@ -18,6 +18,8 @@ from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 from fileio import read_json
 
+MAX_ANNOTATION_BYTES = 512 * 2**20  # STAIR v1.2's training file is about a tenth of this
+MAX_CAPTION_CHARS = 200  # a caption is cut to this before anything else reads it (a katakana reading is at most 49)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -44,9 +46,11 @@ class LoadReport:
 
     num_annotations: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    noticed: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # odd, but used
 
     def lines(self) -> list[str]:
-        return [f"skipped {count} {reason}" for reason, count in sorted(self.skipped.items())]
+        return ([f"skipped {count} {reason}" for reason, count in sorted(self.skipped.items())]
+                + [f"note: {count} {reason}" for reason, count in sorted(self.noticed.items())])
 
 
 def index_image_folders(image_dirs) -> dict[str, Path]:
@@ -69,6 +73,10 @@ def is_safe_file_name(file_name: str) -> bool:
         if pure.is_absolute() or pure.anchor or ".." in pure.parts:
             return False
     return bool(file_name) and "\x00" not in file_name
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def _coco_names(image_id) -> list[str]:
@@ -105,27 +113,45 @@ def load_caption_files(annotation_files, image_dirs) -> tuple[list[ImageRecord],
     files = index_image_folders(image_dirs)
     report = LoadReport()
     records: dict[Path, ImageRecord] = {}
+    seen_files = set()
     for annotation_file in annotation_files:
-        data = read_json(annotation_file, "Annotation file")
+        identity = Path(annotation_file).resolve()
+        if identity in seen_files:
+            report.skipped["annotation files given twice (read once)"] += 1
+            continue
+        seen_files.add(identity)
+        data = read_json(annotation_file, "Annotation file", MAX_ANNOTATION_BYTES)
         _check_shape(data, annotation_file)
         images = {}
         for image in data.get("images", []):
-            if isinstance(image, dict) and "id" in image:
+            if not isinstance(image, dict) or not _is_id(image.get("id")):
+                report.skipped["images entries without a number or string id"] += 1
+            elif image["id"] in images:
+                if images[image["id"]].get("file_name") != image.get("file_name"):
+                    report.skipped["images entries whose id another entry with another file_name has "
+                                   "(the first is kept)"] += 1
+            else:
                 images[image["id"]] = image
         for annotation in data["annotations"]:
             report.num_annotations += 1
-            if not isinstance(annotation, dict) or "image_id" not in annotation:
-                report.skipped["annotations without an image_id"] += 1
+            if not isinstance(annotation, dict) or not _is_id(annotation.get("image_id")):
+                report.skipped["annotations without a number or string image_id"] += 1
                 continue
             caption = annotation.get("caption")
             if not isinstance(caption, str) or not caption.strip():
                 report.skipped["empty captions"] += 1
                 continue
+            if len(caption) > MAX_CAPTION_CHARS:
+                report.noticed[f"captions over {MAX_CAPTION_CHARS} characters, cut to that"] += 1
+                caption = caption[:MAX_CAPTION_CHARS]
             image_id = annotation["image_id"]
             image = images.get(image_id, {})
             file_name = image.get("file_name")
             if file_name is not None:
-                if not isinstance(file_name, str) or not is_safe_file_name(file_name):
+                if not isinstance(file_name, str):
+                    report.skipped["annotations whose file_name is not a string"] += 1
+                    continue
+                if not is_safe_file_name(file_name):
                     report.skipped["annotations whose file_name leaves the image folder"] += 1
                     continue
                 candidates = [PurePath(PurePosixPath(file_name).name).name]
@@ -147,10 +173,14 @@ def find_images(inputs) -> tuple[list[Path], list[str]]:
     paths, problems = [], []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if not str(item).strip():
+            problems.append("an empty path was given (an unset shell variable?)")
+        elif path.is_dir():
             paths.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
         elif path.is_file():
             paths.append(path)
+        elif path.exists():
+            problems.append(f"{path}: not a regular file")
         else:
             problems.append(f"{path}: file not found")
     return paths, problems

@@ -20,6 +20,7 @@ import numpy as np
 from kana import END, TIMESTEPS, Vocabulary
 
 
+MAX_BEAM = 64  # --beam-size and --n-best: the work per photo grows with it
 DECODE_METHODS = ("argmax", "collapse")  # how a non-autoregressive model's outputs are read
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import hard
+from cli import bounded_int, folder_path
 from fileio import atomic_path, write_json
 
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
@@ -228,18 +229,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Generate the demo dataset, or the hard benchmark (STAIR/COCO caption format).")
     parser.add_argument("--hard", action="store_true",
                         help=f"the hard benchmark (hard.py) instead: train, val and val-unseen sets in {hard.HARD_DIR}")
-    parser.add_argument("--out", help=f"output folder (default: {DEMO_DIR}; --hard: {hard.HARD_DIR})")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data")
-    parser.add_argument("--num-train", type=int, help="training photos (default: 2000; --hard: 3000)")
-    parser.add_argument("--num-val", type=int, help="held-out photos per set (default: 200; --hard: 300)")
+    parser.add_argument("--out", type=folder_path, help=f"output folder (default: {DEMO_DIR}; --hard: {hard.HARD_DIR})")
+    parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed; the same seed gives the same data")
+    parser.add_argument("--num-train", type=bounded_int(0, 1_000_000), help="training photos (default: 2000; --hard: 3000)")
+    parser.add_argument("--num-val", type=bounded_int(0, 1_000_000), help="held-out photos per set (default: 200; --hard: 300)")
     parser.add_argument("--templates", choices=sorted(TEMPLATES), default="standard", help="caption wording (demo only)")
     args = parser.parse_args(argv)
-    if args.hard:
-        num_train, num_val = _given(args.num_train, 3000), _given(args.num_val, 300)
-        out = hard.generate(args.out or hard.HARD_DIR, args.seed, num_train, num_val)
-    else:
-        num_train, num_val = _given(args.num_train, 2000), _given(args.num_val, 200)
-        out = generate(args.out or DEMO_DIR, args.seed, num_train, num_val, args.templates)
+    try:
+        if args.hard:
+            num_train, num_val = _given(args.num_train, 3000), _given(args.num_val, 300)
+            out = hard.generate(args.out or hard.HARD_DIR, args.seed, num_train, num_val)
+        else:
+            num_train, num_val = _given(args.num_train, 2000), _given(args.num_val, 200)
+            out = generate(args.out or DEMO_DIR, args.seed, num_train, num_val, args.templates)
+    except OSError as error:  # a full disk, an unwritable folder
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"Wrote {num_train} training and {num_val} held-out photos per set to {out}")
     return 0
 

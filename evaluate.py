@@ -26,9 +26,10 @@ import numpy as np  # noqa: E402
 
 import demo  # noqa: E402
 from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
-from cli import HelpFormatter  # noqa: E402
+from cli import (HelpFormatter, bounded_int, existing_dir, existing_file, folder_path,  # noqa: E402
+                 nonempty_path, positive_int)
 from dataset import load_caption_files  # noqa: E402
-from decoding import DECODE_METHODS  # noqa: E402
+from decoding import DECODE_METHODS, MAX_BEAM  # noqa: E402
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import convert_captions  # noqa: E402
@@ -43,18 +44,18 @@ def main(argv=None) -> int:
         description="Caption a captioned dataset and print COCO caption metrics on katakana characters.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", default=DEFAULT_RUN, help="run folder written by train.py")
-    parser.add_argument("--annotations", nargs="+", metavar="JSON",
+    parser.add_argument("--model", type=nonempty_path, default=DEFAULT_RUN, help="run folder written by train.py")
+    parser.add_argument("--annotations", nargs="+", metavar="JSON", type=existing_file,
                         help="caption files to evaluate on [default: the demo's held-out captions_val.json]")
-    parser.add_argument("--images", nargs="+", metavar="DIR", help="folders holding their photos [default: demo val2014/]")
-    parser.add_argument("--limit", type=int, help="evaluate on the first N photos only")
+    parser.add_argument("--images", nargs="+", metavar="DIR", type=existing_dir, help="folders holding their photos [default: demo val2014/]")
+    parser.add_argument("--limit", type=positive_int, help="evaluate on the first N photos only")
     parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax",
                         help="image2text models: how captions are read off the model")
-    parser.add_argument("--beam-size", type=int, default=1,
+    parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1,
                         help="autoregressive models: beams per image (1 = greedy, the best CIDEr-D on the demo)")
-    parser.add_argument("--out", help="folder for metrics.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
-    parser.add_argument("--batch-size", type=int, default=256, help="photos per model call")
+    parser.add_argument("--out", type=folder_path, help="folder for metrics.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
+    parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
+    parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=256, help="photos per model call")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--human", action="store_true",
                         help="no model: score each photo's first reference caption against its other references "
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         parser.error("--annotations needs --images (the folders holding the photos)")
     try:
         result = human_ceiling(args) if args.human else evaluate(args)
-    except (FileNotFoundError, ValueError, WeightsUnavailable) as error:
+    except (OSError, ValueError, WeightsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0 if result else 1

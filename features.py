@@ -15,8 +15,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 import runtime
-from fileio import atomic_path, read_json, write_json
+from fileio import DiskFull, atomic_path, read_json, write_json
 
 VGG16_NOTOP_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
@@ -34,7 +36,13 @@ VGG16_NOTOP_URL = (
 )
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent / "cache"  # train.py's and evaluate.py's --cache-dir
+SYNTHETIC_WEIGHTS = Path(__file__).resolve().parent / "weights" / "vgg16-synthetic.weights.h5"  # --vgg-weights synthetic
 RANDOM_VGG16_SEED = 1234  # --vgg-weights none: the same random network everywhere
+# Images are bounded by the pixels decoded, not by the pixels in the header: a JPEG is decoded at up to 1/8 scale
+# (draft mode), so a 200-megapixel phone photo is read at 3 megapixels; any other image is decoded whole.
+MAX_DECODED_PIXELS = 64_000_000
+MAX_HEADER_PIXELS = 1_000_000_000
+Image.MAX_IMAGE_PIXELS = MAX_HEADER_PIXELS // 2  # Pillow refuses headers over twice this at open (a bomb)
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
@@ -92,18 +100,24 @@ def load_image(path, size: int) -> np.ndarray:
             large to decode safely.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ImageError(f"{path}: not a regular file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bounded below by decoded pixels
             with Image.open(path) as image:
                 if image.format == "JPEG":
                     image.draft("RGB", (size, size))  # DCT scaling to no less than size × size
+                width, height = image.size
+                if width * height > MAX_DECODED_PIXELS:
+                    raise Image.DecompressionBombError(
+                        f"{width}×{height} pixels to decode; the limit is {MAX_DECODED_PIXELS / 1e6:.0f} megapixels")
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 return np.asarray(letterbox(_to_rgb(image), size))
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise ImageError(f"{path}: too many pixels to decode safely ({error})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         reason = "empty file" if path.is_file() and path.stat().st_size == 0 else error
@@ -120,28 +134,37 @@ def preprocess(images: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
+def weights_file(weights: str) -> Path | None:
+    """The local file a ``--vgg-weights`` value names (``synthetic`` names pretrain.py's), or None."""
+    if weights in ("imagenet", "none"):
+        return None
+    return SYNTHETIC_WEIGHTS if weights == "synthetic" else Path(weights)
+
+
 def weights_tag(weights: str) -> str:
     """A short name for a ``--vgg-weights`` value, used in cache folder names."""
     if weights in ("imagenet", "none"):
         return "imagenet" if weights == "imagenet" else f"random{RANDOM_VGG16_SEED}"
-    stat = Path(weights).stat()
-    digest = hashlib.sha1(f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    return f"file-{digest[:10]}"
+    path = weights_file(weights)
+    stat = path.stat()
+    digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    return f"{'synthetic' if weights == 'synthetic' else 'file'}-{digest[:10]}"
 
 
 def build_vgg16(weights: str, image_size: int, precision: str = "float32"):
     """The frozen VGG16 convolutional base (no top), ending at pool5.
 
     Args:
-        weights: ``"imagenet"`` (Keras' download and cache), a path to a local
-            ``.h5`` weights file, or ``"none"`` for a randomly initialised
-            network, the same one on every machine and backend.
+        weights: ``"imagenet"`` (Keras' download and cache), ``"synthetic"``
+            (the project's own, trained on its scenes by pretrain.py), a path
+            to a local ``.h5`` weights file, or ``"none"`` for a randomly
+            initialised network, the same one on every machine and backend.
         image_size: the side of the square input.
         precision: ``float32``, or ``bfloat16`` (Keras' mixed_bfloat16: float32
             weights, bfloat16 arithmetic) where the hardware does it natively.
 
     Raises:
-        WeightsUnavailable: ImageNet weights were asked for and cannot be had.
+        WeightsUnavailable: ImageNet or synthetic weights were asked for and cannot be had.
         FileNotFoundError: a weights path that does not exist.
     """
     if precision not in ("float32", "bfloat16"):
@@ -167,10 +190,15 @@ def _build_vgg16(weights: str, image_size: int):
                 f"Or pass --vgg-weights none to use a randomly initialised frozen VGG16 (demo quality only)."
             ) from None
     else:
-        if not Path(weights).is_file():
+        path = weights_file(weights)
+        if weights == "synthetic" and not path.is_file():
+            raise WeightsUnavailable(
+                f"The project's synthetic VGG16 weights are not at {path}.\n"
+                f"Make them once with: python pretrain.py   (trains VGG16 on the project's own scenes)")
+        if not path.is_file():
             raise FileNotFoundError(f"VGG16 weights file not found: {weights}")
         model = keras.applications.VGG16(weights=None, include_top=False, input_shape=shape)
-        model.load_weights(weights)
+        model.load_weights(path)
     model.trainable = False
     return model
 
@@ -207,6 +235,28 @@ def _file_stamp(path: str) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def reserve(path) -> None:
+    """Allocates a sparse file's blocks now, so that a full disk is an error here, not a crash (SIGBUS) mid-extraction.
+
+    Raises:
+        DiskFull: the disk cannot hold the file; the message says how much it needs.
+    """
+    size = os.path.getsize(path)
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: the disk is checked while writing instead
+        return
+    try:
+        with open(path, "r+b") as file:
+            os.posix_fallocate(file.fileno(), 0, size)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(Path(path).parent).free
+            raise DiskFull(f"The feature cache needs {size / 2**20:,.0f} MiB in {Path(path).parent.parent} "
+                           f"and the disk has {free / 2**20:,.0f} MiB free; free some space or pass "
+                           f"--cache-dir on another disk") from None
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+
+
 @dataclasses.dataclass
 class FeatureCache:
     """Memory-mapped features of a fixed list of images.
@@ -241,6 +291,7 @@ class FeatureCache:
             for file, dtype, file_shape in ((features_file, np.float16, shape), (status_file, np.uint8, shape[:1])):
                 with atomic_path(file, suffix=".npy") as temporary:
                     np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=file_shape).flush()
+                    reserve(temporary)
             write_json(folder / "paths.json", paths)
         elif read_json(folder / "paths.json", "Cache index") != paths:
             raise ValueError(f"Feature cache {folder} belongs to other images; delete the folder to rebuild it.")

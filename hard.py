@@ -63,6 +63,10 @@ BACKGROUNDS = {"plain": "無地の背景", "gradient": "グラデーションの
                "room": "部屋", "sky": "空と芝生"}
 # Never drawn in a training photo; val-unseen draws them in most photos.
 UNSEEN_PAIRS = {("red", "star"), ("blue", "heart"), ("yellow", "cross"), ("green", "arrow")}
+# Never drawn when pretrain.py trains the synthetic VGG16, so that probe.py can show whether its features see
+# shapes and scenes they were not trained on.
+FEATURE_HELD_OUT_KINDS = ("crescent", "arrow")
+FEATURE_HELD_OUT_BACKGROUNDS = ("sky",)
 
 
 # ---------------------------------------------------------------------------
@@ -70,16 +74,17 @@ UNSEEN_PAIRS = {("red", "star"), ("blue", "heart"), ("yellow", "cross"), ("green
 # ---------------------------------------------------------------------------
 
 
-def random_scene(rng: np.random.Generator, pairs: str = "seen") -> dict:
+def random_scene(rng: np.random.Generator, pairs: str = "seen", kinds=tuple(KINDS), backgrounds=tuple(BACKGROUNDS)) -> dict:
     """One to four objects that do not overlap, their sizes a tenth to half the photo's width.
 
     ``pairs``: "seen" never draws an UNSEEN_PAIRS colour–kind pair; "unseen"
-    makes the first object one of them.
+    makes the first object one of them. ``kinds`` and ``backgrounds``: the
+    ones to draw from (pretrain.py leaves some out).
     """
     width, height = SIZES[int(rng.integers(len(SIZES)))]
     objects, boxes = [], []
     for index in range(int(rng.choice(4, p=OBJECT_COUNT_SHARES)) + 1):
-        color, kind = _pick_pair(rng, pairs, first=index == 0)
+        color, kind = _pick_pair(rng, pairs, first=index == 0, kinds=kinds)
         for _ in range(50):  # rejection sampling; smaller objects fit more easily
             size = float(rng.uniform(0.1, 0.5 if len(objects) < 2 else 0.3))
             radius = size * width / 2
@@ -90,15 +95,15 @@ def random_scene(rng: np.random.Generator, pairs: str = "seen") -> dict:
                                 "y": round(y / height, 3), "position": _position(x / width)})
                 break
     objects.sort(key=lambda obj: obj["x"])
-    return {"width": width, "height": height, "background": str(rng.choice(list(BACKGROUNDS))),
+    return {"width": width, "height": height, "background": str(rng.choice(list(backgrounds))),
             "greyscale": bool(rng.random() < GREYSCALE_SHARE), "objects": objects}
 
 
-def _pick_pair(rng, pairs: str, first: bool) -> tuple[str, str]:
+def _pick_pair(rng, pairs: str, first: bool, kinds=tuple(KINDS)) -> tuple[str, str]:
     if pairs == "unseen" and first:
         return sorted(UNSEEN_PAIRS)[int(rng.integers(len(UNSEEN_PAIRS)))]
     while True:
-        pair = str(rng.choice(list(COLORS))), str(rng.choice(list(KINDS)))
+        pair = str(rng.choice(list(COLORS))), str(rng.choice(list(kinds)))
         if pairs == "unseen" or pair not in UNSEEN_PAIRS:
             return pair
 

@@ -18,6 +18,7 @@ import argparse
 import collections
 import dataclasses
 import functools
+import hashlib
 import re
 import sys
 import unicodedata
@@ -96,7 +97,7 @@ def katakana_reading(text: str) -> tuple[str, str]:
             kept.append(char)
         else:
             dropped.append(char)
-    reading = "".join(item["kana"] for item in _converter().convert("".join(kept)))
+    reading = "".join(item["kana"] for chunk in _chunks("".join(kept)) for item in _converter().convert(chunk))
     katakana = []
     for char in reading:
         (katakana if _KATAKANA.fullmatch(char) else dropped).append(char)
@@ -113,6 +114,17 @@ def _is_japanese(char: str) -> bool:
         or 0xF900 <= code <= 0xFAFF  # CJK compatibility ideographs
         or char in "々〆ヶ、。！？"
     )
+
+
+CHUNK_CHARS = 64  # pykakasi's time grows with the square of its input; longer texts are read in pieces
+_CHUNK_END = re.compile(r"(?<=[。、！？])")
+
+
+def _chunks(text: str):
+    """``text`` in pieces of at most CHUNK_CHARS, cut after punctuation where it has any (a caption is one piece)."""
+    for sentence in _CHUNK_END.split(text):
+        for start in range(0, len(sentence), CHUNK_CHARS):
+            yield sentence[start : start + CHUNK_CHARS]
 
 
 def text_to_katakana(text: str) -> str:
@@ -194,16 +206,31 @@ class Vocabulary:
     @classmethod
     def from_json(cls, data: dict) -> "Vocabulary":
         tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list) or not tokens or tokens[0] != END_TOKEN:
+        if not isinstance(tokens, list) or not tokens or tokens[0] != END_TOKEN or not all(
+                isinstance(token, str) for token in tokens):
             raise ValueError(f'A vocabulary JSON holds {{"tokens": ["{END_TOKEN}", "ア", ...]}}.')
         return cls(tuple(tokens[1:]))
+
+    def fingerprint(self) -> str:
+        """A short digest of the classes in order; config.json keeps it, so a vocab.json from another run is caught."""
+        return hashlib.sha1("\n".join(self.to_json()["tokens"]).encode()).hexdigest()[:16]
 
     def save(self, path) -> None:
         write_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path) -> "Vocabulary":
-        return cls.from_json(read_json(path, "Vocabulary file"))
+    def load(cls, path, fingerprint: str | None = None, max_classes: int | None = None) -> "Vocabulary":
+        """Reads vocab.json; checks it against its run's ``fingerprint`` and softmax width where they are given."""
+        try:
+            vocabulary = cls.from_json(read_json(path, "Vocabulary file"))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        if fingerprint is not None and vocabulary.fingerprint() != fingerprint:
+            raise ValueError(f"{path} is not the vocabulary this run was trained with (config.json records another); "
+                             f"copy the run folder whole.")
+        if max_classes is not None and vocabulary.num_classes > max_classes:
+            raise ValueError(f"{path} has {vocabulary.num_classes} classes; the run's model writes {max_classes}.")
+        return vocabulary
 
     def encode(self, katakana: str, timesteps: int = TIMESTEPS) -> tuple[np.ndarray, int, bool]:
         """Class indices of a katakana caption, ended and padded with the end class.

@@ -28,7 +28,9 @@ layer.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+import zipfile
 from typing import Callable
 
 import keras
@@ -46,6 +48,12 @@ CHAR_EMBEDDING = "char_embedding"
 DECODER = "decoder_lstm"
 OUTPUT = "next_char"
 
+# What the code supports, for command-line options and for config.json files (which may come from anywhere).
+LIMITS = {"units": (1, 4096), "timesteps": (2, 256), "num_classes": (2, 4096), "image_size": (32, 1024),
+          "embedding_dim": (1, 4096)}
+VGG_PRECISIONS = ("float32", "bfloat16")
+MODEL_PRECISIONS = ("float32", "mixed_bfloat16")
+
 # Old names of architectures, still read from config.json and --arch.
 ARCHITECTURE_ALIASES = {"seed": "image2text"}
 
@@ -59,12 +67,35 @@ class CaptionerConfig:
     timesteps: int = TIMESTEPS  # characters per caption, end class included
     num_classes: int = NUM_CLASSES  # softmax width: the end class plus up to num_classes - 1 characters
     image_size: int = 150  # images are letterboxed to image_size × image_size
-    vgg_weights: str = "imagenet"  # "imagenet", "none" (seeded random) or a weights file
+    vgg_weights: str = "imagenet"  # "imagenet", "synthetic" (pretrain.py), "none" (seeded random) or a weights file
     vgg_precision: str = "float32"  # the arithmetic the features were extracted in: float32 or bfloat16
     precision: str = "float32"  # the Keras dtype policy the model trains in: float32 or mixed_bfloat16
     learning_rate: float = 1e-3  # Adam's
     embedding_dim: int = 64  # autoregressive models: width of the character embedding
     dropout: float = 0.3  # autoregressive models: dropout on the image features and the LSTM outputs
+    vocabulary: str | None = None  # the fingerprint of the run's vocab.json (None in runs made before it was kept)
+
+    def __post_init__(self):
+        """Checks every setting's type and range: a config.json may come from anywhere."""
+        def check(name: str, ok: bool, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} is {getattr(self, name)!r}; expected {expected}")
+
+        def is_number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        check("arch", isinstance(self.arch, str) and self.arch in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}")
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            check(name, isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+                  f"a whole number from {low} to {high}")
+        check("vgg_weights", isinstance(self.vgg_weights, str) and self.vgg_weights.strip() != "",
+              "imagenet, synthetic, none or a weights file")
+        check("vgg_precision", self.vgg_precision in (*VGG_PRECISIONS, "auto"), " or ".join(VGG_PRECISIONS))
+        check("precision", self.precision in (*MODEL_PRECISIONS, "auto"), " or ".join(MODEL_PRECISIONS))
+        check("learning_rate", is_number(self.learning_rate) and self.learning_rate > 0, "a number above 0")
+        check("dropout", is_number(self.dropout) and 0 <= self.dropout < 1, "a number from 0 to below 1")
+        check("vocabulary", self.vocabulary is None or isinstance(self.vocabulary, str), "a fingerprint string")
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -87,7 +118,13 @@ class CaptionerConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path} has settings this version does not know: {', '.join(unknown)}")
-        config = cls(**data)
+        try:
+            config = cls(**data)
+            for name in ("vgg_precision", "precision"):
+                if getattr(config, name) == "auto":
+                    raise ValueError(f"{name} is 'auto'; a saved run records the precision it used")
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         if stored_shape is not None and (not isinstance(stored_shape, list)
                                          or tuple(stored_shape) != config.feature_shape):
             raise ValueError(f"{path}: feature_shape {stored_shape} does not follow from image_size {config.image_size}.")
@@ -491,6 +528,8 @@ def load_model(path) -> keras.Model:
     Raises:
         ValueError: the file is not a loadable Keras model (damaged, truncated, another format).
     """
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is damaged or truncated: it is not a Keras model archive; copy it again or retrain")
     try:
         return keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises many types for a bad file; the user needs one message

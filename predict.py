@@ -22,9 +22,9 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from captioner import DEFAULT_RUN, Captioner  # noqa: E402
-from cli import HelpFormatter  # noqa: E402
+from cli import HelpFormatter, bounded_int, file_path, folder_path, nonempty_path, vgg_weights  # noqa: E402
 from dataset import find_images  # noqa: E402
-from decoding import DECODE_METHODS  # noqa: E402
+from decoding import DECODE_METHODS, MAX_BEAM  # noqa: E402
 from features import WeightsUnavailable  # noqa: E402
 from plots import plot_attention, plot_captions  # noqa: E402
 
@@ -37,22 +37,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Caption photos in katakana with a model trained by train.py.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("images", nargs="+", help="image files or folders of images")
-    parser.add_argument("--model", default=DEFAULT_RUN, help="run folder written by train.py")
+    parser.add_argument("images", nargs="+", type=nonempty_path, help="image files or folders of images")
+    parser.add_argument("--model", type=nonempty_path, default=DEFAULT_RUN, help="run folder written by train.py")
     parser.add_argument("--json", action="store_true", help='print one JSON object per image: {"file": ..., "caption": ...}')
-    parser.add_argument("--plot", metavar="PNG", help=f"also draw the photos (the first {MAX_PLOTTED}) with their "
+    parser.add_argument("--plot", metavar="PNG", type=file_path, help=f"also draw the photos (the first {MAX_PLOTTED}) with their "
                                                       f"captions into this PNG")
-    parser.add_argument("--attention", metavar="DIR",
+    parser.add_argument("--attention", metavar="DIR", type=folder_path,
                         help=f"attention models: draw the attention map behind each character, one PNG per photo "
                              f"(the first {MAX_ATTENTION_MAPS}) into DIR")
-    parser.add_argument("--batch-size", type=int, default=32, help="photos per VGG16/model call")
-    parser.add_argument("--vgg-weights", help="override the run's VGG16 weights (imagenet, a .h5 file, or none)")
+    parser.add_argument("--batch-size", type=bounded_int(1, 4096), default=32, help="photos per VGG16/model call")
+    parser.add_argument("--vgg-weights", type=vgg_weights, help="override the run's VGG16 weights (imagenet, synthetic, a .h5 file, or none)")
     parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax",
                         help="image2text models: argmax = the likeliest character per step; collapse = also write "
                              "repeated characters once")
-    parser.add_argument("--beam-size", type=int, default=1,
+    parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1,
                         help="autoregressive models: beams per image (1 = greedy, the best CIDEr-D on the demo)")
-    parser.add_argument("--n-best", type=int, default=1, help="autoregressive models: print this many captions per image")
+    parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1, help="autoregressive models: print this many captions per image")
     return parser.parse_args(argv)
 
 
@@ -81,15 +81,19 @@ def main(argv=None) -> int:
         return 1
     try:
         captioner = Captioner(args.model, args.vgg_weights, decode=args.decode, beam_size=max(args.beam_size, args.n_best))
-    except (FileNotFoundError, ValueError, WeightsUnavailable) as error:
+        if args.attention and not captioner.has_attention:
+            raise ValueError(f"--attention needs an attention model; {args.model} is {captioner.config.arch!r}")
+        return 1 if caption_all(captioner, paths, args) or problems else 0
+    except (OSError, ValueError, WeightsUnavailable) as error:  # a run that does not load, a full disk
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.attention and not captioner.has_attention:
-        print(f"error: --attention needs an attention model; {args.model} is {captioner.config.arch!r}", file=sys.stderr)
-        return 2
+
+
+def caption_all(captioner: Captioner, paths, args: argparse.Namespace) -> int:
+    """Prints each photo's captions and draws what the flags ask for; returns how many photos failed."""
     if args.attention:
         Path(args.attention).mkdir(parents=True, exist_ok=True)
-    plotted, num_failed, num_maps = [], len(problems), 0
+    plotted, num_failed, num_maps = [], 0, 0
     for path, captions, error in captioner.caption_files(paths, args.batch_size, args.n_best):
         if error is not None:
             num_failed += 1
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
     if args.plot and plotted:
         plot_captions(plotted, args.plot)
         print(f"Drew {len(plotted)} captioned photos into {args.plot}", file=sys.stderr)
-    return 1 if num_failed else 0
+    return num_failed
 
 
 if __name__ == "__main__":

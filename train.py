@@ -25,9 +25,11 @@ import runtime  # noqa: E402
 import training  # noqa: E402
 from captioner import (CONFIG_FILE, DEFAULT_RUN, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, MODEL_FILE,  # noqa: E402
                        VOCAB_FILE)
-from cli import HelpFormatter  # noqa: E402
+from cli import (HelpFormatter, bounded_int, existing_dir, existing_file, folder_path, fraction,  # noqa: E402
+                 positive_float, positive_int, vgg_weights)
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable  # noqa: E402
-from model import ARCHITECTURES, CaptionerConfig, architecture_name  # noqa: E402
+from fileio import lock_folder  # noqa: E402
+from model import ARCHITECTURES, LIMITS, CaptionerConfig, architecture_name  # noqa: E402
 
 # Real data: the original's width and ImageNet VGG16, as CaptionerConfig's defaults say.
 DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weights=CaptionerConfig.vgg_weights,
@@ -42,18 +44,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=HelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--annotations", nargs="+", metavar="JSON",
+    data.add_argument("--annotations", nargs="+", metavar="JSON", type=existing_file,
                       help="STAIR/YJ/COCO caption files (e.g. stair_captions_v1.2_train.json); none = the demo dataset")
-    data.add_argument("--images", nargs="+", metavar="DIR",
+    data.add_argument("--images", nargs="+", metavar="DIR", type=existing_dir,
                       help="folders holding the photos the annotations name (e.g. train2014/ val2014/)")
-    data.add_argument("--val-fraction", type=float, default=0.1,
+    data.add_argument("--val-fraction", type=fraction, default=0.1,
                       help="share of the photos held out for validation (split by photo, never by caption)")
-    data.add_argument("--image-size", type=int, default=CaptionerConfig.image_size,
+    data.add_argument("--image-size", type=bounded_int(*LIMITS["image_size"]), default=CaptionerConfig.image_size,
                       help="photos are letterboxed to this square size")
-    data.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
+    data.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR),
                       help="where VGG16 features are cached, reused across epochs and runs")
-    data.add_argument("--vgg-weights", metavar="WEIGHTS",
-                      help=f"'imagenet' (Keras download/cache), a local .h5 file, or 'none' for a randomly initialised "
+    data.add_argument("--vgg-weights", metavar="WEIGHTS", type=vgg_weights,
+                      help=f"'imagenet' (Keras download/cache), 'synthetic' (the project's own, made by pretrain.py), "
+                           f"a local .h5 file, or 'none' for a randomly initialised "
                            f"frozen VGG16 [default: {DEFAULTS['vgg_weights']}; the demo uses {DEMO_DEFAULTS['vgg_weights']}]")
     data.add_argument("--vgg-precision", choices=runtime.EXTRACTION_PRECISIONS, default="auto",
                       help="arithmetic of the one-time feature extraction; auto = bfloat16 where the CPU does it "
@@ -65,23 +68,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "(formerly 'seed'); showtell: Show and Tell, one character at a time from the "
                             "image-initialised LSTM; attention: Show, Attend and Tell, showtell plus attention "
                             "over the VGG16 grid")
-    model.add_argument("--distill-from", metavar="RUN",
+    model.add_argument("--distill-from", metavar="RUN", type=existing_dir,
                        help="train on the captions a trained (autoregressive) run writes for each photo instead of "
                             "the human captions: sequence-level distillation, one consistent target per photo")
-    model.add_argument("--units", type=int, help=f"LSTM/Dense width [default: {DEFAULTS['units']}; the demo uses {DEMO_DEFAULTS['units']}]")
+    model.add_argument("--units", type=bounded_int(*LIMITS["units"]), help=f"LSTM/Dense width [default: {DEFAULTS['units']}; the demo uses {DEMO_DEFAULTS['units']}]")
     fitting = parser.add_argument_group("training")
-    fitting.add_argument("--epochs", type=int, help=f"the total number of epochs [default: {DEFAULTS['epochs']}; the demo uses {DEMO_DEFAULTS['epochs']}]")
-    fitting.add_argument("--batch-size", type=int, help=f"captions per step [default: {DEFAULTS['batch_size']}; the demo uses {DEMO_DEFAULTS['batch_size']}]")
-    fitting.add_argument("--learning-rate", type=float, default=CaptionerConfig.learning_rate, help="Adam's learning rate")
-    fitting.add_argument("--patience", type=int, default=5,
+    fitting.add_argument("--epochs", type=bounded_int(1, 100_000), help=f"the total number of epochs [default: {DEFAULTS['epochs']}; the demo uses {DEMO_DEFAULTS['epochs']}]")
+    fitting.add_argument("--batch-size", type=bounded_int(1, 65_536), help=f"captions per step [default: {DEFAULTS['batch_size']}; the demo uses {DEMO_DEFAULTS['batch_size']}]")
+    fitting.add_argument("--learning-rate", type=positive_float, default=CaptionerConfig.learning_rate, help="Adam's learning rate")
+    fitting.add_argument("--patience", type=positive_int, default=5,
                          help="stop after this many epochs without a better validation loss")
-    fitting.add_argument("--seed", type=int, default=0, help="random seed for the split, the shuffling and the weights")
+    fitting.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed for the split, the shuffling and the weights")
     fitting.add_argument("--precision", choices=runtime.TRAINING_PRECISIONS, default="auto",
                          help="mixed_bfloat16 is Keras' mixed precision: arithmetic in bfloat16, weights in float32. "
                               "auto = mixed_bfloat16 where bench.py measured it faster (JAX on a GPU; TensorFlow on "
                               "CPUs with AVX512-BF16/AMX), else float32")
     output = parser.add_argument_group("output")
-    output.add_argument("--out", help=f"run folder: model, vocabulary, config, history [default: {DEFAULTS['out']}; "
+    output.add_argument("--out", type=folder_path, help=f"run folder: model, vocabulary, config, history [default: {DEFAULTS['out']}; "
                                       f"the demo: {DEFAULT_RUN}]")
     output.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     output.add_argument("--overwrite", action="store_true", help="start over even if --out holds a run")
@@ -91,8 +94,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--images needs --annotations (the caption files that name the photos)")
     if args.annotations and not args.images:
         parser.error("--annotations needs --images (the folders holding the photos, e.g. train2014/)")
-    if not 0 < args.val_fraction < 1:
-        parser.error("--val-fraction must be between 0 and 1")
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other")
     defaults = DEMO_DEFAULTS if args.annotations is None else DEFAULTS
@@ -110,7 +111,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
 def train(args: argparse.Namespace) -> int:
     """Runs training.py's steps in order; returns the exit status."""
     out = Path(args.out)
-    saved_state = training.prepare_out(out, args.resume, args.overwrite)
+    saved_state = training.check_out(out, args.resume, args.overwrite)  # changes nothing: nothing is checked yet
+    early_lock = lock_folder(out) if out.is_dir() else None  # a second writer stops here, before any work
     annotations, images = args.annotations, args.images
     if annotations is None:
         demo_dir = demo.ensure_demo()
@@ -124,17 +126,27 @@ def train(args: argparse.Namespace) -> int:
                                  vocabulary_file=out / VOCAB_FILE if saved_state is not None else None,
                                  distill_from=args.distill_from, progress=not args.quiet)
 
-    model, state = training.build_or_resume(config, data, out, saved_state, args.seed)
-    if saved_state is not None:
-        if training.is_finished(state, args.epochs):
-            training.log(f"The run in {out} is already finished ({state['epoch']} epochs); nothing to resume.")
-            return 0
-        training.log(f"Resuming {out} after epoch {state['epoch']}.")
-    training.fit(model, config, data, out, state, args.epochs, args.batch_size, args.patience, args.seed,
-                 verbose=not args.quiet)
-    if state.get("diverged") and not state["history"]:
-        training.log("Training diverged before the first epoch ended; no model was saved.")
-        return 1
+    lock, saved_state = training.claim_out(out, args.resume, args.overwrite, early_lock)  # --out is changed from here on
+    with lock:
+        try:
+            model, state = training.build_or_resume(config, data, out, saved_state, args.seed)
+            if saved_state is not None and training.is_finished(state, args.epochs):
+                training.log(f"The run in {out} is already finished ({state['epoch']} epochs); nothing to resume.")
+                return 0
+            if saved_state is not None:
+                training.log(f"Resuming {out} after epoch {state['epoch']}.")
+            training.fit(model, config, data, out, state, args.epochs, args.batch_size, args.patience, args.seed,
+                         verbose=not args.quiet)
+        finally:
+            training.restore_previous(out)  # only where this run has saved no model
+        if state.get("diverged") and not state["history"]:
+            training.log("Training diverged before the first epoch ended; no model was saved.")
+            return 1
+        return finish(args, out, data, state)
+
+
+def finish(args: argparse.Namespace, out: Path, data: training.TrainingData, state: dict) -> int:
+    """The validation metrics of the best model, and where the run is."""
     training.log(f"Best validation loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}.")
 
     table = training.evaluate_validation(out, data)
@@ -149,7 +161,7 @@ def main(argv=None) -> int:
     runtime.keep_freed_memory()
     try:
         return train(args)
-    except (FileNotFoundError, FileExistsError, ValueError, WeightsUnavailable) as error:
+    except (OSError, ValueError, WeightsUnavailable) as error:  # missing files, a busy or full disk, bad data
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,8 +1,10 @@
 """The steps of a training run, in the order train.py takes them.
 
-    prepare_out      check --out against --resume/--overwrite; the saved state when resuming
+    check_out        check --out against --resume/--overwrite, writing nothing; the saved state when resuming
     resolve_config   one CaptionerConfig for fresh and resumed runs
     prepare_data     captions -> katakana; photos -> cached VGG16 features; split, vocabulary, encoding
+    claim_out        only now is --out touched: its lock taken, a replaced run moved aside (until the new
+                     run saves its first model; put back if it fails before then)
     build_or_resume  a new compiled model (its config and vocabulary written), or the checkpoint
     fit              Keras fit on the cached features, saving the run after every epoch
     evaluate_validation  caption metrics of the best model on the validation photos
@@ -14,6 +16,7 @@ import csv
 import dataclasses
 import io
 import math
+import shutil
 from pathlib import Path
 
 import keras
@@ -25,43 +28,104 @@ from captioner import (CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, LOSS_PLOT_FIL
                        STATE_FILE, VOCAB_FILE, Captioner)
 from dataset import ImageRecord, load_caption_files
 from features import FeatureCache, cached_features
-from fileio import read_json, remove_stale_temporaries, write_json, write_text
+from fileio import lock_folder, read_json, remove_stale_temporaries, write_json, write_text
 from kana import Vocabulary, convert_captions
 from metrics import format_table, score
 from model import CaptionerConfig, build_model, load_model, save_model
 from plots import plot_loss
 
 # Files a fresh run replaces; anything else in --out is left alone.
-RUN_OUTPUTS = (STATE_FILE, CHECKPOINT_FILE, MODEL_FILE, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE)
+RUN_OUTPUTS = (STATE_FILE, CHECKPOINT_FILE, MODEL_FILE, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, CONFIG_FILE,
+               VOCAB_FILE)
+PREVIOUS_RUN = "previous-run"  # where --overwrite keeps the run it replaces until the new one has a model
 
 
 def log(message: str = "") -> None:
     print(message, flush=True)
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
-    """Checks ``out`` against --resume/--overwrite; returns the saved state when resuming, else None.
+def check_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
+    """Checks ``out`` against --resume/--overwrite, changing nothing; returns the saved state when resuming, else None.
 
     Raises:
         FileNotFoundError: --resume, and ``out`` holds no checkpoint.
-        FileExistsError: ``out`` holds a run, and neither --resume nor --overwrite was given.
+        FileExistsError: ``out`` is a file, or holds a run or a model and neither --resume nor --overwrite was given.
+        ValueError: the saved state is not a run state.
     """
-    if out.is_dir():
-        for path in remove_stale_temporaries(out):
-            log(f"Removed {path.name}, left by an interrupted run.")
-    has_run = (out / STATE_FILE).exists()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder.")
+    holds = [name for name in (STATE_FILE, CHECKPOINT_FILE, MODEL_FILE) if (out / name).exists()]
+    if (out / PREVIOUS_RUN / MODEL_FILE).exists() and MODEL_FILE not in holds:
+        holds.append(f"{PREVIOUS_RUN}/{MODEL_FILE}")
     if resume:
-        if not has_run or not (out / CHECKPOINT_FILE).exists():
-            raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from (no {STATE_FILE}).")
-        return read_json(out / STATE_FILE, "Run state")
-    if has_run and not overwrite:
+        if not (out / STATE_FILE).is_file() or not (out / CHECKPOINT_FILE).is_file():
+            raise FileNotFoundError(f"--resume: {out} holds no checkpoint to resume from (no {STATE_FILE} "
+                                    f"and {CHECKPOINT_FILE}).")
+        state = read_json(out / STATE_FILE, "Run state")
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or not isinstance(
+                state.get("history"), list) or not isinstance(state.get("best_val_loss"), (int, float)):
+            raise ValueError(f"{out / STATE_FILE} is not a run state; start over with --overwrite.")
+        return {**new_state(), **state}
+    if holds and not overwrite:
         raise FileExistsError(
-            f"{out} already holds a training run. Pass --resume to continue it, --overwrite to start over, "
+            f"{out} already holds a model or a training run ({', '.join(holds)}). Pass --resume to continue it, "
+            f"--overwrite to replace it (it is kept in {out / PREVIOUS_RUN} until the new run has a model), "
             f"or choose another --out."
         )
+    return None
+
+
+def claim_out(out: Path, resume: bool, overwrite: bool, lock=None):
+    """Takes --out for this process, once every input has been checked; returns ``(lock, saved_state)``.
+
+    Creates ``out``, takes its lock (a second writer fails here, naming this
+    process), removes temporaries whose writer is gone, puts back a run that
+    an interrupted --overwrite had moved aside, checks ``out`` again (another
+    process may have written it meanwhile) and, for --overwrite, moves the
+    old run's files into ``out/previous-run/``. ``lock``: the lock, if this process already holds it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    lock = lock or lock_folder(out)
+    try:
+        for path in remove_stale_temporaries(out):
+            log(f"Removed {path.name}, left by an interrupted run.")
+        previous = out / PREVIOUS_RUN
+        if previous.is_dir() and not (out / MODEL_FILE).exists():
+            restore_previous(out)
+        saved_state = check_out(out, resume, overwrite)
+        if saved_state is None and any((out / name).exists() for name in RUN_OUTPUTS):
+            shutil.rmtree(previous, ignore_errors=True)  # an older replaced run: the one in out is newer and whole
+            previous.mkdir()
+            for name in RUN_OUTPUTS:
+                if (out / name).exists():
+                    (out / name).rename(previous / name)
+            log(f"Moved the run in {out} to {previous}; it is deleted once this run saves its first model, and put "
+                f"back if this run fails before then.")
+    except BaseException:
+        lock.close()
+        raise
+    return lock, saved_state
+
+
+def restore_previous(out: Path) -> None:
+    """Puts back the run that --overwrite moved aside, if the new run has not saved a model."""
+    previous = out / PREVIOUS_RUN
+    if not previous.is_dir() or (out / MODEL_FILE).exists():
+        return
     for name in RUN_OUTPUTS:
         (out / name).unlink(missing_ok=True)
-    return None
+        if (previous / name).exists():
+            (previous / name).rename(out / name)
+    shutil.rmtree(previous, ignore_errors=True)
+    log(f"Put back the previous run in {out}: the new run ended before it saved a model.")
+
+
+def discard_previous(out: Path) -> None:
+    """Deletes the run --overwrite moved aside, now that the new run has saved a model."""
+    previous = out / PREVIOUS_RUN
+    if previous.is_dir():
+        shutil.rmtree(previous)
+        log(f"\nDeleted the replaced run ({previous}): this run has saved its first model.")
 
 
 def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> CaptionerConfig:
@@ -114,6 +178,10 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         f"of {len(records)} photos.")
     for line in report.lines():
         log(f"  {line}")
+    if not records:
+        raise ValueError(f"No usable photos: none of the {report.num_annotations} annotations names a photo in "
+                         f"{', '.join(map(str, images))} with a caption. Check that --images is the folder holding "
+                         f"the files the annotations name (e.g. train2014/).")
     readings, num_dropped, num_empty = convert_captions([r.captions for r in records], progress=progress)
     log(f"Katakana: {num_dropped} characters without a reading were dropped; "
         f"{num_empty} captions had no reading at all and were skipped.")
@@ -121,6 +189,9 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
     cache, _ = cached_features([record.path for record in records], config.vgg_weights, config.image_size,
                                cache_dir, progress=progress, log=log, precision=config.vgg_precision)
     usable = np.flatnonzero(cache.complete & np.array([bool(r) for r in readings]))
+    if len(usable) < 2:
+        raise ValueError(f"No usable photos: {len(usable)} of {len(records)} photos could be read and have a caption "
+                         f"with a katakana reading; training needs at least 2 (one to train on, one to validate).")
     train_images, val_images = split_by_image(len(usable), val_fraction, seed)
     train_images, val_images = usable[train_images], usable[val_images]
 
@@ -129,7 +200,7 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         readings = distilled_readings(distill_from, config, cache.features, readings,
                                       np.concatenate([train_images, val_images]))
     if vocabulary_file is not None:
-        vocabulary = Vocabulary.load(vocabulary_file)
+        vocabulary = Vocabulary.load(vocabulary_file, config.vocabulary, config.num_classes)
     else:
         vocabulary = Vocabulary.build((k for image in train_images for k in readings[image]), config.num_classes)
     train, train_report = encode_captions(readings, train_images, vocabulary, config.timesteps)
@@ -176,6 +247,7 @@ def build_or_resume(config: CaptionerConfig, data: TrainingData, out: Path, save
     keras.utils.set_random_seed(seed)
     with runtime.dtype_policy(config.precision):  # the layers keep it, and the model file records it
         model = build_model(config, feature_sample(data.cache.features, data.train.rows, seed))
+    config = dataclasses.replace(config, vocabulary=data.vocabulary.fingerprint())
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / CONFIG_FILE)
     data.vocabulary.save(out / VOCAB_FILE)
@@ -228,6 +300,7 @@ class Checkpointer(keras.callbacks.Callback):
         if logs["val_loss"] < state["best_val_loss"]:
             state["best_val_loss"], state["best_epoch"], state["wait"] = logs["val_loss"], epoch + 1, 0
             save_model(self.model, self.out / MODEL_FILE)
+            discard_previous(self.out)
         else:
             state["wait"] += 1
         save_model(self.model, self.out / CHECKPOINT_FILE)

@@ -64,7 +64,7 @@ def test_bad_annotations_are_counted_not_fatal(coco_layout):
         "annotations whose file_name leaves the image folder": 2,
         "annotations whose image file is missing": 2,
         "empty captions": 1,
-        "annotations without an image_id": 1,
+        "annotations without a number or string image_id": 1,
     }
 
 

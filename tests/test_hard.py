@@ -98,6 +98,18 @@ def test_the_probe_reads_what_the_features_hold():
     results = probe.probe(features, scenes)
     assert results["color AUC"] > 0.95 and results["color top-k"] > 0.9
     assert 0.4 < results["kind AUC"] < 0.6  # chance
+    assert results["color AUC, held-out bg"] > 0.9  # the sky photos among the scored ones
+    assert 0.3 < results["kind AUC, held-out kinds"] < 0.7
+
+
+def test_pretraining_never_draws_the_held_out_kinds_or_backgrounds():
+    import pretrain
+
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        scene = hard.random_scene(rng, kinds=pretrain.KINDS, backgrounds=pretrain.BACKGROUNDS)
+        assert scene["background"] not in hard.FEATURE_HELD_OUT_BACKGROUNDS
+        assert not {obj["kind"] for obj in scene["objects"]} & set(hard.FEATURE_HELD_OUT_KINDS)
 
 
 def test_evaluation_reports_the_attributes_of_hard_scenes():

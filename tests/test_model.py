@@ -126,7 +126,7 @@ def test_an_old_config_loads(tmp_path):
 
 
 def test_unknown_architecture_is_a_clear_error():
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ValueError, match="arch is 'transformer'; expected one of"):
         build_model(small_config(arch="transformer"))
 
 
