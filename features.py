@@ -198,7 +198,10 @@ def _build_vgg16(weights: str, image_size: int):
         if not path.is_file():
             raise FileNotFoundError(f"VGG16 weights file not found: {weights}")
         model = keras.applications.VGG16(weights=None, include_top=False, input_shape=shape)
-        model.load_weights(path)
+        try:
+            model.load_weights(path)
+        except Exception as error:  # h5py and Keras raise many types for a file that is not VGG16's weights
+            raise ValueError(f"{path} is not a VGG16 (no top) weights file ({type(error).__name__}: {error})") from None
     model.trainable = False
     return model
 

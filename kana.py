@@ -34,6 +34,7 @@ END = 0  # index of the end/padding class
 END_TOKEN = "</s>"  # how the end class is written in vocab.json
 NUM_CLASSES = 128  # softmax width of the card's design
 TIMESTEPS = 50  # characters per caption, end class included
+CLAUSE_MARKS = "、。"  # a caption over the length limit is cut after the last of these that fits
 
 # Characters a katakana reading may contain: the katakana block, the prolonged
 # sound mark, iteration marks, and the sentence punctuation the captions use.
@@ -238,7 +239,10 @@ class Vocabulary:
         Args:
             katakana: a reading from ``text_to_katakana``.
             timesteps: the length of the result; a caption keeps at most
-                ``timesteps - 1`` characters, so that it always ends.
+                ``timesteps - 1`` characters, so that it always ends. A longer
+                one is cut after the last clause (、 or 。) that fits, where one
+                does, so that the model learns to end where a sentence may end,
+                not mid-word.
 
         Returns:
             ``(indices, num_unknown, truncated)``: an int32 array of length
@@ -251,6 +255,10 @@ class Vocabulary:
         truncated = len(indices) > timesteps - 1
         encoded = np.full(timesteps, END, dtype=np.int32)
         kept = indices[: timesteps - 1]
+        if truncated:
+            marks = {lookup[mark] for mark in CLAUSE_MARKS if mark in lookup}
+            last = max((position for position, index in enumerate(kept) if index in marks), default=None)
+            kept = kept if last is None else kept[: last + 1]
         encoded[: len(kept)] = kept
         return encoded, num_unknown, truncated
 

@@ -49,7 +49,8 @@ DECODER = "decoder_lstm"
 OUTPUT = "next_char"
 
 # What the code supports, for command-line options and for config.json files (which may come from anywhere).
-LIMITS = {"units": (1, 4096), "timesteps": (2, 256), "num_classes": (2, 4096), "image_size": (32, 1024),
+# image_size stops at twice ImageNet's 224: VGG16's first block already holds 1.6 GB for a batch of 32 photos there.
+LIMITS = {"units": (1, 4096), "timesteps": (2, 256), "num_classes": (2, 4096), "image_size": (32, 448),
           "embedding_dim": (1, 4096)}
 VGG_PRECISIONS = ("float32", "bfloat16")
 MODEL_PRECISIONS = ("float32", "mixed_bfloat16")

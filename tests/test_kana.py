@@ -64,6 +64,14 @@ def test_encode_pads_with_end_counts_unknown_and_truncates():
     assert truncated
 
 
+def test_a_caption_over_the_limit_is_cut_after_its_last_clause_that_fits():
+    vocabulary = Vocabulary.build(["ヒダリニマル、ミギニホシ。"])
+    encoded, _, truncated = vocabulary.encode("ヒダリニマル、ミギニホシ。", timesteps=10)
+    assert truncated and vocabulary.decode(encoded) == ("ヒダリニマル、", True)
+    encoded, _, _ = vocabulary.encode("ヒダリニマルミギニホシ", timesteps=5)  # no clause mark: cut at the limit
+    assert vocabulary.decode(encoded) == ("ヒダリニ", True)
+
+
 def test_encode_decode_round_trip():
     vocabulary = Vocabulary.build(["ミギニアオイサンカクガアリマス。"])
     encoded, _, _ = vocabulary.encode("ミギニアオイサンカク。")

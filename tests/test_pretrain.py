@@ -31,3 +31,31 @@ def test_a_short_run_writes_weights_that_the_feature_extractor_loads(tmp_path):
     trained, random = build_vgg16(str(out), 64), build_vgg16("none", 64)  # any image size: the base is convolutional
     moved = [np.abs(a - b).max() for a, b in zip(trained.get_weights(), random.get_weights())]
     assert len(moved) == 26 and max(moved) > 0  # every conv layer's kernel and bias, trained away from the seed
+
+
+def test_folding_batch_norm_gives_plain_vgg16_computing_the_same_features():
+    trained = pretrain.build_batch_norm_vgg16(32)
+    rng = np.random.default_rng(0)
+    for layer in trained.layers:  # statistics far from the identity, so that folding has work to do
+        if "_bn" in layer.name:
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(0, 0.5, beta.shape),
+                               rng.normal(0, 1, mean.shape), rng.uniform(0.5, 3, variance.shape)])
+    images = rng.normal(0, 50, (2, 32, 32, 3)).astype(np.float32)
+    expected = np.asarray(trained(images, training=False))
+    folded = np.asarray(pretrain.fold_batch_norm(trained, 32)(images))
+    assert np.abs(expected).max() > 1 and np.abs(folded - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_weights_are_stored_in_half_precision(tmp_path):
+    import h5py
+
+    out = tmp_path / "vgg.weights.h5"
+    vgg = build_vgg16("none", 32)
+    pretrain.save_half(vgg, out)
+    with h5py.File(out) as file:
+        dtypes = set()
+        file.visititems(lambda name, item: dtypes.add(str(item.dtype)) if isinstance(item, h5py.Dataset) else None)
+    assert dtypes == {"float16"}
+    loaded = build_vgg16(str(out), 32)
+    assert all(np.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(loaded.get_weights(), vgg.get_weights()))

@@ -60,7 +60,7 @@ def bad_cases(root):
     good = ["--annotations", str(root / "empty.json"), "--images", folder]
     train_cases = [[*good, option, value] for option, value in [
         ("--epochs", "0"), ("--epochs", "x"), ("--batch-size", "0"), ("--batch-size", "-5"), ("--units", "-1"),
-        ("--image-size", "100000"), ("--image-size", "8"), ("--val-fraction", "1.5"), ("--val-fraction", "0"),
+        ("--image-size", "1000"), ("--image-size", "8"), ("--val-fraction", "1.5"), ("--val-fraction", "0"),
         ("--learning-rate", "-1"), ("--learning-rate", "nan"), ("--patience", "0"), ("--seed", "-1"),
         ("--out", file), ("--out", ""), ("--cache-dir", file), ("--vgg-weights", "bogus"), ("--vgg-weights", folder),
         ("--distill-from", missing), ("--arch", "bogus"), ("--precision", "bogus"), ("--vgg-precision", "bogus")]]
@@ -358,3 +358,12 @@ def test_a_full_disk_while_writing_keeps_the_previous_file(small_disk):
         write_text(path, "x" * 4 * 2**20)
     assert path.read_text() == "previous"
     assert not [p for p in small_disk.iterdir() if p.name != "state.json"]
+
+
+def test_a_weights_file_that_is_not_vgg16s_is_one_error(tmp_path):
+    from features import build_vgg16
+
+    path = tmp_path / "weights.h5"
+    path.write_text("not weights")
+    with pytest.raises(ValueError, match="is not a VGG16"):
+        build_vgg16(str(path), 32)
