@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 MAX_JSON_BYTES = 16 * 2**20  # config.json, vocab.json, state.json, a cache index: small files
-LOCK_FILE = ".lock"
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp")  # .NAME.PID.tmp[SUFFIX], as atomic_path names them
 
 
@@ -88,29 +87,55 @@ def remove_stale_temporaries(folder) -> list[Path]:
     return removed
 
 
-def lock_folder(folder):
-    """Takes ``folder``'s lock (an OS file lock: it dies with the process); returns the handle that holds it.
+class FolderLock:
+    """An OS lock on a folder itself (no lock file is made); released by ``close()``, or when the process ends."""
 
-    Keep the handle for as long as the folder is being written; closing it
-    releases the lock. The folder must exist.
+    def __init__(self, descriptor: int):
+        self.descriptor = descriptor
+
+    def close(self) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)
+            self.descriptor = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def lock_folder(folder) -> FolderLock:
+    """Takes ``folder``'s lock: ``flock`` on the folder, which dies with the process, so no stale lock is left.
+
+    Keep the lock for as long as the folder is being written. The folder must exist.
 
     Raises:
-        FolderBusy: another process holds the lock.
+        FolderBusy: another process holds the lock; the message names it where the system says (Linux).
     """
-    handle = open(Path(folder) / LOCK_FILE, "a+", encoding="utf-8")
+    descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise FolderBusy(f"{folder} is being written by another process (pid {holder}); wait for it "
+        os.close(descriptor)
+        raise FolderBusy(f"{folder} is being written by another process ({_lock_holder(folder)}); wait for it "
                          f"to finish, stop it, or choose another folder") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+    return FolderLock(descriptor)
+
+
+def _lock_holder(folder) -> str:
+    """``pid N`` of the process holding ``folder``'s flock, read from /proc/locks; a vaguer phrase elsewhere."""
+    stat = os.stat(folder)
+    inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii") as file:
+            for line in file:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode:
+                    return f"pid {fields[4]}"
+    except OSError:
+        pass
+    return "its pid is not known here"
 
 
 def write_text(path, text: str) -> None:
