@@ -113,20 +113,13 @@ def train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     saved_state = training.check_out(out, args.resume, args.overwrite)  # changes nothing: nothing is checked yet
     early_lock = lock_folder(out) if out.is_dir() else None  # a second writer stops here, before any work
-    annotations, images = args.annotations, args.images
-    if annotations is None:
-        demo_dir = demo.ensure_demo()
-        annotations, images = [str(demo_dir / "captions_train.json")], [str(demo_dir / "train2014")]
-        training.log(f"No --annotations given: training on the demo dataset in {demo_dir}.")
-    if args.vgg_weights == "none":
-        training.log("Using a randomly initialised frozen VGG16 (--vgg-weights none): fine for the demo's shapes, "
-                     "not for photos.")
-    config = training.resolve_config(requested_config(args), out if saved_state is not None else None)
-    data = training.prepare_data(config, annotations, images, args.cache_dir, args.val_fraction, args.seed,
-                                 vocabulary_file=out / VOCAB_FILE if saved_state is not None else None,
-                                 distill_from=args.distill_from, progress=not args.quiet)
-
-    lock, saved_state = training.claim_out(out, args.resume, args.overwrite, early_lock)  # --out is changed from here on
+    try:
+        config, data = prepare(args, out, saved_state)
+        lock, saved_state = training.claim_out(out, args.resume, args.overwrite, early_lock)  # --out changes from here
+    except BaseException:
+        if early_lock is not None:
+            early_lock.close()
+        raise
     with lock:
         try:
             model, state = training.build_or_resume(config, data, out, saved_state, args.seed)
@@ -143,6 +136,23 @@ def train(args: argparse.Namespace) -> int:
             training.log("Training diverged before the first epoch ended; no model was saved.")
             return 1
         return finish(args, out, data, state)
+
+
+def prepare(args: argparse.Namespace, out: Path, saved_state: dict | None):
+    """The run's config and its data: captions read, features extracted; nothing in ``out`` is changed."""
+    annotations, images = args.annotations, args.images
+    if annotations is None:
+        demo_dir = demo.ensure_demo()
+        annotations, images = [str(demo_dir / "captions_train.json")], [str(demo_dir / "train2014")]
+        training.log(f"No --annotations given: training on the demo dataset in {demo_dir}.")
+    if args.vgg_weights == "none":
+        training.log("Using a randomly initialised frozen VGG16 (--vgg-weights none): fine for the demo's shapes, "
+                     "not for photos.")
+    config = training.resolve_config(requested_config(args), out if saved_state is not None else None)
+    data = training.prepare_data(config, annotations, images, args.cache_dir, args.val_fraction, args.seed,
+                                 vocabulary_file=out / VOCAB_FILE if saved_state is not None else None,
+                                 distill_from=args.distill_from, progress=not args.quiet)
+    return config, data
 
 
 def finish(args: argparse.Namespace, out: Path, data: training.TrainingData, state: dict) -> int:

@@ -122,6 +122,8 @@ def test_failing_train_leaves_an_existing_run_byte_for_byte(tiny_run, tiny_demo,
         assert_one_line_error(code, err)
         assert message in err
         assert digest_tree(out) == before
+    with lock_folder(out):  # a failed run let go of the folder, even inside one process
+        pass
 
 
 def test_a_folder_with_only_a_model_is_not_replaced_without_overwrite(tiny_run, tiny_demo, tmp_path, capsys):
