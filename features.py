@@ -135,10 +135,22 @@ def preprocess(images: np.ndarray) -> np.ndarray:
 
 
 def weights_file(weights: str) -> Path | None:
-    """The local file a ``--vgg-weights`` value names (``synthetic`` names pretrain.py's), or None."""
+    """The local file a ``--vgg-weights`` value names (``synthetic`` names pretrain.py's), or None for imagenet/none.
+
+    Raises:
+        WeightsUnavailable: ``synthetic``, and pretrain.py has not made the file yet.
+        FileNotFoundError: a weights path that does not exist.
+    """
     if weights in ("imagenet", "none"):
         return None
-    return SYNTHETIC_WEIGHTS if weights == "synthetic" else Path(weights)
+    path = SYNTHETIC_WEIGHTS if weights == "synthetic" else Path(weights)
+    if weights == "synthetic" and not path.is_file():
+        raise WeightsUnavailable(
+            f"The project's synthetic VGG16 weights are not at {path}.\n"
+            f"Make them once with: python pretrain.py   (trains VGG16 on the project's own scenes)")
+    if not path.is_file():
+        raise FileNotFoundError(f"VGG16 weights file not found: {weights}")
+    return path
 
 
 def weights_tag(weights: str) -> str:
@@ -191,12 +203,6 @@ def _build_vgg16(weights: str, image_size: int):
             ) from None
     else:
         path = weights_file(weights)
-        if weights == "synthetic" and not path.is_file():
-            raise WeightsUnavailable(
-                f"The project's synthetic VGG16 weights are not at {path}.\n"
-                f"Make them once with: python pretrain.py   (trains VGG16 on the project's own scenes)")
-        if not path.is_file():
-            raise FileNotFoundError(f"VGG16 weights file not found: {weights}")
         model = keras.applications.VGG16(weights=None, include_top=False, input_shape=shape)
         try:
             model.load_weights(path)

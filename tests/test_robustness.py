@@ -369,3 +369,12 @@ def test_a_weights_file_that_is_not_vgg16s_is_one_error(tmp_path):
     path.write_text("not weights")
     with pytest.raises(ValueError, match="is not a VGG16"):
         build_vgg16(str(path), 32)
+
+
+def test_missing_synthetic_weights_say_how_to_make_them_before_any_cache_is_made(tmp_path, monkeypatch):
+    import features
+
+    monkeypatch.setattr(features, "SYNTHETIC_WEIGHTS", tmp_path / "none.weights.h5")
+    with pytest.raises(features.WeightsUnavailable, match="python pretrain.py"):
+        features.cached_features([str(tmp_path / "a.jpg")], "synthetic", 32, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
