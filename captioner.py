@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from decoding import Caption, beam_search, decode_parallel
+from decoding import Caption, beam_search, decode_ctc, decode_parallel
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
 from model import CaptionerConfig, StepModels, architecture, load_model, save_model
@@ -52,15 +52,16 @@ class Captioner:
         vgg_weights: overrides the VGG16 weights the run was trained with
             (e.g. a local copy of the same ImageNet weights file).
         with_vgg: False to caption cached features only (no VGG16 built).
-        decode: how a non-autoregressive model's outputs are read (see decoding.DECODE_METHODS).
-        beam_size: beams per image for autoregressive models (1 = greedy).
+        decode: how a non-autoregressive model's outputs are read (decoding.DECODE_METHODS);
+            None reads them as config.json says the run was trained to be read.
+        beam_size: beams per image for autoregressive models and CTC decoding (1 = greedy).
 
     Raises:
         FileNotFoundError: a file of the run is missing.
         ValueError: the files do not belong together.
     """
 
-    def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str = "argmax",
+    def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str | None = None,
                  beam_size: int = 1):
         model_dir = Path(model_dir)
         for name in RUN_FILES:
@@ -77,8 +78,11 @@ class Captioner:
                 f"{model_dir}: the model does not match config.json (classes {num_classes} vs "
                 f"{self.config.num_classes}, or another image size); these files are not from the same run."
             )
-        self.decode, self.beam_size = decode, beam_size
-        self.steps = StepModels(self.model, self.config) if architecture(self.config).autoregressive else None
+        autoregressive = architecture(self.config).autoregressive
+        if decode is not None and autoregressive:
+            raise ValueError(f"--decode is for image2text runs; {model_dir} is {self.config.arch}, read by beam search.")
+        self.decode, self.beam_size = decode or self.config.decoding, beam_size
+        self.steps = StepModels(self.model, self.config) if autoregressive else None
         self.vgg = build_vgg16(vgg_weights or self.config.vgg_weights, self.config.image_size,
                                self.config.vgg_precision) if with_vgg else None
 
@@ -92,6 +96,8 @@ class Captioner:
         if self.steps is not None:
             return beam_search(self.steps, features, self.vocabulary, self.beam_size, n_best, self.config.timesteps - 1)
         probabilities = self.model.predict_on_batch(features)  # (batch, 50, 128)
+        if self.decode == "ctc":
+            return decode_ctc(probabilities, self.vocabulary, max(self.beam_size, n_best), n_best)
         return decode_parallel(probabilities, self.vocabulary, collapse_repeats=self.decode == "collapse")
 
     def caption_cached(self, features, rows, batch_size: int = 256) -> list[tuple[str, bool]]:

@@ -1,7 +1,10 @@
 """Turning model outputs into captions.
 
-Non-autoregressive models (``image2text``) give all 50 steps' probabilities at once:
-the caption is the likeliest class per step up to the end class.
+Non-autoregressive models (``image2text``) give all 50 steps' probabilities at once.
+Trained with cross-entropy, the caption is the likeliest class per step up to
+the end class (``decode_parallel``); trained with CTC, it is what remains of
+the steps' classes after merging repeats and removing the end class, CTC's
+blank (``decode_ctc``: ``keras.ops.ctc_decode``, greedy or beam search).
 
 Autoregressive models (``showtell``, ``attention``) are run one character at
 a time (``model.StepModels``) with a batched beam search: every image keeps
@@ -15,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
 import numpy as np
 
 from kana import END, TIMESTEPS, Vocabulary
 
 
 MAX_BEAM = 64  # --beam-size and --n-best: the work per photo grows with it
-DECODE_METHODS = ("argmax", "collapse")  # how a non-autoregressive model's outputs are read
+DECODE_METHODS = ("argmax", "collapse", "ctc")  # how a non-autoregressive model's outputs may be read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +53,41 @@ def decode_parallel(probabilities: np.ndarray, vocabulary: Vocabulary, collapse_
         length = min(int(np.argmax(row == END)) + 1 if ended else len(row), len(row))
         probability = float(np.prod(steps[np.arange(length), row[:length]]))
         captions.append([Caption(text, ended, probability)])
+    return captions
+
+
+def decode_ctc(probabilities: np.ndarray, vocabulary: Vocabulary, beam_size: int = 1,
+               n_best: int = 1) -> list[list[Caption]]:
+    """CTC decoding with the end class as the blank: greedy at ``beam_size`` 1, else beam search.
+
+    Returns, per image, up to ``n_best`` captions (at most ``beam_size``),
+    best first. A CTC caption has no end mark to miss, so every one is
+    ``ended``; its probability is the best path's (greedy) or the beam
+    search's estimate of the caption's (beam).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)  # (batch, timesteps, classes)
+    batch, steps, _ = probabilities.shape
+    if batch == 0:
+        return []
+    logits = np.log(np.maximum(probabilities, 1e-7))  # softmax(log p) = p: what ctc_decode expects
+    lengths = np.full(batch, steps, dtype=np.int32)
+    n_best = min(n_best, beam_size)
+    if beam_size == 1:
+        decoded, scores = keras.ops.ctc_decode(logits, lengths, strategy="greedy", mask_index=END)
+        log_probabilities = -keras.ops.convert_to_numpy(scores)  # (batch, 1): the best path's negated sum
+    else:
+        decoded, log_probabilities = keras.ops.ctc_decode(logits, lengths, strategy="beam_search",
+                                                          beam_width=beam_size, top_paths=n_best, mask_index=END)
+        log_probabilities = keras.ops.convert_to_numpy(log_probabilities)  # (batch, n_best)
+    decoded = keras.ops.convert_to_numpy(decoded)  # (paths, batch, timesteps), -1 after the caption
+    captions = []
+    for image in range(batch):
+        ranked = []
+        for path in range(decoded.shape[0]):
+            indices = [int(i) for i in decoded[path, image] if i > END]
+            ranked.append(Caption(vocabulary.decode([*indices, END])[0], True,
+                                  float(np.exp(log_probabilities[image, path]))))
+        captions.append(ranked)
     return captions
 
 

@@ -49,10 +49,10 @@ def main(argv=None) -> int:
                         help="caption files to evaluate on [default: the demo's held-out captions_val.json]")
     parser.add_argument("--images", nargs="+", metavar="DIR", type=existing_dir, help="folders holding their photos [default: demo val2014/]")
     parser.add_argument("--limit", type=positive_int, help="evaluate on the first N photos only")
-    parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax",
-                        help="image2text models: how captions are read off the model")
+    parser.add_argument("--decode", choices=DECODE_METHODS,
+                        help="image2text runs: how captions are read off the model [default: as the run was trained]")
     parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1,
-                        help="autoregressive models: beams per image (1 = greedy, the best CIDEr-D on the demo)")
+                        help="beams per image, for autoregressive runs and CTC decoding (1 = greedy)")
     parser.add_argument("--out", type=folder_path, help="folder for metrics.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
     parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=256, help="photos per model call")
@@ -110,7 +110,7 @@ def evaluate(args) -> dict:
     kept_references = [references[index] for index in keep]
     result = score(captions, kept_references, [records[index].scene for index in keep])
     per_image = result.pop("CIDEr-D per image")
-    result.update(model=str(args.model), annotations=args.annotations, decode=args.decode, beam_size=args.beam_size,
+    result.update(model=str(args.model), annotations=args.annotations, decode=captioner.decode, beam_size=args.beam_size,
                   arch=captioner.config.arch)
     print(format_table(result))
 

@@ -55,6 +55,12 @@ LIMITS = {"units": (1, 4096), "timesteps": (2, 256), "num_classes": (2, 4096), "
 VGG_PRECISIONS = ("float32", "bfloat16")
 MODEL_PRECISIONS = ("float32", "mixed_bfloat16")
 
+# How a model is trained, and how its outputs are read: beam search (greedy at beam 1) for autoregressive models;
+# for image2text, the likeliest character per step up to the end class (argmax), the same with repeated characters
+# written once (collapse), or CTC decoding (the end class as CTC's blank: repeats merged, blanks removed).
+LOSSES = ("crossentropy", "ctc")
+DECODINGS = ("beam", "argmax", "collapse", "ctc")
+
 # Old names of architectures, still read from config.json and --arch.
 ARCHITECTURE_ALIASES = {"seed": "image2text"}
 
@@ -75,6 +81,8 @@ class CaptionerConfig:
     embedding_dim: int = 64  # autoregressive models: width of the character embedding
     dropout: float = 0.3  # autoregressive models: dropout on the image features and the LSTM outputs
     vocabulary: str | None = None  # the fingerprint of the run's vocab.json (None in runs made before it was kept)
+    loss: str = "crossentropy"  # crossentropy (per step, against the caption's exact positions) or ctc (image2text)
+    decoding: str | None = None  # how the outputs are read (DECODINGS); None: what the architecture and loss imply
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -97,6 +105,13 @@ class CaptionerConfig:
         check("learning_rate", is_number(self.learning_rate) and self.learning_rate > 0, "a number above 0")
         check("dropout", is_number(self.dropout) and 0 <= self.dropout < 1, "a number from 0 to below 1")
         check("vocabulary", self.vocabulary is None or isinstance(self.vocabulary, str), "a fingerprint string")
+        check("loss", self.loss in LOSSES, " or ".join(LOSSES))
+        autoregressive = ARCHITECTURES[self.arch].autoregressive
+        check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
+        if self.decoding is None:
+            self.decoding = "beam" if autoregressive else "ctc" if self.loss == "ctc" else "argmax"
+        allowed = ("beam",) if autoregressive else ("ctc",) if self.loss == "ctc" else ("argmax", "collapse")
+        check("decoding", self.decoding in allowed, f"{' or '.join(allowed)} for {self.arch} trained with {self.loss}")
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -490,7 +505,10 @@ def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
 
 
 def compile_model(model: keras.Model, config: CaptionerConfig) -> keras.Model:
-    """Adam and cross-entropy over the classes, as every architecture trains."""
+    """Adam, and cross-entropy over the classes at every step or (``loss="ctc"``) CTC over the caption."""
+    if config.loss == "ctc":
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=CaptionCTC())
+        return model
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         # Integer targets: the same loss as one-hot cross-entropy over the 128
@@ -499,6 +517,52 @@ def compile_model(model: keras.Model, config: CaptionerConfig) -> keras.Model:
         metrics=["accuracy"],
     )
     return model
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class CaptionCTC(keras.losses.Loss):
+    """Connectionist temporal classification of a caption by the model's per-step softmax.
+
+    Targets are the usual rows of class indices, the caption then end classes
+    (``(batch, timesteps)``). The end class is CTC's blank: the model may write
+    each character at any step, repeated over several steps, with blanks
+    between; the caption is what remains after merging repeats and removing
+    blanks. Normalised by the number of steps, so that its scale is that of
+    the per-step cross-entropy. Targets must fit the steps (``ctc_fits``).
+    """
+
+    def __init__(self, name="caption_ctc", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(y_true, "int32")  # (batch, timesteps)
+        steps = ops.shape(y_pred)[1]
+        label_lengths = ops.sum(ops.cast(ops.not_equal(labels, 0), "int32"), axis=1)  # (batch,)
+        output_lengths = ops.full((ops.shape(y_pred)[0],), steps, dtype="int32")
+        # The model's output is a softmax; its log is a set of logits whose softmax is the same distribution.
+        logits = ops.log(ops.maximum(ops.cast(y_pred, "float32"), 1e-7))  # (batch, timesteps, classes)
+        losses = ops.ctc_loss(labels, logits, label_lengths, output_lengths, mask_index=0)  # (batch,)
+        return losses / ops.cast(steps, losses.dtype)
+
+
+def ctc_steps_needed(targets: np.ndarray) -> np.ndarray:
+    """The fewest output steps CTC needs for each target row: its characters plus a blank between each repeated pair."""
+    targets = np.asarray(targets)
+    characters = targets != 0
+    repeats = characters[:, 1:] & (targets[:, 1:] == targets[:, :-1])
+    return characters.sum(axis=1) + repeats.sum(axis=1)
+
+
+def ctc_fits(targets: np.ndarray, timesteps: int) -> tuple[np.ndarray, int]:
+    """Cuts each target row to the characters CTC can align with ``timesteps`` steps; returns the rows and how many were cut."""
+    targets = np.array(targets, copy=True)
+    cut = 0
+    for row in np.flatnonzero(ctc_steps_needed(targets) > timesteps):
+        while ctc_steps_needed(targets[row : row + 1])[0] > timesteps:
+            last = np.flatnonzero(targets[row])[-1]
+            targets[row, last] = 0
+        cut += 1
+    return targets, cut
 
 
 def adapt_feature_norm(norm: layers.Normalization, feature_sample, floor: float = 0.1) -> None:

@@ -47,12 +47,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f"(the first {MAX_ATTENTION_MAPS}) into DIR")
     parser.add_argument("--batch-size", type=bounded_int(1, 4096), default=32, help="photos per VGG16/model call")
     parser.add_argument("--vgg-weights", type=vgg_weights, help="override the run's VGG16 weights (imagenet, synthetic, a .h5 file, or none)")
-    parser.add_argument("--decode", choices=DECODE_METHODS, default="argmax",
-                        help="image2text models: argmax = the likeliest character per step; collapse = also write "
-                             "repeated characters once")
+    parser.add_argument("--decode", choices=DECODE_METHODS,
+                        help="image2text runs: argmax = the likeliest character per step; collapse = also write "
+                             "repeated characters once; ctc = CTC decoding [default: as the run was trained]")
     parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1,
-                        help="autoregressive models: beams per image (1 = greedy, the best CIDEr-D on the demo)")
-    parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1, help="autoregressive models: print this many captions per image")
+                        help="beams per image, for autoregressive runs and CTC decoding (1 = greedy)")
+    parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1,
+                        help="print this many captions per image, with probabilities (autoregressive runs and CTC decoding)")
     return parser.parse_args(argv)
 
 

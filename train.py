@@ -29,13 +29,15 @@ from cli import (HelpFormatter, bounded_int, existing_dir, existing_file, folder
                  positive_float, positive_int, vgg_weights)
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
-from model import ARCHITECTURES, LIMITS, CaptionerConfig, architecture_name  # noqa: E402
+from model import ARCHITECTURES, LIMITS, LOSSES, CaptionerConfig, architecture_name  # noqa: E402
 
 # Real data: the original's width and ImageNet VGG16, as CaptionerConfig's defaults say.
 DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weights=CaptionerConfig.vgg_weights,
                 out="runs/stair")
 # The demo fits a laptop CPU: a random VGG16 (no download) and a narrower model.
 DEMO_DEFAULTS = dict(epochs=15, batch_size=128, units=256, vgg_weights="none", out=DEFAULT_RUN)
+# The loss each architecture trains with unless --loss says otherwise (image2text: the one measured best).
+DEFAULT_LOSS = {"image2text": "ctc", "showtell": "crossentropy", "attention": "crossentropy"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "(formerly 'seed'); showtell: Show and Tell, one character at a time from the "
                             "image-initialised LSTM; attention: Show, Attend and Tell, showtell plus attention "
                             "over the VGG16 grid")
+    model.add_argument("--loss", choices=LOSSES,
+                       help="image2text: ctc = connectionist temporal classification, the end class as the blank "
+                            "(a character may sit a step earlier or later); crossentropy = the original's per-step "
+                            f"loss at exact positions. Autoregressive models train with crossentropy "
+                            f"[default: {DEFAULT_LOSS['image2text']} for image2text]")
     model.add_argument("--distill-from", metavar="RUN", type=existing_dir,
                        help="train on the captions a trained (autoregressive) run writes for each photo instead of "
                             "the human captions: sequence-level distillation, one consistent target per photo")
@@ -96,6 +103,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--annotations needs --images (the folders holding the photos, e.g. train2014/)")
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other")
+    if args.loss == "ctc" and ARCHITECTURES[args.arch].autoregressive:
+        parser.error(f"--loss ctc is for --arch image2text; {args.arch} writes one character at a time and "
+                     f"trains with crossentropy")
+    args.loss = args.loss or DEFAULT_LOSS[args.arch]
     defaults = DEMO_DEFAULTS if args.annotations is None else DEFAULTS
     return argparse.Namespace(**{**vars(args), **{name: value for name, value in defaults.items()
                                                   if getattr(args, name) is None}})
@@ -105,7 +116,7 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
     """The model settings the command line asks for (``auto`` precisions still unresolved)."""
     return CaptionerConfig(arch=args.arch, units=args.units, image_size=args.image_size, vgg_weights=args.vgg_weights,
                            vgg_precision=args.vgg_precision, precision=args.precision,
-                           learning_rate=args.learning_rate)
+                           learning_rate=args.learning_rate, loss=args.loss)
 
 
 def train(args: argparse.Namespace) -> int:

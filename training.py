@@ -31,7 +31,7 @@ from features import FeatureCache, cached_features
 from fileio import lock_folder, read_json, remove_stale_temporaries, write_json, write_text
 from kana import Vocabulary, convert_captions
 from metrics import format_table, score
-from model import CaptionerConfig, build_model, load_model, save_model
+from model import CaptionerConfig, build_model, ctc_fits, load_model, save_model
 from plots import plot_loss
 
 # Files a fresh run replaces; anything else in --out is left alone.
@@ -142,6 +142,8 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
         log(f"Resuming with the run's own image size ({config.image_size}) and VGG16 weights ({config.vgg_weights}).")
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
+    if requested.loss != config.loss:
+        log(f"Resuming with the run's own loss ({config.loss}).")
     return config
 
 
@@ -205,6 +207,12 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         vocabulary = Vocabulary.build((k for image in train_images for k in readings[image]), config.num_classes)
     train, train_report = encode_captions(readings, train_images, vocabulary, config.timesteps)
     val, val_report = encode_captions(readings, val_images, vocabulary, config.timesteps)
+    if config.loss == "ctc":
+        (train.targets, cut_train), (val.targets, cut_val) = (ctc_fits(data.targets, config.timesteps)
+                                                              for data in (train, val))
+        if cut_train + cut_val:
+            log(f"CTC: {cut_train + cut_val} captions were cut to fit {config.timesteps} steps "
+                f"(a repeated character takes a blank step between).")
     log(f"Vocabulary: {vocabulary.num_classes} classes (end class + {len(vocabulary.characters)} characters).")
     log(f"Training on {len(train.rows)} captions of {len(train_images)} photos; validating on "
         f"{len(val.rows)} captions of {len(val_images)} photos.")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from decoding import beam_search, decode_parallel
+from decoding import beam_search, decode_ctc, decode_parallel
 from kana import END, Vocabulary
 
 VOCABULARY = Vocabulary(("ア", "イ", "ウ"))  # classes 1, 2, 3; 0 is the end
@@ -82,3 +82,30 @@ def test_captions_without_end_are_cut_and_marked():
 
     (best,) = beam_search(Babbler(), np.zeros((1, 1)), VOCABULARY, beam_size=2, max_length=5)[0]
     assert best.text == "アアアアア" and not best.ended
+
+
+def ctc_probabilities(steps):
+    """One image's per-step probabilities: 0.7 on each step's class, the rest spread over the others."""
+    probabilities = np.full((1, len(steps), 4), 0.1)
+    probabilities[0, np.arange(len(steps)), steps] = 0.7
+    return probabilities
+
+
+def test_ctc_decoding_merges_repeats_and_removes_blanks():
+    # ア ア (merged) blank ア (a new ア after the blank) イ イ blank: "アアイ"
+    probabilities = ctc_probabilities([1, 1, END, 1, 2, 2, END])
+    (best,), = decode_ctc(probabilities, VOCABULARY)
+    assert (best.text, best.ended) == ("アアイ", True)
+    assert best.probability == pytest.approx(0.7**7, rel=1e-4)  # greedy: the best path's probability
+
+
+def test_ctc_beam_search_ranks_captions_and_sums_their_paths():
+    # Step 2 is split between ア and the blank: both paths read "ア", so "ア" outranks any two-character caption.
+    probabilities = np.array([[[0.1, 0.8, 0.05, 0.05], [0.45, 0.45, 0.05, 0.05], [0.9, 0.04, 0.03, 0.03]]])
+    captions, = decode_ctc(probabilities, VOCABULARY, beam_size=4, n_best=3)
+    assert [caption.text for caption in captions][0] == "ア"
+    assert len(captions) == 3 and len({caption.text for caption in captions}) == 3
+    probabilities_ranked = [caption.probability for caption in captions]
+    assert probabilities_ranked == sorted(probabilities_ranked, reverse=True)
+    assert probabilities_ranked[0] > 0.8 * 0.45 * 0.9  # more than its likeliest single path: paths are summed
+    assert decode_ctc(probabilities[:0], VOCABULARY) == []

@@ -82,13 +82,37 @@ def test_predict_n_best_prints_ranked_captions_with_probabilities(tiny_run, tiny
     assert all(0 <= p <= 1 for p in probabilities)
 
 
-def test_image2text_architecture_trains_and_predicts(tiny_demo, tmp_path, capsys):
+def test_image2text_trains_with_ctc_by_default_and_predicts_n_best(tiny_demo, tmp_path, capsys):
     out = tmp_path / "image2text"
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", "image2text")) == 0
-    assert json.loads((out / "config.json").read_text())["arch"] == "image2text"
+    config = json.loads((out / "config.json").read_text())
+    assert (config["arch"], config["loss"], config["decoding"]) == ("image2text", "ctc", "ctc")
+    capsys.readouterr()  # the training log
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--n-best", "2", "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 6
+    for record in records:
+        assert len(record["captions"]) == 2 and all(0 <= c["probability"] <= 1 for c in record["captions"])
+        assert record["caption"] == record["captions"][0]["caption"] and is_katakana(record["caption"])
+    assert evaluate.main(["--model", str(out), "--annotations", str(tiny_demo / "captions_val.json"), "--images",
+                          str(tiny_demo / "val2014"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert json.loads((out / "eval-captions_val" / "metrics.json").read_text())["decode"] == "ctc"
+    # --resume keeps the loss the run started with.
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 2, "--arch", "image2text",
+                                 "--resume")) == 0
+    assert json.loads((out / "state.json").read_text())["epoch"] == 2
+
+
+def test_image2text_with_the_originals_crossentropy(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "image2text"
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", "image2text",
+                                 "--loss", "crossentropy")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["loss"], config["decoding"]) == ("crossentropy", "argmax")
     capsys.readouterr()  # the training log
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--decode", "collapse"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 6
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--decode", "ctc", "--n-best", "2"]) == 0
 
 
 def test_the_old_name_seed_is_accepted_with_a_note(tiny_demo, tmp_path, capsys):

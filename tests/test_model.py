@@ -130,10 +130,11 @@ def test_unknown_architecture_is_a_clear_error():
         build_model(small_config(arch="transformer"))
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_each_architecture_memorises_a_few_captions(arch):
+@pytest.mark.parametrize("arch, loss", [(arch, "crossentropy") for arch in sorted(ARCHITECTURES)]
+                         + [("image2text", "ctc")])
+def test_each_architecture_memorises_a_few_captions(arch, loss):
     """A handful of images with one caption each must be learnt exactly (a tiny-batch overfit)."""
-    from decoding import beam_search, decode_parallel
+    from decoding import beam_search, decode_ctc, decode_parallel
     from kana import Vocabulary
 
     captions = ["アカイマル", "アオイシカク", "キイロイサンカク", "ミドリノマル"]
@@ -141,15 +142,54 @@ def test_each_architecture_memorises_a_few_captions(arch):
     keras.utils.set_random_seed(0)
     features = np.random.default_rng(0).normal(size=(4, 2, 2, 512)).astype("float32")
     targets = np.stack([vocabulary.encode(caption, 12)[0] for caption in captions])
-    config = small_config(arch=arch, units=64, learning_rate=1e-2, dropout=0.0, image_size=64, timesteps=12)
+    config = small_config(arch=arch, units=64, learning_rate=1e-2, dropout=0.0, image_size=64, timesteps=12, loss=loss)
     model = build_model(config, feature_sample=features)
     model.fit(model_inputs(config, features, targets), targets, epochs=300, batch_size=4, verbose=0)
     if ARCHITECTURES[arch].autoregressive:
         decoded = beam_search(StepModels(model, config), features, vocabulary, beam_size=2, max_length=11)
+    elif loss == "ctc":
+        decoded = decode_ctc(model.predict(features, verbose=0), vocabulary)
     else:
         decoded = decode_parallel(model.predict(features, verbose=0), vocabulary)
     predicted = [captions[0].text for captions in decoded]
     assert predicted == captions
+
+
+def test_ctc_loss_is_the_negative_log_likelihood_of_the_caption_over_the_steps():
+    """Two steps, classes (blank, ア, イ): "ア" is read from アア, ア·blank and blank·ア."""
+    from model import CaptionCTC
+
+    p = np.array([[[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]]], dtype="float32")  # (1, 2 steps, 3 classes)
+    likelihood = p[0, 0, 1] * p[0, 1, 1] + p[0, 0, 1] * p[0, 1, 0] + p[0, 0, 0] * p[0, 1, 1]
+    loss = keras.ops.convert_to_numpy(CaptionCTC()(np.array([[1, 0]]), p))
+    assert loss == pytest.approx(-np.log(likelihood) / 2, rel=1e-4)  # normalised by the 2 steps
+
+
+def test_ctc_targets_are_cut_to_what_the_steps_can_align():
+    from model import ctc_fits, ctc_steps_needed
+
+    targets = np.array([[1, 1, 2, 0, 0], [1, 2, 3, 4, 0], [1, 1, 1, 1, 0]])
+    assert ctc_steps_needed(targets).tolist() == [4, 4, 7]  # アアイ needs a blank between the two ア
+    fitted, cut = ctc_fits(targets, 4)
+    assert cut == 1 and fitted[:2].tolist() == targets[:2].tolist()
+    assert fitted[2].tolist() == [1, 1, 0, 0, 0] and ctc_steps_needed(fitted).max() <= 4
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"arch": "attention", "loss": "ctc"}, "loss is 'ctc'; expected crossentropy for attention"),
+    ({"loss": "hinge"}, "loss is 'hinge'; expected crossentropy or ctc"),
+    ({"loss": "ctc", "decoding": "argmax"}, "decoding is 'argmax'; expected ctc for image2text trained with ctc"),
+    ({"arch": "showtell", "decoding": "ctc"}, "decoding is 'ctc'; expected beam"),
+])
+def test_loss_and_decoding_must_agree_with_the_architecture(settings, message):
+    with pytest.raises(ValueError, match=message):
+        CaptionerConfig(**settings)
+
+
+def test_the_decoding_follows_the_architecture_and_loss():
+    assert CaptionerConfig(arch="image2text").decoding == "argmax"
+    assert CaptionerConfig(arch="image2text", loss="ctc").decoding == "ctc"
+    assert CaptionerConfig(arch="attention").decoding == "beam"
 
 
 @pytest.mark.parametrize("arch", ["showtell", "attention"])

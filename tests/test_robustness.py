@@ -63,7 +63,9 @@ def bad_cases(root):
         ("--image-size", "1000"), ("--image-size", "8"), ("--val-fraction", "1.5"), ("--val-fraction", "0"),
         ("--learning-rate", "-1"), ("--learning-rate", "nan"), ("--patience", "0"), ("--seed", "-1"),
         ("--out", file), ("--out", ""), ("--cache-dir", file), ("--vgg-weights", "bogus"), ("--vgg-weights", folder),
-        ("--distill-from", missing), ("--arch", "bogus"), ("--precision", "bogus"), ("--vgg-precision", "bogus")]]
+        ("--distill-from", missing), ("--arch", "bogus"), ("--precision", "bogus"), ("--vgg-precision", "bogus"),
+        ("--loss", "bogus")]]
+    train_cases += [[*good, "--arch", "attention", "--loss", "ctc"]]
     train_cases += [["--annotations", missing, "--images", folder], ["--annotations", "", "--images", folder],
                     ["--annotations", folder, "--images", folder], ["--annotations", str(root / "empty.json"),
                                                                      "--images", missing],
