@@ -14,6 +14,8 @@ The first three are all ``Captioner`` needs.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,16 @@ def save_run(folder, model, config: CaptionerConfig, vocabulary: Vocabulary) -> 
     config.save(folder / CONFIG_FILE)
     vocabulary.save(folder / VOCAB_FILE)
     save_model(model, folder / MODEL_FILE)
+
+
+@dataclasses.dataclass
+class Captioned:
+    """One photo's result from ``Captioner.caption_photo``."""
+
+    image: np.ndarray  # the letterboxed photo the model saw, (size, size, 3) uint8
+    captions: list[Caption]  # best first
+    attention: np.ndarray | None  # attention models: the weights behind each character of the best caption
+    seconds: float  # reading, VGG16 and decoding
 
 
 class Captioner:
@@ -90,14 +102,19 @@ class Captioner:
     def has_attention(self) -> bool:
         return self.steps is not None and self.steps.attention is not None
 
-    def caption_features(self, features: np.ndarray, n_best: int = 1) -> list[list[Caption]]:
-        """Up to ``n_best`` captions per image, best first, from pool5 features ``(batch, 4, 4, 512)``."""
+    def caption_features(self, features: np.ndarray, n_best: int = 1,
+                         beam_size: int | None = None) -> list[list[Caption]]:
+        """Up to ``n_best`` captions per image, best first, from pool5 features ``(batch, 4, 4, 512)``.
+
+        ``beam_size`` overrides the captioner's for this call (at least ``n_best``).
+        """
         features = np.asarray(features, dtype=np.float32)
+        beam_size = max(beam_size or self.beam_size, n_best)
         if self.steps is not None:
-            return beam_search(self.steps, features, self.vocabulary, self.beam_size, n_best, self.config.timesteps - 1)
+            return beam_search(self.steps, features, self.vocabulary, beam_size, n_best, self.config.timesteps - 1)
         probabilities = self.model.predict_on_batch(features)  # (batch, 50, 128)
         if self.decode == "ctc":
-            return decode_ctc(probabilities, self.vocabulary, max(self.beam_size, n_best), n_best)
+            return decode_ctc(probabilities, self.vocabulary, beam_size, n_best)
         return decode_parallel(probabilities, self.vocabulary, collapse_repeats=self.decode == "collapse")
 
     def caption_cached(self, features, rows, batch_size: int = 256) -> list[tuple[str, bool]]:
@@ -126,6 +143,22 @@ class Captioner:
         image = load_image(path, self.config.image_size)
         (maps,) = self.attention_maps(self.image_features(image[None]), [text])  # (characters, rows, cols)
         return image, maps
+
+    def caption_photo(self, source, n_best: int = 1, name: str | None = None) -> Captioned:
+        """One photo, from a path or a binary file object (an upload): its captions and, for attention models, maps.
+
+        ``n_best`` is also the beam size (at least the captioner's).
+
+        Raises:
+            ImageError: the photo cannot be read (features.load_image's checks, the pixel bound included).
+        """
+        started = time.perf_counter()
+        image = load_image(source, self.config.image_size, name)
+        features = self.image_features(image[None])
+        captions = self.caption_features(features, n_best)[0]
+        seconds = time.perf_counter() - started  # what captioning took; the attention maps are extra
+        maps = self.attention_maps(features, [captions[0].text])[0] if self.has_attention else None
+        return Captioned(image, captions, maps, seconds)
 
     def caption_images(self, images: np.ndarray, n_best: int = 1) -> list[list[Caption]]:
         """Captions from letterboxed uint8 images ``(batch, size, size, 3)``."""

@@ -88,24 +88,30 @@ def letterbox(image: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
-def load_image(path, size: int) -> np.ndarray:
-    """Reads an image file as a letterboxed ``(size, size, 3)`` uint8 RGB array.
+def load_image(source, size: int, name: str | None = None) -> np.ndarray:
+    """Reads an image as a letterboxed ``(size, size, 3)`` uint8 RGB array.
 
     EXIF orientation is applied; JPEGs are decoded at a reduced scale when they
     are much larger than ``size`` (Pillow's draft mode), which is faster and
     looks the same after letterboxing.
 
+    Args:
+        source: a path, or a binary file object (an upload held in memory).
+        size: the letterboxed side.
+        name: what messages call a file object (a path is called by itself).
+
     Raises:
         ImageError: the file is missing, empty, not an image, truncated, or too
             large to decode safely.
     """
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        raise ImageError(f"{path}: not a regular file")
+    is_path = isinstance(source, (str, os.PathLike))
+    name = str(source) if is_path else name or "the upload"
+    if is_path and Path(source).exists() and not Path(source).is_file():
+        raise ImageError(f"{name}: not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bounded below by decoded pixels
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.format == "JPEG":
                     image.draft("RGB", (size, size))  # DCT scaling to no less than size × size
                 width, height = image.size
@@ -116,12 +122,19 @@ def load_image(path, size: int) -> np.ndarray:
                 image = ImageOps.exif_transpose(image)
                 return np.asarray(letterbox(_to_rgb(image), size))
     except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
+        raise ImageError(f"{name}: file not found") from None
     except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: too many pixels to decode safely ({error})") from None
+        raise ImageError(f"{name}: too many pixels to decode safely ({error})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
-        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else error
-        raise ImageError(f"{path}: not a readable image ({reason})") from None
+        reason = "empty file" if _is_empty(source) else error
+        raise ImageError(f"{name}: not a readable image ({reason})") from None
+
+
+def _is_empty(source) -> bool:
+    """Whether a path names an empty regular file, or a file object holds no bytes."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).is_file() and Path(source).stat().st_size == 0
+    return hasattr(source, "getbuffer") and source.getbuffer().nbytes == 0
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:

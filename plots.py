@@ -1,7 +1,8 @@
 """Every figure the captioner draws, with a font that has kana (matplotlib-fontja), saved atomically.
 
     plot_captions   photos with their captions, in a grid (predict.py --plot, evaluate.py's samples.png)
-    plot_attention  where an attention model looked for each character (predict.py --attention)
+    plot_attention  where an attention model looked for each character (predict.py --attention; app.py
+                    draws the same attention_figure on the page)
     plot_samples    the best and worst photos by CIDEr-D (evaluate.py)
     plot_loss       training and validation loss per epoch (train.py's loss.png)
 """
@@ -53,6 +54,11 @@ def plot_captions(results, out_file, columns: int = 4) -> None:
 
 
 def plot_attention(image: np.ndarray, text: str, maps: np.ndarray, title: str, out_file, columns: int = 10) -> None:
+    """Writes ``attention_figure`` to the PNG ``out_file``."""
+    save_figure(attention_figure(image, text, maps, title, columns), out_file, dpi=80)
+
+
+def attention_figure(image: np.ndarray, text: str, maps: np.ndarray, title: str, columns: int = 10):
     """Draws where an attention model looked for each character of ``text``, over the letterboxed photo.
 
     Each pool5 cell sees about 32×32 pixels of the letterboxed image (its
@@ -63,8 +69,10 @@ def plot_attention(image: np.ndarray, text: str, maps: np.ndarray, title: str, o
         text: the caption.
         maps: the weights behind each character, ``(len(text), rows, cols)``.
         title: the first panel's title (the file name).
-        out_file: the PNG to write.
         columns: panels per row.
+
+    Returns:
+        The matplotlib figure (the caller saves or shows it, and closes it).
     """
     rows, cols = maps.shape[1:]
     num_panels = len(text) + 1
@@ -82,7 +90,7 @@ def plot_attention(image: np.ndarray, text: str, maps: np.ndarray, title: str, o
         axis.set_title(char, fontsize=14)
     figure.suptitle(text, fontsize=10)
     figure.tight_layout()
-    save_figure(figure, out_file, dpi=80)
+    return figure
 
 
 def plot_samples(paths, captions, references, per_image, out_file, count: int = 4) -> None:
@@ -104,7 +112,7 @@ def plot_loss(history: list[dict], out_file) -> None:
     for key, label in (("loss", "training"), ("val_loss", "validation")):
         axis.plot(epochs, [row[key] for row in history], marker="o", markersize=3, label=label)
     axis.set_xlabel("epoch")
-    axis.set_ylabel("cross-entropy per character")
+    axis.set_ylabel("loss per character step")
     axis.set_title("loss")
     axis.legend()
     axis.grid(alpha=0.3)

@@ -1,12 +1,15 @@
 """Shared fixtures: a tiny demo dataset and a tiny trained run, made once per test session."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
 import demo  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 # Small enough to train in seconds on 2 CPU cores: 32 px photos give 1×1×512 pool5 features.
 TINY = ["--image-size", "32", "--units", "16", "--batch-size", "16", "--vgg-weights", "none", "--quiet"]

@@ -1,0 +1,121 @@
+"""The web page: drop photos, read their katakana captions.
+
+    $ streamlit run app.py                          # the run python train.py made (runs/demo)
+    $ streamlit run app.py -- --model runs/stair    # another run folder
+
+Settings (127.0.0.1 only, headless, no usage statistics, 20 MB uploads) are
+in .streamlit/config.toml. The page captions with the same ``Captioner`` as
+predict.py, loaded once per server process; each photo shows its caption (in
+hiragana too, easier to read), the n-best list with probabilities, how long
+captioning took and, for attention models, where the model looked for each
+character.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, before Keras is imported
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jaconv  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from captioner import DEFAULT_RUN, Captioner  # noqa: E402
+from cli import nonempty_path  # noqa: E402
+from demo import DEMO_DIR  # noqa: E402
+from features import ImageError, WeightsUnavailable  # noqa: E402
+from plots import attention_figure  # noqa: E402
+
+MAX_UPLOAD_MB = 20  # per photo; also server.maxUploadSize in .streamlit/config.toml
+PHOTO_TYPES = ["jpg", "jpeg", "png", "webp"]
+MAX_BEAM_ON_PAGE = 10
+MAX_DEMO_CHOICES = 200  # the demo's held-out photos offered on the page
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="streamlit run app.py --",
+                                     description="The captioner's web page; options go after streamlit's '--'.")
+    parser.add_argument("--model", type=nonempty_path, default=DEFAULT_RUN, help="run folder written by train.py")
+    return parser.parse_args(argv)
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def load_captioner(model_dir: str) -> tuple[Captioner, threading.Lock]:
+    """The run's captioner, once per server process, with a lock: sessions are threads and take turns on the model."""
+    return Captioner(model_dir), threading.Lock()
+
+
+def demo_photos() -> list[Path]:
+    folder = DEMO_DIR / "val2014"
+    return sorted(folder.glob("*.jpg"))[:MAX_DEMO_CHOICES] if folder.is_dir() else []
+
+
+def show_photo(captioner: Captioner, lock: threading.Lock, name: str, source, beam_size: int) -> None:
+    """One photo's section of the page; a photo that cannot be read gets an error there, and the page goes on."""
+    st.subheader(name)
+    try:
+        with lock:
+            result = captioner.caption_photo(source, n_best=beam_size, name=name)
+    except ImageError as error:
+        st.error(f"error: {error}")
+        return
+    picture, words = st.columns([1, 2])
+    picture.image(result.image, caption=f"what the model sees ({captioner.config.image_size} px)")
+    best = result.captions[0]
+    words.markdown(f"### {best.text or '(empty)'}")
+    words.caption(f"ひらがな: {jaconv.kata2hira(best.text)}")
+    words.caption(f"{1000 * result.seconds:.0f} ms (reading, VGG16, decoding)")
+    if len(result.captions) > 1:
+        words.table({"caption": [c.text for c in result.captions],
+                     "probability": [f"{c.probability:.4f}" for c in result.captions]})
+    else:
+        words.caption(f"probability {best.probability:.4f}")
+    if result.attention is not None and best.text:
+        with st.expander("where the model looked for each character"):
+            figure = attention_figure(result.image, best.text, result.attention, name)
+            st.pyplot(figure)
+            plt.close(figure)
+
+
+def main(argv=None) -> None:
+    st.set_page_config(page_title="kana-captioner", layout="wide")
+    st.title("カタカナ captioner")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    model = Path(args.model)
+    if not model.is_dir():
+        hint = " Train one with: python train.py" if args.model == DEFAULT_RUN else ""
+        st.error(f"error: no run folder at {model}.{hint}")
+        st.stop()
+    try:
+        captioner, lock = load_captioner(str(model))
+    except (OSError, ValueError, WeightsUnavailable) as error:  # what predict.py prints for a run that does not load
+        st.error(f"error: {error}")
+        st.stop()
+    config = captioner.config
+    st.caption(f"{model}: {config.arch}, {config.units} units, VGG16 weights {config.vgg_weights}, "
+               f"{config.image_size} px, decoding {captioner.decode}")
+
+    uploads = st.file_uploader("Photos (JPEG, PNG or WebP)", type=PHOTO_TYPES, accept_multiple_files=True,
+                               max_upload_size=MAX_UPLOAD_MB)
+    choices = demo_photos()
+    picked = st.multiselect("…or held-out demo photos", [path.name for path in choices])
+    beam_size = st.slider("Beam size (and captions listed)", 1, MAX_BEAM_ON_PAGE, 3,
+                          help="1 is greedy decoding; image2text runs trained with cross-entropy write one caption")
+    for upload in uploads or []:
+        show_photo(captioner, lock, upload.name, io.BytesIO(upload.getvalue()), beam_size)
+    by_name = {path.name: path for path in choices}
+    for name in picked:
+        show_photo(captioner, lock, name, by_name[name], beam_size)
+    if not uploads and not picked:
+        st.info("Drop photos above, or pick held-out demo photos, to caption them.")
+
+
+if __name__ == "__main__":
+    main()
