@@ -109,6 +109,10 @@ def main(argv=None) -> None:
     beam_size = st.slider("Beam size (and captions listed)", 1, MAX_BEAM_ON_PAGE, 3,
                           help="1 is greedy decoding; image2text runs trained with cross-entropy write one caption")
     for upload in uploads or []:
+        if upload.size > MAX_UPLOAD_MB * 2**20:  # the server refuses these already; a second check costs nothing
+            st.subheader(upload.name)
+            st.error(f"error: {upload.name}: {upload.size / 2**20:.0f} MB; photos up to {MAX_UPLOAD_MB} MB are captioned")
+            continue
         show_photo(captioner, lock, upload.name, io.BytesIO(upload.getvalue()), beam_size)
     by_name = {path.name: path for path in choices}
     for name in picked:

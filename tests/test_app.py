@@ -1,6 +1,7 @@
 """The web page (app.py): Streamlit's AppTest without a browser, then the real server in headless Chromium."""
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import jaconv
 import pytest
+from PIL import Image
 
 from captioner import Captioner
 from conftest import PROJECT
 from test_end_to_end import is_katakana
+from test_features import png_header
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -46,18 +49,29 @@ def captioned_photo(run, demo):
     raise AssertionError("the tiny run captions no held-out photo")
 
 
+def webp_with_alpha(photo: Path) -> bytes:
+    out = io.BytesIO()
+    Image.open(photo).convert("RGBA").save(out, format="WEBP")
+    return out.getvalue()
+
+
 def test_an_upload_is_captioned_and_a_bad_one_is_an_error(tiny_run, tiny_demo):
     photo, expected = captioned_photo(tiny_run[0], tiny_demo)
     at = open_page(tiny_run[0])
     assert not at.exception and not at.error
     at.file_uploader[0].set_value([("photo.jpg", photo.read_bytes(), "image/jpeg"),
-                                   ("broken.png", b"not a png", "image/png")])
+                                   ("broken.png", b"not a png", "image/png"),
+                                   ("bomb.png", png_header(20_000, 20_000), "image/png"),
+                                   ("photo.webp", webp_with_alpha(photo), "image/webp")])
     at.run()
     assert not at.exception
-    assert len(at.error) == 1 and at.error[0].value.startswith("error: broken.png: not a readable image")
+    errors = [error.value for error in at.error]
+    assert len(errors) == 2 and errors[0].startswith("error: broken.png: not a readable image")
+    assert errors[1].startswith("error: bomb.png: too many pixels to decode safely")
     captions = [block.value[4:] for block in at.markdown if block.value.startswith("### ")]
-    assert captions == [expected[0].text] and is_katakana(captions[0])  # predict.py's caption, non-empty katakana
-    (table,) = at.table  # the n-best list at the page's default beam size 3
+    assert captions[0] == expected[0].text and is_katakana(captions[0])  # predict.py's caption, non-empty katakana
+    assert len(captions) == 2 and is_katakana(captions[1])  # the WebP with an alpha channel is captioned too
+    table = at.table[0]  # the n-best list at the page's default beam size 3
     assert list(table.value["caption"]) == [caption.text for caption in expected]
     assert [float(p) for p in table.value["probability"]] == pytest.approx(
         [caption.probability for caption in expected], abs=1e-4)
