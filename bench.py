@@ -25,6 +25,11 @@ shared machine slows a round rather than one model):
               20k and 120k images (synthetic features, one process each).
   latency     predict.py: cold (process start to caption) and warm per image,
               one file and a batch of 64 files.
+  captioning  trained runs side by side (--runs, e.g. image2text against
+              attention): warm ms per photo at batch 1 and 64, from cached
+              features (the caption model and its decoding) and from JPEG
+              files (with VGG16), on the demo's held-out photos. Each run
+              takes its turn in every round; each keeps its best round.
 """
 
 from __future__ import annotations
@@ -50,15 +55,16 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 import runtime  # noqa: E402
 from batches import CaptionBatches, CaptionData, feature_sample  # noqa: E402
-from captioner import Captioner, save_run  # noqa: E402
-from cli import HelpFormatter, bounded_int, file_path, folder_path, positive_int  # noqa: E402
+from captioner import DEFAULT_RUN, Captioner, save_run  # noqa: E402
+from cli import HelpFormatter, bounded_int, existing_dir, file_path, folder_path, positive_int  # noqa: E402
+from demo import DEMO_DIR  # noqa: E402
 from features import FeatureCache, build_vgg16, extract_features, feature_shape, letterbox, load_image, preprocess  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import NUM_CLASSES, TIMESTEPS, Vocabulary  # noqa: E402
 from model import LIMITS, CaptionerConfig, adapt_feature_norm, build_image2text, build_model, compile_model  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent
-SECTIONS = ("extraction", "training", "memory", "latency")
+SECTIONS = ("extraction", "training", "memory", "latency", "captioning")
 
 
 def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -433,6 +439,51 @@ def bench_latency(work: Path, repeats: int = 3) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# Trained runs' captioning speed, side by side
+# ---------------------------------------------------------------------------
+
+
+def bench_captioning(runs, photos: list[Path], rounds: int = 3) -> dict:
+    """Warm captioning time per photo of each run, at batch 1 and 64, from features and from files."""
+    photos = photos[:64]
+    captioners = {str(run): Captioner(run) for run in runs}
+    features = {}
+    for name, captioner in captioners.items():
+        images = np.stack([load_image(path, captioner.config.image_size) for path in photos])
+        features[name] = captioner.image_features(images)
+        captioner.caption_features(features[name])  # warm up: the first calls trace and compile
+        list(captioner.caption_files(photos[:2]))
+    timings = {name: {} for name in captioners}
+    for _ in range(rounds):
+        for name, captioner in captioners.items():
+            measured = {
+                "model_single_ms": 1000 * timed(lambda: captioner.caption_features(features[name][:1]), 3),
+                "model_batch64_ms_per_image": 1000 * timed(lambda: captioner.caption_features(features[name]))
+                / len(photos),
+                "photo_single_ms": 1000 * timed(lambda: list(captioner.caption_files(photos[:1])), 3),
+                "photo_batch64_ms_per_image": 1000 * timed(lambda: list(captioner.caption_files(photos, batch_size=64)))
+                / len(photos),
+            }
+            for key, value in measured.items():
+                timings[name][key] = min(value, timings[name].get(key, np.inf))
+    return {"runs": {name: {"arch": captioner.config.arch, "decoding": captioner.decode, **timings[name]}
+                     for name, captioner in captioners.items()}, "photos": len(photos)}
+
+
+def captioning_rows(result: dict) -> list[tuple[str, str, str]]:
+    runs = result["runs"]
+    first = next(iter(runs))
+    rows = []
+    for key, label, unit in (("model_single_ms", "from features, 1 photo", "ms"),
+                             ("model_batch64_ms_per_image", f"from features, {result['photos']} photos", "ms/photo"),
+                             ("photo_single_ms", "from a JPEG, 1 photo", "ms"),
+                             ("photo_batch64_ms_per_image", f"from JPEGs, {result['photos']} photos", "ms/photo")):
+        for name, run in runs.items():
+            ratio = runs[first][key] / run[key]
+            note = "" if name == first else f"{ratio:.2f}× as fast as {Path(first).name}"
+            rows.append((f"caption {label}: {Path(name).name} ({run['arch']}, {run['decoding']})",
+                         f"{run[key]:.1f} {unit}", note))
+    return rows
 
 
 def format_report(results: dict) -> str:
@@ -483,6 +534,8 @@ def format_report(results: dict) -> str:
                  ("predict: warm, 1 photo", f"{r['warm_single_beam1_ms']:.0f} ms", f"beam 3: {r['warm_single_beam3_ms']:.0f} ms"),
                  ("predict: warm, 64 photos", f"{r['warm_batch64_beam1_ms_per_image']:.1f} ms/photo",
                   f"beam 3: {r['warm_batch64_beam3_ms_per_image']:.1f} ms/photo")]
+    if "captioning" in results:
+        rows += captioning_rows(results["captioning"])
     width = max(len(name) for name, _, _ in rows)
     return "\n".join(f"{name:<{width}}  {value:>20}  {note}" for name, value, note in rows)
 
@@ -515,6 +568,9 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", nargs="+", choices=["float32", "mixed_bfloat16"],
                         help="Keras dtype policies to train under [default: float32; mixed_bfloat16 too on a GPU, and on "
                              "a CPU where train.py's --precision auto picks it, except with --quick]")
+    parser.add_argument("--runs", nargs="+", metavar="RUN", type=existing_dir,
+                        help="captioning section: trained run folders to time side by side (the first is the "
+                             "reference) [default: runs/demo and the runs/demo-* beside it]")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--child-steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -524,7 +580,9 @@ def main(argv=None) -> int:
         return 0
 
     gpu = runtime.compute_device() == "gpu"
-    sections = args.only or SECTIONS
+    runs = args.runs or [str(path) for path in [PROJECT / DEFAULT_RUN, *sorted(PROJECT.glob(f"{DEFAULT_RUN}-*"))]
+                         if (path / "model.keras").is_file()]
+    sections = args.only or [section for section in SECTIONS if section != "captioning" or runs]
     scale = dict(images=150, steps=6, rounds=1, rss_steps=20, repeats=1) if args.quick else \
         dict(images=600, steps=40 if gpu else 12, rounds=3, rss_steps=60, repeats=3)
     batch_size = args.batch_size or (1024 if gpu else 64)
@@ -551,6 +609,12 @@ def main(argv=None) -> int:
         if "latency" in sections:
             print("latency: predict.py...", file=sys.stderr, flush=True)
             results["latency"] = bench_latency(work / "latency", scale["repeats"])
+        if "captioning" in sections:
+            if not runs:
+                raise SystemExit("error: the captioning section needs trained runs: --runs RUN ... (python train.py)")
+            photos = sorted((DEMO_DIR / "val2014").glob("*.jpg")) or make_jpegs(work / "captioning", 64, seed=2)
+            print(f"captioning: {', '.join(runs)}...", file=sys.stderr, flush=True)
+            results["captioning"] = bench_captioning(runs, photos, rounds=args.rounds or scale["rounds"])
     about = results["machine"]
     print(f"{about['device']}, {about['cpus']} CPUs, Keras {about['keras']} on {about['backend']}")
     print(format_report(results))

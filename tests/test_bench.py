@@ -1,0 +1,19 @@
+"""bench.py's captioning section on the tiny run (timings are not asserted: only that they are measured and reported)."""
+
+import shutil
+
+import bench
+
+
+def test_captioning_section_times_runs_side_by_side(tiny_run, tiny_demo, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run[0], other)
+    photos = sorted((tiny_demo / "val2014").iterdir())[:2]
+    result = bench.bench_captioning([tiny_run[0], other], photos, rounds=1)
+    assert result["photos"] == 2 and list(result["runs"]) == [str(tiny_run[0]), str(other)]
+    for run in result["runs"].values():
+        assert (run["arch"], run["decoding"]) == ("attention", "beam")
+        assert all(run[key] > 0 for key in ("model_single_ms", "model_batch64_ms_per_image", "photo_single_ms",
+                                            "photo_batch64_ms_per_image"))
+    report = bench.format_report({"captioning": result})
+    assert report.count("as fast as out") == 4  # one ratio per measure, against the first run
