@@ -24,14 +24,13 @@ import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jaconv  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from captioner import DEFAULT_RUN, Captioner  # noqa: E402
 from cli import nonempty_path  # noqa: E402
 from demo import DEMO_DIR  # noqa: E402
 from features import ImageError, WeightsUnavailable  # noqa: E402
-from plots import attention_figure  # noqa: E402
+from plots import attention_figure, figure_png  # noqa: E402
 
 MAX_UPLOAD_MB = 20  # per photo; also server.maxUploadSize in .streamlit/config.toml
 PHOTO_TYPES = ["jpg", "jpeg", "png", "webp"]
@@ -75,13 +74,12 @@ def show_photo(captioner: Captioner, lock: threading.Lock, name: str, source, be
     if len(result.captions) > 1:
         words.table({"caption": [c.text for c in result.captions],
                      "probability": [f"{c.probability:.4f}" for c in result.captions]})
+        words.caption("ranked by log-probability per character, as predict.py --n-best ranks them")
     else:
         words.caption(f"probability {best.probability:.4f}")
     if result.attention is not None and best.text:
         with st.expander("where the model looked for each character"):
-            figure = attention_figure(result.image, best.text, result.attention, name)
-            st.pyplot(figure)
-            plt.close(figure)
+            st.image(figure_png(attention_figure(result.image, best.text, result.attention, name)))
 
 
 def main(argv=None) -> None:
@@ -106,8 +104,9 @@ def main(argv=None) -> None:
                                max_upload_size=MAX_UPLOAD_MB)
     choices = demo_photos()
     picked = st.multiselect("…or held-out demo photos", [path.name for path in choices])
-    beam_size = st.slider("Beam size (and captions listed)", 1, MAX_BEAM_ON_PAGE, 3,
-                          help="1 is greedy decoding; image2text runs trained with cross-entropy write one caption")
+    beam_size = st.slider("Beam size (and captions listed)", 1, MAX_BEAM_ON_PAGE, 1,
+                          help="1 is greedy decoding, predict.py's default; a larger beam also lists the runners-up "
+                               "with their probabilities (image2text runs trained with crossentropy write one caption)")
     for upload in uploads or []:
         if upload.size > MAX_UPLOAD_MB * 2**20:  # the server refuses these already; a second check costs nothing
             st.subheader(upload.name)

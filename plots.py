@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +30,14 @@ def save_figure(figure, path, dpi: int = 100) -> None:
     with atomic_path(path, suffix=path.suffix or ".png") as temporary:
         figure.savefig(temporary, dpi=dpi)  # the format follows the temporary's suffix
     plt.close(figure)
+
+
+def figure_png(figure, dpi: int = 80) -> bytes:
+    """``figure`` as PNG bytes (for a web page), and closes it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def plot_captions(results, out_file, columns: int = 4) -> None:

@@ -25,7 +25,6 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 CHROMIUM = shutil.which("chromium-headless-shell") or shutil.which("chromium")
-SCREENSHOT = os.environ.get("APP_SCREENSHOT")  # where the browser test also saves its screenshot (docs/ uses this)
 
 
 def page(model: str):
@@ -59,6 +58,7 @@ def test_an_upload_is_captioned_and_a_bad_one_is_an_error(tiny_run, tiny_demo):
     photo, expected = captioned_photo(tiny_run[0], tiny_demo)
     at = open_page(tiny_run[0])
     assert not at.exception and not at.error
+    at.slider[0].set_value(3)
     at.file_uploader[0].set_value([("photo.jpg", photo.read_bytes(), "image/jpeg"),
                                    ("broken.png", b"not a png", "image/png"),
                                    ("bomb.png", png_header(20_000, 20_000), "image/png"),
@@ -71,7 +71,7 @@ def test_an_upload_is_captioned_and_a_bad_one_is_an_error(tiny_run, tiny_demo):
     captions = [block.value[4:] for block in at.markdown if block.value.startswith("### ")]
     assert captions[0] == expected[0].text and is_katakana(captions[0])  # predict.py's caption, non-empty katakana
     assert len(captions) == 2 and is_katakana(captions[1])  # the WebP with an alpha channel is captioned too
-    table = at.table[0]  # the n-best list at the page's default beam size 3
+    table = at.table[0]  # the n-best list at beam size 3
     assert list(table.value["caption"]) == [caption.text for caption in expected]
     assert [float(p) for p in table.value["probability"]] == pytest.approx(
         [caption.probability for caption in expected], abs=1e-4)
@@ -150,9 +150,6 @@ def test_a_photo_dropped_on_the_page_in_a_real_browser_is_captioned(tiny_run, ti
             captions = [text.strip() for text in tab.locator("h3").all_inner_texts() if text.strip() != photo.name]
             assert captions == [expected[0].text]
             tab.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-            if SCREENSHOT:
-                Path(SCREENSHOT).parent.mkdir(parents=True, exist_ok=True)
-                tab.screenshot(path=SCREENSHOT, full_page=True)
         finally:
             browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
