@@ -73,10 +73,10 @@ def show_photo(captioner: Captioner, lock: threading.Lock, name: str, source, be
     words.caption(f"{1000 * result.seconds:.0f} ms (reading, VGG16, decoding)")
     if len(result.captions) > 1:
         words.table({"caption": [c.text for c in result.captions],
-                     "probability": [f"{c.probability:.4f}" for c in result.captions]})
+                     "probability": [f"{c.probability:.2g}" for c in result.captions]})
         words.caption("ranked by log-probability per character, as predict.py --n-best ranks them")
     else:
-        words.caption(f"probability {best.probability:.4f}")
+        words.caption(f"probability {best.probability:.2g}")
     if result.attention is not None and best.text:
         with st.expander("where the model looked for each character"):
             st.image(figure_png(attention_figure(result.image, best.text, result.attention, name)))

@@ -67,7 +67,7 @@ def print_captions(path: str, captions, args: argparse.Namespace) -> None:
     elif args.n_best > 1:
         print(f"Captions for {path}:", flush=True)
         for rank, caption in enumerate(captions, start=1):
-            print(f"  {rank}) {caption.text} (p={caption.probability:.4f})", flush=True)
+            print(f"  {rank}) {caption.text} (p={caption.probability:.2g})", flush=True)
     else:
         print(f"{path}: {captions[0].text}", flush=True)
 
