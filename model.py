@@ -12,9 +12,12 @@ runs once per image in features.py, not at every training step.
 (each RepeatVector + LSTM pair is one ``RepeatedInputLSTM``, the same
 numbers computed with half the work).
 
-It writes all 50 characters at once, none of them seeing the others, and on
-captions worded several ways it learns the average caption and ignores the
-image. ``--arch showtell`` (Vinyals et al., Show and Tell) is autoregressive:
+It writes all 50 characters at once, none of them seeing the others. Trained
+with the original's per-step cross-entropy (``loss="crossentropy"``), on
+captions worded several ways, it learns the average caption at each position
+and names no photo. Trained with CTC (``loss="ctc"``, ``CaptionCTC``), the
+same layers may place each character a step earlier or later, and the
+caption is read by CTC decoding (decoding.py). ``--arch showtell`` (Vinyals et al., Show and Tell) is autoregressive:
 the image sets the LSTM's initial state, and each step reads the previous
 character and predicts the next (teacher forcing in training, beam search in
 decoding.py at inference, through ``StepModels``). ``--arch attention`` (Xu
