@@ -103,6 +103,13 @@ def test_image2text_trains_with_ctc_by_default_and_predicts_n_best(tiny_demo, tm
     assert json.loads((out / "state.json").read_text())["epoch"] == 2
 
 
+def test_image2text_defaults_are_the_measured_best():
+    demo = train.parse_args(["--arch", "image2text"])
+    assert (demo.loss, demo.epochs) == ("ctc", 30)
+    assert train.parse_args([]).epochs == 15 and train.parse_args([]).loss == "crossentropy"
+    assert train.parse_args(["--arch", "image2text", "--epochs", "3", "--loss", "crossentropy"]).loss == "crossentropy"
+
+
 def test_image2text_with_the_originals_crossentropy(tiny_demo, tmp_path, capsys):
     out = tmp_path / "image2text"
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", "image2text",
