@@ -85,7 +85,11 @@ def show_photo(captioner: Captioner, lock: threading.Lock, name: str, source, be
 def main(argv=None) -> None:
     st.set_page_config(page_title="kana-captioner", layout="wide")
     st.title("カタカナ captioner")
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit:  # argparse has printed why on the server's terminal
+        st.error("error: the page's options are: streamlit run app.py -- [--model RUN_FOLDER]")
+        st.stop()
     model = Path(args.model)
     if not model.is_dir():
         hint = " Train one with: python train.py" if args.model == DEFAULT_RUN else ""

@@ -85,6 +85,19 @@ def test_the_page_says_how_to_get_a_model(tmp_path):
     assert not at.exception and not at.file_uploader
 
 
+def bad_option_page():
+    import app
+
+    app.main(["--bogus"])
+
+
+def test_a_bad_option_is_an_error_on_the_page():
+    at = AppTest.from_function(bad_option_page, default_timeout=60).run()
+    assert not at.exception
+    assert [error.value for error in at.error] == ["error: the page's options are: streamlit run app.py -- "
+                                                   "[--model RUN_FOLDER]"]
+
+
 def test_a_run_that_does_not_load_is_the_line_predict_prints(tiny_run, tiny_demo, tmp_path, capsys):
     import predict
 
