@@ -74,7 +74,8 @@ def show_photo(captioner: Captioner, lock: threading.Lock, name: str, source, be
     if len(result.captions) > 1:
         words.table({"caption": [c.text for c in result.captions],
                      "probability": [f"{c.probability:.2g}" for c in result.captions]})
-        words.caption("ranked by log-probability per character, as predict.py --n-best ranks them")
+        ranking = "CTC beam search's probability" if captioner.decode == "ctc" else "log-probability per character"
+        words.caption(f"ranked by {ranking}, as predict.py --n-best ranks them")
     else:
         words.caption(f"probability {best.probability:.2g}")
     if result.attention is not None and best.text:
