@@ -17,7 +17,9 @@ with the original's per-step cross-entropy (``loss="crossentropy"``), on
 captions worded several ways, it learns the average caption at each position
 and names no photo. Trained with CTC (``loss="ctc"``, ``CaptionCTC``), the
 same layers may place each character a step earlier or later, and the
-caption is read by CTC decoding (decoding.py). ``--arch showtell`` (Vinyals et al., Show and Tell) is autoregressive:
+caption is read by CTC decoding (decoding.py).
+
+``--arch showtell`` (Vinyals et al., Show and Tell) is autoregressive:
 the image sets the LSTM's initial state, and each step reads the previous
 character and predicts the next (teacher forcing in training, beam search in
 decoding.py at inference, through ``StepModels``). ``--arch attention`` (Xu
@@ -62,7 +64,6 @@ MODEL_PRECISIONS = ("float32", "mixed_bfloat16")
 # for image2text, the likeliest character per step up to the end class (argmax), the same with repeated characters
 # written once (collapse), or CTC decoding (the end class as CTC's blank: repeats merged, blanks removed).
 LOSSES = ("crossentropy", "ctc")
-DECODINGS = ("beam", "argmax", "collapse", "ctc")
 
 # Old names of architectures, still read from config.json and --arch.
 ARCHITECTURE_ALIASES = {"seed": "image2text"}
@@ -85,7 +86,7 @@ class CaptionerConfig:
     dropout: float = 0.3  # autoregressive models: dropout on the image features and the LSTM outputs
     vocabulary: str | None = None  # the fingerprint of the run's vocab.json (None in runs made before it was kept)
     loss: str = "crossentropy"  # crossentropy (per step, against the caption's exact positions) or ctc (image2text)
-    decoding: str | None = None  # how the outputs are read (DECODINGS); None: what the architecture and loss imply
+    decoding: str | None = None  # beam, argmax, collapse or ctc; None: what the architecture and loss imply
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -548,24 +549,33 @@ class CaptionCTC(keras.losses.Loss):
         return losses / ops.cast(steps, losses.dtype)
 
 
-def ctc_steps_needed(targets: np.ndarray) -> np.ndarray:
-    """The fewest output steps CTC needs for each target row: its characters plus a blank between each repeated pair."""
+def _ctc_prefix_steps(targets: np.ndarray) -> np.ndarray:
+    """Per target row and position, the fewest output steps CTC needs for the caption up to there.
+
+    Each character takes a step, and a character repeating the one before it
+    takes one more, for the blank between them.
+    """
     targets = np.asarray(targets)
     characters = targets != 0
-    repeats = characters[:, 1:] & (targets[:, 1:] == targets[:, :-1])
-    return characters.sum(axis=1) + repeats.sum(axis=1)
+    repeats = np.zeros_like(characters)
+    repeats[:, 1:] = characters[:, 1:] & (targets[:, 1:] == targets[:, :-1])
+    return np.cumsum(characters.astype(np.int64) + repeats, axis=1)
+
+
+def ctc_steps_needed(targets: np.ndarray) -> np.ndarray:
+    """The fewest output steps CTC needs for each target row."""
+    return _ctc_prefix_steps(targets)[:, -1]
 
 
 def ctc_fits(targets: np.ndarray, timesteps: int) -> tuple[np.ndarray, int]:
-    """Cuts each target row to the characters CTC can align with ``timesteps`` steps; returns the rows and how many were cut."""
+    """Cuts each target row to its longest beginning CTC can align with ``timesteps`` steps.
+
+    Returns the rows and how many were cut.
+    """
     targets = np.array(targets, copy=True)
-    cut = 0
-    for row in np.flatnonzero(ctc_steps_needed(targets) > timesteps):
-        while ctc_steps_needed(targets[row : row + 1])[0] > timesteps:
-            last = np.flatnonzero(targets[row])[-1]
-            targets[row, last] = 0
-        cut += 1
-    return targets, cut
+    too_long = _ctc_prefix_steps(targets) > timesteps  # the characters past what fits
+    targets[too_long] = 0
+    return targets, int(too_long.any(axis=1).sum())
 
 
 def adapt_feature_norm(norm: layers.Normalization, feature_sample, floor: float = 0.1) -> None:
