@@ -18,7 +18,17 @@ can show whether the features see shapes and scenes they never trained on.
 It trains VGG16 with batch normalisation after each convolution (plain VGG16
 learns slowly from scratch), with Adam and a cosine-decaying learning rate,
 then folds each normalisation into its convolution: the file holds plain
-VGG16 weights.
+VGG16 weights. ``--targets pairs`` also asks which colour each kind is in
+each third, and ``--presence-head`` asks it of pool5's grid cells directly
+(what an attending captioner reads). Afterwards it probes the features as
+probe.py does, on new scenes that include what training never draws, beside
+the random VGG16's (``--probe-scenes``).
+
+Scenes are drawn in parallel processes, and batches go to the device as
+uint8 (the trainer preprocesses them there), so a GPU is not kept waiting:
+
+    $ KERAS_BACKEND=jax python pretrain.py --image-size 150 --num-images 40000 --batch-size 128 \\
+          --epochs 6 --learning-rate 6e-4 --targets pairs --presence-head --precision auto
 """
 
 from __future__ import annotations
@@ -30,66 +40,107 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 import argparse  # noqa: E402
 import concurrent.futures  # noqa: E402
+import multiprocessing  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
+from keras import layers, ops  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import hard  # noqa: E402
 import runtime  # noqa: E402
 from cli import HelpFormatter, bounded_int, file_path, positive_float, positive_int  # noqa: E402
-from features import SYNTHETIC_WEIGHTS, build_vgg16, letterbox, preprocess  # noqa: E402
-from fileio import atomic_path  # noqa: E402
-from model import LIMITS  # noqa: E402
+from features import CAFFE_MEAN_BGR, SYNTHETIC_WEIGHTS, build_vgg16, letterbox, preprocess  # noqa: E402
+from fileio import atomic_path, write_json  # noqa: E402
+import probe  # noqa: E402
+from model import LIMITS, CaptionerConfig  # noqa: E402
 
 KINDS = tuple(kind for kind in hard.KINDS if kind not in hard.FEATURE_HELD_OUT_KINDS)
 BACKGROUNDS = tuple(name for name in hard.BACKGROUNDS if name not in hard.FEATURE_HELD_OUT_BACKGROUNDS)
 MAX_SCENE_BYTES = 8 * 2**30  # the drawn scenes are held in memory
 PRETRAIN_SEED = 1_000_003  # not a benchmark seed: the benchmark's photos are never trained on
+PROBE_SEED = 2_000_003  # the generalisation probe's scenes: every kind and background, some greyscale
 POSITIONS = list(hard.POSITIONS)
-NAMES = (*hard.COLORS, *KINDS)
-LABELS = [f"{position}:{name}" for position in POSITIONS for name in NAMES]
+TARGETS = {
+    "thirds": "per third of the photo, which colours and which kinds are in it",
+    "pairs": "as thirds, and which colour-kind pairs (which colour each kind is)",
+}
+CHUNK = 250  # scenes a drawing process draws per task
 
 
-def scene_targets(scene: dict) -> tuple[np.ndarray, int]:
-    """Per third of the photo, which colours and kinds are in it (multi-hot ``(len(LABELS),)``); and the object count - 1."""
-    target = np.zeros(len(LABELS), np.float32)
-    for obj in scene["objects"]:
-        offset = POSITIONS.index(obj["position"]) * len(NAMES)
-        target[offset + NAMES.index(obj["color"])] = target[offset + NAMES.index(obj["kind"])] = 1.0
-    return target, len(scene["objects"]) - 1
+def target_names(targets: str) -> list[str]:
+    """What the photo-wide targets name: colours, kinds and, for ``pairs``, ``colour-kind`` pairs."""
+    pairs = [f"{color}-{kind}" for color in hard.COLORS for kind in KINDS] if targets == "pairs" else []
+    return [*hard.COLORS, *KINDS, *pairs]
 
 
-def make_scene(seed: int, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """One colour scene, letterboxed to ``image_size``: ``(image, multi-hot, count - 1)``."""
-    rng = np.random.default_rng([PRETRAIN_SEED, seed])
-    scene = {**hard.random_scene(rng, kinds=KINDS, backgrounds=BACKGROUNDS), "greyscale": False}
-    image = np.asarray(letterbox(hard.draw_scene(scene, rng), image_size))
-    return (image, *scene_targets(scene))
+def target_labels(targets: str) -> list[str]:
+    """The ``where`` output's labels: ``position:name`` for each third of the photo and each of ``target_names``."""
+    return [f"{position}:{name}" for position in POSITIONS for name in target_names(targets)]
 
 
-def make_scenes(num_images: int, image_size: int, first_seed: int = 0, progress: bool = True):
-    """``num_images`` scenes drawn on a thread pool: uint8 images, multi-hot targets, counts."""
+def scene_targets(scenes: list[dict], targets: str = "thirds") -> dict[str, np.ndarray]:
+    """Training targets: ``where`` (multi-hot per third), ``present`` (multi-hot, photo-wide) and ``count`` (objects - 1)."""
+    names = {name: index for index, name in enumerate(target_names(targets))}
+    where = np.zeros((len(scenes), len(POSITIONS) * len(names)), np.float32)
+    present = np.zeros((len(scenes), len(names)), np.float32)
+    for row, scene in enumerate(scenes):
+        for obj in scene["objects"]:
+            offset = POSITIONS.index(obj["position"]) * len(names)
+            for name in (obj["color"], obj["kind"], f"{obj['color']}-{obj['kind']}"):
+                if name in names:
+                    where[row, offset + names[name]] = present[row, names[name]] = 1.0
+    counts = np.array([len(scene["objects"]) - 1 for scene in scenes], np.int32)
+    return {"where": where, "present": present, "count": counts}
+
+
+def draw_scenes(seeds: range, image_size: int, held_out: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """Scenes letterboxed to ``image_size``: uint8 images and their scene descriptions.
+
+    Training scenes (``held_out`` False) are in colour and never show the
+    kinds, backgrounds and colour-kind pairs held out; the probe's scenes
+    (``held_out`` True) draw every kind and background, one in ten greyscale.
+    """
+    images = np.zeros((len(seeds), image_size, image_size, 3), np.uint8)
+    scenes = []
+    for index, seed in enumerate(seeds):
+        rng = np.random.default_rng([PROBE_SEED if held_out else PRETRAIN_SEED, seed])
+        scene = hard.random_scene(rng) if held_out else {
+            **hard.random_scene(rng, kinds=KINDS, backgrounds=BACKGROUNDS), "greyscale": False}
+        images[index] = np.asarray(letterbox(hard.draw_scene(scene, rng), image_size))
+        scenes.append(scene)
+    return images, scenes
+
+
+def make_scenes(num_images: int, image_size: int, first_seed: int = 0, progress: bool = True,
+                held_out: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """``num_images`` scenes (see ``draw_scenes``), drawn in parallel processes when there are many."""
+    chunks = [range(start, min(start + CHUNK, first_seed + num_images))
+              for start in range(first_seed, first_seed + num_images, CHUNK)]
+    workers = min(os.cpu_count() or 1, len(chunks))
+    if workers == 1:
+        return draw_scenes(range(first_seed, first_seed + num_images), image_size, held_out)
     images = np.zeros((num_images, image_size, image_size, 3), np.uint8)
-    targets = np.zeros((num_images, len(LABELS)), np.float32)
-    counts = np.zeros(num_images, np.int32)
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for index, (image, target, count) in enumerate(
-                pool.map(lambda seed: make_scene(seed, image_size), range(first_seed, first_seed + num_images))):
-            images[index], targets[index], counts[index] = image, target, count
-            if progress and (index + 1) % 2000 == 0:
-                print(f"  drew {index + 1} scenes", flush=True)
-    return images, targets, counts
+    scenes: list[dict] = []
+    # forkserver: the workers are not forked from a process whose backend may already run threads
+    context = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        drawn = pool.map(draw_scenes, chunks, [image_size] * len(chunks), [held_out] * len(chunks))
+        for chunk, (chunk_images, chunk_scenes) in zip(chunks, tqdm(drawn, total=len(chunks), unit="chunk",
+                                                                     desc="drawing", disable=not progress)):
+            images[chunk.start - first_seed : chunk.stop - first_seed] = chunk_images
+            scenes.extend(chunk_scenes)
+    return images, scenes
 
 
 class SceneBatches(keras.utils.PyDataset):
-    """Batches of preprocessed scenes (VGG16's Caffe convention), reshuffled every epoch."""
+    """Batches of scenes (uint8: the trainer preprocesses them on its device) and their targets, reshuffled every epoch."""
 
-    def __init__(self, images, targets, counts, batch_size: int, shuffle: bool, seed: int = 0):
+    def __init__(self, images, targets: dict, batch_size: int, shuffle: bool, seed: int = 0):
         super().__init__()
-        self.images, self.targets, self.counts, self.batch_size, self.shuffle = images, targets, counts, batch_size, shuffle
+        self.images, self.targets, self.batch_size, self.shuffle = images, targets, batch_size, shuffle
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
 
@@ -98,7 +149,7 @@ class SceneBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         chosen = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        return preprocess(self.images[chosen]), {"where": self.targets[chosen], "count": self.counts[chosen]}
+        return self.images[chosen], {name: values[chosen] for name, values in self.targets.items()}
 
     def on_epoch_end(self):
         if self.shuffle:
@@ -156,18 +207,30 @@ def save_half(vgg: keras.Model, out: Path) -> None:
         half.save_weights(temporary)
 
 
-def build_trainer(image_size: int, learning_rate, steps: int) -> tuple[keras.Model, keras.Model]:
-    """VGG16 with batch normalisation and a small head; returns (trainer, the VGG16 to fold)."""
+def build_trainer(image_size: int, learning_rate, steps: int, targets: str = "thirds",
+                  presence_head: bool = False) -> tuple[keras.Model, keras.Model]:
+    """VGG16 with batch normalisation and a small head; returns (trainer, the VGG16 to fold).
+
+    The head reads the flattened pool5 grid (which objects are in which third,
+    and how many); ``presence_head`` adds a linear read of pool5's maximum over
+    the grid (which colours, kinds and pairs are anywhere in the photo), which
+    asks each grid cell's features to say plainly what is in it: what a
+    captioner attending over the grid reads.
+    """
     vgg = build_batch_norm_vgg16(image_size)
-    inputs = keras.Input((image_size, image_size, 3))
-    x = layers.Flatten()(vgg(inputs))
-    x = layers.Dense(512, activation="relu")(x)
-    where = layers.Dense(len(LABELS), activation="sigmoid", dtype="float32", name="where")(x)
-    count = layers.Dense(4, activation="softmax", dtype="float32", name="count")(x)
-    trainer = keras.Model(inputs, {"where": where, "count": count})
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8")
+    grid = vgg(ops.flip(ops.cast(inputs, "float32"), axis=-1) - CAFFE_MEAN_BGR)  # features.preprocess, on the device
+    x = layers.Dense(512, activation="relu")(layers.Flatten()(grid))
+    outputs = {"where": layers.Dense(len(target_labels(targets)), activation="sigmoid", dtype="float32", name="where")(x),
+               "count": layers.Dense(4, activation="softmax", dtype="float32", name="count")(x)}
+    losses = {"where": "binary_crossentropy", "count": "sparse_categorical_crossentropy"}
+    if presence_head:
+        outputs["present"] = layers.Dense(len(target_names(targets)), activation="sigmoid", dtype="float32",
+                                          name="present")(layers.GlobalMaxPooling2D()(grid))
+        losses["present"] = "binary_crossentropy"
+    trainer = keras.Model(inputs, outputs)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.02)
-    trainer.compile(optimizer=keras.optimizers.Adam(schedule),
-                    loss={"where": "binary_crossentropy", "count": "sparse_categorical_crossentropy"},
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule), loss=losses,
                     metrics={"where": [keras.metrics.AUC(name="auc")], "count": ["accuracy"]})
     return trainer, vgg
 
@@ -181,9 +244,18 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=bounded_int(1, 10_000), default=4)
     parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=32)
     parser.add_argument("--learning-rate", type=positive_float, default=3e-4, help="Adam's, at the start (it decays to 2%%)")
+    parser.add_argument("--targets", choices=tuple(TARGETS), default="thirds",
+                        help="what the network learns to say about each scene: " + "; ".join(f"{name}: {text}" for name, text in TARGETS.items()))
+    parser.add_argument("--presence-head", action="store_true", help="also learn, linearly from pool5's maximum over the grid, what is anywhere in the photo")
     parser.add_argument("--precision", choices=runtime.TRAINING_PRECISIONS, default="float32",
                         help="as train.py's; float32 by default: mixed bfloat16 trained this network 2.2x slower "
                              "on a CPU with bfloat16 instructions")
+    parser.add_argument("--probe-scenes", type=bounded_int(0, 100_000), default=2000,
+                        help="afterwards, probe.py's feature ceiling on this many new scenes of every kind and background "
+                             "(ones the network never trained on among them), read at --probe-size; 0: none")
+    parser.add_argument("--probe-size", type=bounded_int(*LIMITS["image_size"]), default=CaptionerConfig.image_size,
+                        help="the letterbox size the probe reads features at (the captioner's)")
+    parser.add_argument("--json", metavar="FILE", type=file_path, help="also write the recipe, timings and probe results here")
     parser.add_argument("--steps", type=positive_int, help="stop each epoch after this many steps (for timing)")
     args = parser.parse_args(argv)
     if args.num_images < args.batch_size:
@@ -191,7 +263,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if not out.name.endswith(".weights.h5"):
         parser.error("--out must end in .weights.h5 (Keras' weights-only format)")
-    scene_bytes = (args.num_images + args.num_val) * args.image_size**2 * 3
+    scene_bytes = (args.num_images + args.num_val) * args.image_size**2 * 3 + args.probe_scenes * args.probe_size**2 * 3
     if scene_bytes > MAX_SCENE_BYTES:
         parser.error(f"the scenes would take {scene_bytes / 2**30:.0f} GiB of memory (the limit is "
                      f"{MAX_SCENE_BYTES / 2**30:.0f} GiB): use fewer --num-images or a smaller --image-size")
@@ -203,24 +275,61 @@ def main(argv=None) -> int:
 
 
 def pretrain(args: argparse.Namespace, out: Path) -> int:
-    """Draws the scenes, trains, folds and writes the weights file."""
+    """Draws the scenes, trains, folds and writes the weights file; then probes the features on new scenes."""
     runtime.keep_freed_memory()
     start = time.perf_counter()
     print(f"Drawing {args.num_images} + {args.num_val} scenes at {args.image_size} px...", flush=True)
-    train = make_scenes(args.num_images, args.image_size)
-    val = make_scenes(args.num_val, args.image_size, first_seed=args.num_images, progress=False)
+    train_images, train_scenes = make_scenes(args.num_images, args.image_size)
+    val_images, val_scenes = make_scenes(args.num_val, args.image_size, first_seed=args.num_images, progress=False)
     drawn = time.perf_counter()
     keras.utils.set_random_seed(0)
     with runtime.dtype_policy(runtime.training_precision(args.precision)):
-        batches = SceneBatches(*train, args.batch_size, shuffle=True)
-        trainer, vgg = build_trainer(args.image_size, args.learning_rate, args.epochs * (args.steps or len(batches)))
-    trainer.fit(batches, validation_data=SceneBatches(*val, min(64, args.num_val), False),
-                epochs=args.epochs, steps_per_epoch=args.steps, verbose="auto")
-    save_half(fold_batch_norm(vgg, args.image_size), out)
+        batches = SceneBatches(train_images, _outputs(scene_targets(train_scenes, args.targets), args),
+                               args.batch_size, shuffle=True)
+        trainer, vgg = build_trainer(args.image_size, args.learning_rate, args.epochs * (args.steps or len(batches)),
+                                     args.targets, args.presence_head)
+    val = SceneBatches(val_images, _outputs(scene_targets(val_scenes, args.targets), args), min(64, args.num_val), False)
+    history = trainer.fit(batches, validation_data=val, epochs=args.epochs, steps_per_epoch=args.steps,
+                          verbose=1 if sys.stdout.isatty() else 2)  # a line per epoch in a log
+    del train_images
+    plain = fold_batch_norm(vgg, args.image_size)
+    save_half(plain, out)
     done = time.perf_counter()
     print(f"Wrote {out} ({out.stat().st_size / 2**20:.0f} MiB). Drawing took {drawn - start:.0f} s, "
-          f"training {done - drawn:.0f} s ({keras.backend.backend()}, {runtime.compute_device()}).")
+          f"training {done - drawn:.0f} s ({keras.backend.backend()}, {runtime.compute_device()}).", flush=True)
+    report = {"recipe": {name: value for name, value in vars(args).items() if name not in ("out", "json")},
+              "backend": keras.backend.backend(), "device": runtime.compute_device(),
+              "drawing_seconds": round(drawn - start, 1), "training_seconds": round(done - drawn, 1),
+              "held_out": {name: round(float(values[-1]), 4) for name, values in history.history.items()
+                           if name.startswith("val_")}}
+    if args.probe_scenes:
+        report["probe"] = probe_generalisation(out, args.probe_scenes, args.probe_size)
+        report["probe_random"] = probe_generalisation("none", args.probe_scenes, args.probe_size)
+        print(f"Probe on {args.probe_scenes} new scenes at {args.probe_size} px (random VGG16 in brackets):")
+        for name, value in report["probe"].items():
+            print(f"  {name:<28}{value:>8.3f}  ({report['probe_random'][name]:.3f})" if isinstance(value, float)
+                  else f"  {name:<28}{value:>8d}")
+    if args.json:
+        write_json(args.json, report)
     return 0
+
+
+def _outputs(targets: dict, args: argparse.Namespace) -> dict:
+    """The targets the trainer's outputs learn."""
+    return {name: values for name, values in targets.items() if name != "present" or args.presence_head}
+
+
+def probe_generalisation(weights, num_scenes: int, image_size: int) -> dict:
+    """probe.py's scores for a VGG16's pool5 features on new scenes of every kind and background.
+
+    The scenes include the kinds and the background that training never
+    draws, so the probe's held-out rows say whether the features generalise.
+    """
+    images, scenes = make_scenes(num_scenes, image_size, progress=False, held_out=True)
+    vgg = build_vgg16(str(weights), image_size)
+    features = np.concatenate([np.asarray(vgg(preprocess(images[start : start + 100]), training=False), np.float32)
+                               for start in range(0, num_scenes, 100)])
+    return probe.probe(features, scenes)
 
 
 if __name__ == "__main__":

@@ -1,33 +1,56 @@
 """pretrain.py: targets per third of the photo, and a weights file that train.py's VGG16 loads."""
 
+import json
+
 import numpy as np
 
+import hard
 import pretrain
 from features import build_vgg16
 
 
-def test_targets_name_each_third_of_the_photo():
-    scene = {"objects": [{"color": "red", "kind": "star", "position": "left"},
-                         {"color": "blue", "kind": "star", "position": "right"}]}
-    target, count = pretrain.scene_targets(scene)
-    assert count == 1  # two objects: class 1
-    assert {label for label, on in zip(pretrain.LABELS, target) if on} == {
-        "left:red", "left:star", "right:blue", "right:star"}
+def test_targets_name_each_third_of_the_photo_and_with_pairs_which_colour_each_kind_is():
+    scenes = [{"objects": [{"color": "red", "kind": "star", "position": "left"},
+                           {"color": "blue", "kind": "star", "position": "right"}]}]
+    thirds = pretrain.scene_targets(scenes, "thirds")
+    assert thirds["count"].tolist() == [1]  # two objects: class 1
+    on = lambda targets, labels: {label for label, value in zip(labels, targets[0]) if value}  # noqa: E731
+    assert on(thirds["where"], pretrain.target_labels("thirds")) == {"left:red", "left:star", "right:blue", "right:star"}
+    pairs = pretrain.scene_targets(scenes, "pairs")
+    assert on(pairs["where"], pretrain.target_labels("pairs")) == {
+        "left:red", "left:star", "left:red-star", "right:blue", "right:star", "right:blue-star"}
+    assert on(pairs["present"], pretrain.target_names("pairs")) == {"red", "blue", "star", "red-star", "blue-star"}
 
 
-def test_scenes_are_drawn_in_colour_and_deterministically():
-    images, targets, counts = pretrain.make_scenes(24, 32, progress=False)
+def test_scenes_are_drawn_in_colour_deterministically_and_alike_in_parallel():
+    images, scenes = pretrain.make_scenes(24, 32, progress=False)
     assert images.shape == (24, 32, 32, 3) and images.dtype == np.uint8
     assert (images[..., 0] != images[..., 1]).any(axis=(1, 2)).all()  # never greyscale
-    assert set(counts.tolist()) <= {0, 1, 2, 3} and (targets.sum(1) >= 2).all()  # a colour and a kind at least
-    again, _, _ = pretrain.make_scenes(24, 32, progress=False)
+    kinds = {obj["kind"] for scene in scenes for obj in scene["objects"]}
+    assert kinds and not kinds & set(hard.FEATURE_HELD_OUT_KINDS)
+    again, _ = pretrain.make_scenes(24, 32, progress=False)
     np.testing.assert_array_equal(images, again)
+    many, many_scenes = pretrain.make_scenes(pretrain.CHUNK + 30, 32, progress=False)
+    np.testing.assert_array_equal(many[:24], images)  # drawn by worker processes, the same scenes
+    assert many_scenes[:24] == scenes and len(many_scenes) == len(many)
+
+
+def test_the_probe_scenes_draw_what_training_never_does():
+    _, scenes = pretrain.make_scenes(200, 16, progress=False, held_out=True)
+    assert {obj["kind"] for scene in scenes for obj in scene["objects"]} >= set(hard.FEATURE_HELD_OUT_KINDS)
+    assert {scene["background"] for scene in scenes} >= set(hard.FEATURE_HELD_OUT_BACKGROUNDS)
+    assert any(scene["greyscale"] for scene in scenes)
 
 
 def test_a_short_run_writes_weights_that_the_feature_extractor_loads(tmp_path):
     out = tmp_path / "vgg.weights.h5"
+    report = tmp_path / "report.json"
     assert pretrain.main(["--num-images", "64", "--num-val", "32", "--image-size", "32", "--epochs", "1",
-                          "--out", str(out)]) == 0
+                          "--targets", "pairs", "--presence-head", "--probe-scenes", "80", "--probe-size", "32",
+                          "--out", str(out), "--json", str(report)]) == 0
+    results = json.loads(report.read_text())
+    assert results["recipe"]["targets"] == "pairs" and results["held_out"]["val_where_auc"] > 0
+    assert {"color AUC", "kind AUC", "kind AUC, held-out kinds", "count"} <= set(results["probe"]) == set(results["probe_random"])
     trained, random = build_vgg16(str(out), 64), build_vgg16("none", 64)  # any image size: the base is convolutional
     moved = [np.abs(a - b).max() for a, b in zip(trained.get_weights(), random.get_weights())]
     assert len(moved) == 26 and max(moved) > 0  # every conv layer's kernel and bias, trained away from the seed
