@@ -74,7 +74,9 @@ def show_photo(captioner: Captioner, lock: threading.Lock, name: str, source, be
     if len(result.captions) > 1:
         words.table({"caption": [c.text for c in result.captions],
                      "probability": [f"{c.probability:.2g}" for c in result.captions]})
-        ranking = "CTC beam search's probability" if captioner.decode == "ctc" else "log-probability per character"
+        ranking = {"ctc": "CTC beam search's probability",
+                   "ctc-lm": "CTC's probability and the language model's of the training captions"}.get(
+            captioner.decode, "log-probability per character")
         words.caption(f"ranked by {ranking}, as predict.py --n-best ranks them")
     else:
         words.caption(f"probability {best.probability:.2g}")

@@ -5,11 +5,12 @@ A run folder holds:
     model.keras       the model with the best validation loss
     config.json       the CaptionerConfig it was built from
     vocab.json        the classes it writes, end class first
+    lm.json           CTC runs: the language model of the training captions that decoding reads (lm.py)
     checkpoint.keras  the last epoch with optimizer state (training only, for --resume)
     state.json        epochs done, early-stopping counters, history (training only)
     metrics.json, history.csv, loss.png
 
-The first three are all ``Captioner`` needs.
+The first three (and lm.json, for runs read with it) are all ``Captioner`` needs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from decoding import Caption, beam_search, decode_ctc, decode_parallel
+from decoding import CTC_LM_BEAM, Caption, beam_search, decode_ctc, decode_ctc_lm, decode_parallel
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
+from lm import LM_FILE, CharNgram
 from model import CaptionerConfig, StepModels, architecture, load_model, save_model
 
 DEFAULT_RUN = "runs/demo"  # what python train.py makes and predict.py reads when no run is named
@@ -66,7 +68,9 @@ class Captioner:
         with_vgg: False to caption cached features only (no VGG16 built).
         decode: how a non-autoregressive model's outputs are read (decoding.DECODE_METHODS);
             None reads them as config.json says the run was trained to be read.
-        beam_size: beams per image for autoregressive models and CTC decoding (1 = greedy).
+        beam_size: beams per image for autoregressive models and CTC decoding (1 = greedy;
+            with the language model, CTC decoding searches at least decoding.CTC_LM_BEAM).
+        lm_weight: overrides the language model's weight (ctc-lm decoding; 0 = CTC alone).
 
     Raises:
         FileNotFoundError: a file of the run is missing.
@@ -74,7 +78,7 @@ class Captioner:
     """
 
     def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str | None = None,
-                 beam_size: int = 1):
+                 beam_size: int = 1, lm_weight: float | None = None):
         model_dir = Path(model_dir)
         for name in RUN_FILES:
             if not (model_dir / name).is_file():
@@ -94,9 +98,17 @@ class Captioner:
         if decode is not None and autoregressive:
             raise ValueError(f"--decode is for image2text runs; {model_dir} is {self.config.arch}, read by beam search.")
         self.decode, self.beam_size = decode or self.config.decoding, beam_size
+        self.lm_weight = self.config.lm_weight if lm_weight is None else lm_weight
+        self.language_model = None
+        if self.decode == "ctc-lm":
+            if not (model_dir / LM_FILE).is_file():
+                raise FileNotFoundError(
+                    f"{model_dir / LM_FILE} not found: ctc-lm decoding reads the run's language model of its "
+                    f"training captions, which train.py writes for CTC runs; --decode ctc reads the run without it.")
+            self.language_model = CharNgram.load(model_dir / LM_FILE)
         self.steps = StepModels(self.model, self.config) if autoregressive else None
         self.vgg = build_vgg16(vgg_weights or self.config.vgg_weights, self.config.image_size,
-                               self.config.vgg_precision) if with_vgg else None
+                               self.config.vgg_precision, self.config.feature_layer) if with_vgg else None
 
     @property
     def has_attention(self) -> bool:
@@ -104,7 +116,7 @@ class Captioner:
 
     def caption_features(self, features: np.ndarray, n_best: int = 1,
                          beam_size: int | None = None) -> list[list[Caption]]:
-        """Up to ``n_best`` captions per image, best first, from pool5 features ``(batch, 4, 4, 512)``.
+        """Up to ``n_best`` captions per image, best first, from VGG16 features (pool5 at 150 px: ``(batch, 4, 4, 512)``).
 
         ``beam_size`` overrides the captioner's for this call (at least ``n_best``).
         """
@@ -113,6 +125,9 @@ class Captioner:
         if self.steps is not None:
             return beam_search(self.steps, features, self.vocabulary, beam_size, n_best, self.config.timesteps - 1)
         probabilities = self.model.predict_on_batch(features)  # (batch, 50, 128)
+        if self.decode == "ctc-lm":
+            return decode_ctc_lm(probabilities, self.vocabulary, self.language_model, self.lm_weight,
+                                 max(beam_size, CTC_LM_BEAM), n_best)
         if self.decode == "ctc":
             return decode_ctc(probabilities, self.vocabulary, beam_size, n_best)
         return decode_parallel(probabilities, self.vocabulary, collapse_repeats=self.decode == "collapse")
@@ -126,7 +141,7 @@ class Captioner:
         return captions
 
     def image_features(self, images: np.ndarray) -> np.ndarray:
-        """VGG16 pool5 features of letterboxed uint8 images ``(batch, size, size, 3)``."""
+        """VGG16 features (the run's layer) of letterboxed uint8 images ``(batch, size, size, 3)``."""
         return self.vgg.predict_on_batch(preprocess(images))
 
     def attention_maps(self, features: np.ndarray, texts: list[str]) -> list[np.ndarray]:

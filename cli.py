@@ -50,6 +50,26 @@ def positive_float(text: str) -> float:
     return value
 
 
+def bounded_float(low: float, high: float):
+    """An argparse type: a finite number from ``low`` to ``high``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, not {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+BEAM_HELP = ("beams per image, for autoregressive runs and CTC decoding (1 = greedy; ctc-lm decoding searches "
+             "at least 8)")
+LM_WEIGHT_HELP = ("ctc-lm decoding: the weight of the run's language model beside CTC's (0 = CTC alone) "
+                  "[default: the run's, from train.py --lm-weight]")
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number strictly between 0 and 1."""
     value = positive_float(text)

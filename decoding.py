@@ -4,7 +4,9 @@ Non-autoregressive models (``image2text``) give all 50 steps' probabilities at o
 Trained with cross-entropy, the caption is the likeliest class per step up to
 the end class (``decode_parallel``); trained with CTC, it is what remains of
 the steps' classes after merging repeats and removing the end class, CTC's
-blank (``decode_ctc``: ``keras.ops.ctc_decode``, greedy or beam search).
+blank (``decode_ctc``: ``keras.ops.ctc_decode``, greedy or beam search), or
+the same with the run's language model of the training captions beside it
+(``decode_ctc_lm``: a prefix beam search, lm.py).
 
 Autoregressive models (``showtell``, ``attention``) are run one character at
 a time (``model.StepModels``) with a batched beam search: every image keeps
@@ -17,15 +19,19 @@ short captions are not favoured).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 import numpy as np
 
 from kana import END, TIMESTEPS, Vocabulary
+from lm import END_MARK
 
 
 MAX_BEAM = 64  # --beam-size and --n-best: the work per photo grows with it
-DECODE_METHODS = ("argmax", "collapse", "ctc")  # how a non-autoregressive model's outputs may be read
+DECODE_METHODS = ("argmax", "collapse", "ctc", "ctc-lm")  # how a non-autoregressive model's outputs may be read
+CTC_LM_BEAM = 8  # ctc-lm searches at least this many partial captions per photo
+CTC_LM_FLOOR = 1e-3  # ctc-lm extends a partial caption only by characters at least this likely at a step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +94,54 @@ def decode_ctc(probabilities: np.ndarray, vocabulary: Vocabulary, beam_size: int
             ranked.append(Caption(vocabulary.decode([*indices, END])[0], True,
                                   float(np.exp(log_probabilities[image, path]))))
         captions.append(ranked)
+    return captions
+
+
+def decode_ctc_lm(probabilities: np.ndarray, vocabulary: Vocabulary, language_model, weight: float,
+                  beam_size: int = CTC_LM_BEAM, n_best: int = 1) -> list[list[Caption]]:
+    """CTC prefix beam search with a character language model (shallow fusion).
+
+    Each partial caption keeps two log-probabilities over the steps read so
+    far: of the alignments that end in the blank (the end class) and of those
+    that end in its last character. A step extends it by a blank, by its last
+    character again (the same caption), or by any character at least
+    ``CTC_LM_FLOOR`` likely there, which adds ``weight`` times the language
+    model's log-probability of that character after the caption so far. The
+    ``beam_size`` best partial captions survive each step; at the end, the
+    language model's probability of ending there is added too.
+
+    Returns, per image, up to ``n_best`` captions, best first; a caption's
+    probability is CTC's alone (its alignments found by the search), without
+    the language model's share.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)  # (batch, timesteps, classes)
+    log_probabilities = np.log(np.maximum(probabilities, 1e-30))
+    characters = {index: vocabulary.index_to_char.get(index, "") for index in range(probabilities.shape[-1])}
+    captions = []
+    for steps, candidates in zip(log_probabilities, probabilities >= CTC_LM_FLOOR):
+        beams = {"": (0.0, -math.inf, 0.0)}  # caption: (log p ending in blank, log p ending in its last character, lm)
+        for step, ok in zip(steps, candidates):
+            extended: dict[str, list[float]] = {}
+            for text, (blank, last, lm_score) in beams.items():
+                both = np.logaddexp(blank, last)
+                entry = extended.setdefault(text, [-math.inf, -math.inf, lm_score])
+                entry[0] = np.logaddexp(entry[0], both + step[END])
+                if text:
+                    entry[1] = np.logaddexp(entry[1], last + step[vocabulary.char_to_index[text[-1]]])
+                for index in np.flatnonzero(ok):
+                    char = characters[int(index)]
+                    if not char:  # the blank, or a class past the vocabulary (it writes nothing)
+                        continue
+                    added = weight * language_model.log_probability(text, char)
+                    entry = extended.setdefault(text + char, [-math.inf, -math.inf, lm_score + added])
+                    source = blank if text and char == text[-1] else both  # a repeat needs a blank between
+                    entry[1] = np.logaddexp(entry[1], source + step[index] + added)
+            ranked = sorted(extended.items(), key=lambda item: -np.logaddexp(item[1][0], item[1][1]))[:beam_size]
+            beams = {text: tuple(entry) for text, entry in ranked}
+        final = sorted(((np.logaddexp(blank, last) + weight * language_model.log_probability(text, END_MARK), text,
+                         np.logaddexp(blank, last) - lm_score) for text, (blank, last, lm_score) in beams.items()),
+                       reverse=True)[:n_best]
+        captions.append([Caption(text, True, float(np.exp(ctc))) for _, text, ctc in final])
     return captions
 
 

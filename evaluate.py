@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 import demo  # noqa: E402
 from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
-from cli import (HelpFormatter, bounded_int, existing_dir, existing_file, folder_path,  # noqa: E402
+from cli import (BEAM_HELP, LM_WEIGHT_HELP, HelpFormatter, bounded_float, bounded_int, existing_dir, existing_file, folder_path,  # noqa: E402
                  nonempty_path, positive_int)
 from dataset import load_caption_files  # noqa: E402
 from decoding import DECODE_METHODS, MAX_BEAM  # noqa: E402
@@ -51,8 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=positive_int, help="evaluate on the first N photos only")
     parser.add_argument("--decode", choices=DECODE_METHODS,
                         help="image2text runs: how captions are read off the model [default: as the run was trained]")
-    parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1,
-                        help="beams per image, for autoregressive runs and CTC decoding (1 = greedy)")
+    parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1, help=BEAM_HELP)
+    parser.add_argument("--lm-weight", type=bounded_float(0, 10), help=LM_WEIGHT_HELP)
     parser.add_argument("--out", type=folder_path, help="folder for metrics.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
     parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=256, help="photos per model call")
@@ -93,7 +93,8 @@ def human_ceiling(args) -> dict:
 
 def evaluate(args) -> dict:
     """Captions the annotated photos from cached features and scores them; writes metrics.json and samples.png."""
-    captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size)
+    captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size,
+                           lm_weight=args.lm_weight)
     records, report = load_caption_files(args.annotations, args.images)
     records = records[: args.limit] if args.limit else records
     for line in report.lines():
@@ -101,7 +102,8 @@ def evaluate(args) -> dict:
     references, _, _ = convert_captions([record.captions for record in records])
     config = captioner.config
     cache, _ = cached_features([r.path for r in records], config.vgg_weights, config.image_size,
-                               args.cache_dir, progress=not args.quiet, precision=config.vgg_precision)
+                               args.cache_dir, progress=not args.quiet, precision=config.vgg_precision,
+                               layer=config.feature_layer)
     keep = [index for index in np.flatnonzero(cache.complete) if references[index]]
     if not keep:
         print("error: no readable photo with a usable caption to evaluate on", file=sys.stderr)
@@ -111,6 +113,7 @@ def evaluate(args) -> dict:
     result = score(captions, kept_references, [records[index].scene for index in keep])
     per_image = result.pop("CIDEr-D per image")
     result.update(model=str(args.model), annotations=args.annotations, decode=captioner.decode, beam_size=args.beam_size,
+                  lm_weight=captioner.lm_weight if captioner.language_model else None,
                   arch=captioner.config.arch)
     print(format_table(result))
 

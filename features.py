@@ -1,8 +1,8 @@
-"""Images -> frozen VGG16 pool5 features, computed once per image and cached on disk.
+"""Images -> frozen VGG16 features (pool5, or conv5 before its pooling), computed once per image and cached on disk.
 
-The cache is a folder per (weights, image size, image list):
+The cache is a folder per (weights, image size, precision, layer, image list):
 
-    features.npy  float16 (num_images, 4, 4, 512), memory-mapped
+    features.npy  float16 (num_images, 4, 4, 512) for pool5 at 150 px, memory-mapped
     status.npy    uint8 (num_images,): 1 once an image's row is complete
     paths.json    the image paths, in row order
 
@@ -44,6 +44,9 @@ MAX_DECODED_PIXELS = 64_000_000
 MAX_HEADER_PIXELS = 1_000_000_000
 Image.MAX_IMAGE_PIXELS = MAX_HEADER_PIXELS // 2  # Pillow refuses headers over twice this at open (a bomb)
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+# The grid the captioner reads: pool5 (the card's; 4×4 at 150 px) or conv5_3 before that pooling (9×9 at 150 px,
+# 14×14 at 224 px: the grid Show, Attend and Tell attends over), 512 channels each.
+FEATURE_LAYERS = {"pool5": "block5_pool", "conv5": "block5_conv3"}
 
 
 class ImageError(ValueError):
@@ -176,8 +179,8 @@ def weights_tag(weights: str) -> str:
     return f"{'synthetic' if weights == 'synthetic' else 'file'}-{digest[:10]}"
 
 
-def build_vgg16(weights: str, image_size: int, precision: str = "float32"):
-    """The frozen VGG16 convolutional base (no top), ending at pool5.
+def build_vgg16(weights: str, image_size: int, precision: str = "float32", layer: str = "pool5"):
+    """The frozen VGG16 convolutional base (no top), ending at pool5 (or, ``layer="conv5"``, at conv5_3).
 
     Args:
         weights: ``"imagenet"`` (Keras' download and cache), ``"synthetic"``
@@ -187,6 +190,7 @@ def build_vgg16(weights: str, image_size: int, precision: str = "float32"):
         image_size: the side of the square input.
         precision: ``float32``, or ``bfloat16`` (Keras' mixed_bfloat16: float32
             weights, bfloat16 arithmetic) where the hardware does it natively.
+        layer: a key of FEATURE_LAYERS.
 
     Raises:
         WeightsUnavailable: ImageNet or synthetic weights were asked for and cannot be had.
@@ -194,8 +198,14 @@ def build_vgg16(weights: str, image_size: int, precision: str = "float32"):
     """
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"VGG16 precision must be float32 or bfloat16, not {precision!r}")
+    if layer not in FEATURE_LAYERS:
+        raise ValueError(f"the feature layer must be one of {', '.join(FEATURE_LAYERS)}, not {layer!r}")
     with runtime.dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32"):
-        return _build_vgg16(weights, image_size)
+        model = _build_vgg16(weights, image_size)
+        if layer != "pool5":
+            model = keras.Model(model.input, model.get_layer(FEATURE_LAYERS[layer]).output, name=f"vgg16_{layer}")
+            model.trainable = False
+    return model
 
 
 def _build_vgg16(weights: str, image_size: int):
@@ -236,10 +246,10 @@ def _randomise(model) -> None:
             layer.set_weights([kernel, np.zeros_like(bias)])
 
 
-def feature_shape(image_size: int) -> tuple[int, int, int]:
-    """pool5's shape: five 2×2 poolings, 512 channels (150 px -> 4×4×512)."""
+def feature_shape(image_size: int, layer: str = "pool5") -> tuple[int, int, int]:
+    """The features' shape: after five 2×2 poolings for pool5 (150 px -> 4×4×512), four for conv5 (150 px -> 9×9×512)."""
     side = image_size
-    for _ in range(5):
+    for _ in range(5 if layer == "pool5" else 4):
         side //= 2
     return (side, side, 512)
 
@@ -296,16 +306,18 @@ class FeatureCache:
     status: np.ndarray
 
     @classmethod
-    def open(cls, root, paths, weights: str, image_size: int, precision: str = "float32") -> "FeatureCache":
-        """Opens (or creates) the cache of ``paths`` under ``root`` (one cache per weights, size and precision)."""
+    def open(cls, root, paths, weights: str, image_size: int, precision: str = "float32",
+             layer: str = "pool5") -> "FeatureCache":
+        """Opens (or creates) the cache of ``paths`` under ``root`` (one cache per weights, size, precision and layer)."""
         paths = [str(Path(path).resolve()) for path in paths]
         # Each file's size and modification time are in the name too: a photo rewritten in place (a dataset
         # generated again) gets a new cache rather than the old photo's features.
         digest = hashlib.sha1("\n".join(f"{path}\t{_file_stamp(path)}" for path in paths).encode()).hexdigest()[:12]
-        tag = f"{weights_tag(weights)}-{image_size}px" + ("-bf16" if precision == "bfloat16" else "")
+        tag = (f"{weights_tag(weights)}-{image_size}px" + ("-bf16" if precision == "bfloat16" else "")
+               + ("" if layer == "pool5" else f"-{layer}"))
         folder = Path(root) / f"vgg16-{tag}-{len(paths)}-{digest}"
         folder.mkdir(parents=True, exist_ok=True)
-        shape = (len(paths), *feature_shape(image_size))
+        shape = (len(paths), *feature_shape(image_size, layer))
         features_file, status_file = folder / "features.npy", folder / "status.npy"
         if not (folder / "paths.json").exists() or not status_file.exists():
             # A new cache: the arrays are made under temporary names first, so a
@@ -363,19 +375,19 @@ def extract_features(
 
 
 def cached_features(paths, weights: str, image_size: int, cache_root, progress: bool = True, log=print,
-                    precision: str = "float32"):
+                    precision: str = "float32", layer: str = "pool5"):
     """Opens the cache of ``paths`` and extracts whatever it lacks (VGG16 is built only then).
 
     Returns:
         ``(cache, failures)``: the cache, and ``{path: reason}`` for images
         that could not be read (their rows stay incomplete).
     """
-    cache = FeatureCache.open(cache_root, paths, weights, image_size, precision)
+    cache = FeatureCache.open(cache_root, paths, weights, image_size, precision, layer)
     missing = int((~cache.complete).sum())
     if not missing:
         log(f"All {len(paths)} images' features are cached in {cache.folder}.")
         return cache, {}
-    vgg = build_vgg16(weights, image_size, precision)
+    vgg = build_vgg16(weights, image_size, precision, layer)
     log(f"Extracting VGG16 features of {missing} images into {cache.folder} (resumable).")
     failures = extract_features(cache, vgg, image_size, progress=progress)
     for reason in list(failures.values())[:10]:

@@ -1,6 +1,6 @@
 """The caption models, in plain Keras 3 (runs on the TensorFlow, JAX and torch backends).
 
-Every model reads cached VGG16 pool5 features, never pixels: the frozen VGG16
+Every model reads cached VGG16 pool5 features (or conv5_3's, ``feature_layer``), never pixels: the frozen VGG16
 runs once per image in features.py, not at every training step.
 
 ``--arch image2text`` is the design of the original keras-image2text, kept exactly:
@@ -43,7 +43,7 @@ import numpy as np
 from keras import layers, ops
 
 import runtime
-from features import feature_shape
+from features import FEATURE_LAYERS, feature_shape
 from fileio import atomic_path, read_json, write_json
 from kana import NUM_CLASSES, TIMESTEPS
 
@@ -62,7 +62,8 @@ MODEL_PRECISIONS = ("float32", "mixed_bfloat16")
 
 # How a model is trained, and how its outputs are read: beam search (greedy at beam 1) for autoregressive models;
 # for image2text, the likeliest character per step up to the end class (argmax), the same with repeated characters
-# written once (collapse), or CTC decoding (the end class as CTC's blank: repeats merged, blanks removed).
+# written once (collapse), or CTC decoding (the end class as CTC's blank: repeats merged, blanks removed), with the
+# run's language model of the training captions (ctc-lm, the default for CTC runs) or without it (ctc).
 LOSSES = ("crossentropy", "ctc")
 
 # Old names of architectures, still read from config.json and --arch.
@@ -78,6 +79,7 @@ class CaptionerConfig:
     timesteps: int = TIMESTEPS  # characters per caption, end class included
     num_classes: int = NUM_CLASSES  # softmax width: the end class plus up to num_classes - 1 characters
     image_size: int = 150  # images are letterboxed to image_size × image_size
+    feature_layer: str = "pool5"  # the VGG16 grid the model reads: pool5 (the card's) or conv5 (conv5_3, before it)
     vgg_weights: str = "imagenet"  # "imagenet", "synthetic" (pretrain.py), "none" (seeded random) or a weights file
     vgg_precision: str = "float32"  # the arithmetic the features were extracted in: float32 or bfloat16
     precision: str = "float32"  # the Keras dtype policy the model trains in: float32 or mixed_bfloat16
@@ -86,7 +88,8 @@ class CaptionerConfig:
     dropout: float = 0.3  # autoregressive models: dropout on the image features and the LSTM outputs
     vocabulary: str | None = None  # the fingerprint of the run's vocab.json (None in runs made before it was kept)
     loss: str = "crossentropy"  # crossentropy (per step, against the caption's exact positions) or ctc (image2text)
-    decoding: str | None = None  # beam, argmax, collapse or ctc; None: what the architecture and loss imply
+    decoding: str | None = None  # beam, argmax, collapse, ctc or ctc-lm; None: what the architecture and loss imply
+    lm_weight: float = 0.5  # ctc-lm: the language model's weight beside CTC's (lm.py)
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -110,17 +113,19 @@ class CaptionerConfig:
         check("dropout", is_number(self.dropout) and 0 <= self.dropout < 1, "a number from 0 to below 1")
         check("vocabulary", self.vocabulary is None or isinstance(self.vocabulary, str), "a fingerprint string")
         check("loss", self.loss in LOSSES, " or ".join(LOSSES))
+        check("feature_layer", isinstance(self.feature_layer, str) and self.feature_layer in FEATURE_LAYERS, " or ".join(FEATURE_LAYERS))
+        check("lm_weight", is_number(self.lm_weight) and 0 <= self.lm_weight <= 10, "a number from 0 to 10")
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
         if self.decoding is None:
-            self.decoding = "beam" if autoregressive else "ctc" if self.loss == "ctc" else "argmax"
-        allowed = ("beam",) if autoregressive else ("ctc",) if self.loss == "ctc" else ("argmax", "collapse")
+            self.decoding = "beam" if autoregressive else "ctc-lm" if self.loss == "ctc" else "argmax"
+        allowed = ("beam",) if autoregressive else ("ctc-lm", "ctc") if self.loss == "ctc" else ("argmax", "collapse")
         check("decoding", self.decoding in allowed, f"{' or '.join(allowed)} for {self.arch} trained with {self.loss}")
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
-        """VGG16 pool5's shape at ``image_size``: the shape of the model's input."""
-        return feature_shape(self.image_size)
+        """The VGG16 grid's shape at ``image_size`` and ``feature_layer``: the shape of the model's input."""
+        return feature_shape(self.image_size, self.feature_layer)
 
     def save(self, path) -> None:
         write_json(path, dataclasses.asdict(self))

@@ -70,8 +70,9 @@ def plot_attention(image: np.ndarray, text: str, maps: np.ndarray, title: str, o
 def attention_figure(image: np.ndarray, text: str, maps: np.ndarray, title: str, columns: int = 10):
     """Draws where an attention model looked for each character of ``text``, over the letterboxed photo.
 
-    Each pool5 cell sees about 32×32 pixels of the letterboxed image (its
-    stride), so the map is drawn over the top-left ``rows*32 × cols*32`` pixels.
+    Each grid cell stands for stride × stride pixels of the letterboxed image
+    (32 for pool5, 16 for conv5), so the map is drawn over the top-left
+    ``rows*stride × cols*stride`` pixels.
 
     Args:
         image: the letterboxed photo, ``(size, size, 3)`` uint8.
@@ -84,6 +85,7 @@ def attention_figure(image: np.ndarray, text: str, maps: np.ndarray, title: str,
         The matplotlib figure (the caller saves or shows it, and closes it).
     """
     rows, cols = maps.shape[1:]
+    stride = 2 ** int(np.log2(image.shape[0] / rows))  # VGG16 pools by 2: 150 px / 4 cells -> 32, / 9 cells -> 16
     num_panels = len(text) + 1
     columns = min(columns, num_panels)
     num_rows = -(-num_panels // columns)
@@ -94,7 +96,7 @@ def attention_figure(image: np.ndarray, text: str, maps: np.ndarray, title: str,
     axes.flat[0].set_title(title, fontsize=7)
     for axis, char, weights in zip(axes.flat[1:], text, maps):
         axis.imshow(image)
-        axis.imshow(weights, cmap="inferno", alpha=0.6, extent=(0, cols * 32, rows * 32, 0), interpolation="nearest",
+        axis.imshow(weights, cmap="inferno", alpha=0.6, extent=(0, cols * stride, rows * stride, 0), interpolation="nearest",
                     vmin=0, vmax=1)
         axis.set_title(char, fontsize=14)
     figure.suptitle(text, fontsize=10)

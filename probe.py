@@ -36,7 +36,7 @@ import hard  # noqa: E402
 import runtime  # noqa: E402
 from cli import HelpFormatter, bounded_int, existing_dir, existing_file, file_path, folder_path, vgg_weights  # noqa: E402
 from dataset import load_caption_files  # noqa: E402
-from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
+from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from model import LIMITS, CaptionerConfig  # noqa: E402
 
@@ -145,6 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=existing_dir, default=str(hard.HARD_DIR / "train2014"), help="the folder of its photos")
     parser.add_argument("--vgg-weights", type=vgg_weights, default="none", help="imagenet, synthetic (pretrain.py's), a local .h5 file, or none (random)")
     parser.add_argument("--image-size", type=bounded_int(*LIMITS["image_size"]), default=CaptionerConfig.image_size, help="letterbox size")
+    parser.add_argument("--feature-layer", choices=list(FEATURE_LAYERS), default=CaptionerConfig.feature_layer,
+                        help="as train.py's: the VGG16 grid to probe")
     parser.add_argument("--vgg-precision", choices=runtime.EXTRACTION_PRECISIONS, default="auto",
                         help="as train.py's: the same features as the captioner reads")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
             raise ValueError(f"{args.annotations} has no hard.py scenes to probe (python demo.py --hard makes some).")
         cache, _ = cached_features([record.path for record in records], args.vgg_weights, args.image_size,
                                    args.cache_dir, progress=not args.quiet,
-                                   precision=runtime.extraction_precision(args.vgg_precision))
+                                   precision=runtime.extraction_precision(args.vgg_precision), layer=args.feature_layer)
     except (OSError, ValueError, WeightsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
         print(f"{name:<28}{value:>8.3f}" if isinstance(value, float) else f"{name:<28}{value:>8d}")
     if args.json:
         write_json(args.json, {"annotations": args.annotations, "vgg_weights": args.vgg_weights,
-                               "image_size": args.image_size, **results})
+                               "image_size": args.image_size, "feature_layer": args.feature_layer, **results})
     return 0
 
 

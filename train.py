@@ -25,9 +25,9 @@ import runtime  # noqa: E402
 import training  # noqa: E402
 from captioner import (CONFIG_FILE, DEFAULT_RUN, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, MODEL_FILE,  # noqa: E402
                        VOCAB_FILE)
-from cli import (HelpFormatter, bounded_int, existing_dir, existing_file, folder_path, fraction,  # noqa: E402
+from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existing_file, folder_path, fraction,  # noqa: E402
                  positive_float, positive_int, vgg_weights)
-from features import DEFAULT_CACHE_DIR, WeightsUnavailable  # noqa: E402
+from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
 from model import ARCHITECTURES, LIMITS, LOSSES, CaptionerConfig, architecture_name  # noqa: E402
 
@@ -57,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="share of the photos held out for validation (split by photo, never by caption)")
     data.add_argument("--image-size", type=bounded_int(*LIMITS["image_size"]), default=CaptionerConfig.image_size,
                       help="photos are letterboxed to this square size")
+    data.add_argument("--feature-layer", choices=list(FEATURE_LAYERS), default=CaptionerConfig.feature_layer,
+                      help="the VGG16 grid the model reads: pool5 (the card's; 4x4 at 150 px, 16 KiB a photo in the "
+                           "cache) or conv5 (conv5_3 before its pooling: 9x9 at 150 px, 81 KiB; 14x14 at 224 px, "
+                           "196 KiB, the grid Show, Attend and Tell attends over)")
     data.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR),
                       help="where VGG16 features are cached, reused across epochs and runs")
     data.add_argument("--vgg-weights", metavar="WEIGHTS", type=vgg_weights,
@@ -78,6 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "(a character may sit a step earlier or later); crossentropy = the original's per-step "
                             f"loss at exact positions. Autoregressive models train with crossentropy "
                             f"[default: {DEFAULT_LOSS['image2text']} for image2text]")
+    model.add_argument("--lm-weight", type=bounded_float(0, 10), default=CaptionerConfig.lm_weight,
+                       help="CTC runs are read by a beam search beside a language model of the training captions "
+                            "(lm.json, written with the run): its weight, kept in config.json")
     model.add_argument("--distill-from", metavar="RUN", type=existing_dir,
                        help="train on the captions a trained (autoregressive) run writes for each photo instead of "
                             "the human captions: sequence-level distillation, one consistent target per photo")
@@ -120,9 +127,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def requested_config(args: argparse.Namespace) -> CaptionerConfig:
     """The model settings the command line asks for (``auto`` precisions still unresolved)."""
-    return CaptionerConfig(arch=args.arch, units=args.units, image_size=args.image_size, vgg_weights=args.vgg_weights,
+    return CaptionerConfig(arch=args.arch, units=args.units, image_size=args.image_size,
+                           feature_layer=args.feature_layer, vgg_weights=args.vgg_weights,
                            vgg_precision=args.vgg_precision, precision=args.precision,
-                           learning_rate=args.learning_rate, loss=args.loss)
+                           learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight)
 
 
 def train(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from dataset import ImageRecord, load_caption_files
 from features import FeatureCache, cached_features
 from fileio import lock_folder, read_json, remove_stale_temporaries, write_json, write_text
 from kana import Vocabulary, convert_captions
+from lm import LM_FILE, CharNgram
 from metrics import format_table, score
 from model import CaptionerConfig, build_model, ctc_fits, load_model, save_model
 from plots import plot_loss
@@ -138,8 +139,10 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
         return dataclasses.replace(requested, vgg_precision=runtime.extraction_precision(requested.vgg_precision),
                                    precision=runtime.training_precision(requested.precision))
     config = CaptionerConfig.load(resumed_from / CONFIG_FILE)
-    if (config.image_size, config.vgg_weights) != (requested.image_size, requested.vgg_weights):
-        log(f"Resuming with the run's own image size ({config.image_size}) and VGG16 weights ({config.vgg_weights}).")
+    if (config.image_size, config.vgg_weights, config.feature_layer) != (
+            requested.image_size, requested.vgg_weights, requested.feature_layer):
+        log(f"Resuming with the run's own image size ({config.image_size}), VGG16 weights ({config.vgg_weights}) "
+            f"and feature layer ({config.feature_layer}).")
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
     if requested.loss != config.loss:
@@ -158,6 +161,7 @@ class TrainingData:
     val_images: np.ndarray  # cache rows of the validation photos
     train: CaptionData
     val: CaptionData
+    language_model: CharNgram | None = None  # ctc-lm runs: of the training photos' human captions
 
 
 def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fraction: float, seed: int,
@@ -189,7 +193,8 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         f"{num_empty} captions had no reading at all and were skipped.")
 
     cache, _ = cached_features([record.path for record in records], config.vgg_weights, config.image_size,
-                               cache_dir, progress=progress, log=log, precision=config.vgg_precision)
+                               cache_dir, progress=progress, log=log, precision=config.vgg_precision,
+                               layer=config.feature_layer)
     usable = np.flatnonzero(cache.complete & np.array([bool(r) for r in readings]))
     if len(usable) < 2:
         raise ValueError(f"No usable photos: {len(usable)} of {len(records)} photos could be read and have a caption "
@@ -213,13 +218,20 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         if cut_train + cut_val:
             log(f"CTC: {cut_train + cut_val} captions were cut to fit {config.timesteps} steps "
                 f"(a repeated character takes a blank step between).")
+    language_model = None
+    if config.decoding == "ctc-lm":  # the human captions of the training photos only: validation stays unseen
+        language_model = CharNgram.fit(
+            "".join(char for char in caption if char in vocabulary.char_to_index)
+            for image in train_images for caption in references[image])
+        log(f"Language model: {language_model.order}-grams of the training captions' characters, "
+            f"{sum(map(len, language_model.counts.values())):,} stored.")
     log(f"Vocabulary: {vocabulary.num_classes} classes (end class + {len(vocabulary.characters)} characters).")
     log(f"Training on {len(train.rows)} captions of {len(train_images)} photos; validating on "
         f"{len(val.rows)} captions of {len(val_images)} photos.")
     log(f"Captions longer than {config.timesteps - 1} characters were truncated: "
         f"{train_report.num_truncated + val_report.num_truncated}; characters outside the vocabulary left out: "
         f"{train_report.num_unknown + val_report.num_unknown}.")
-    return TrainingData(records, references, cache, vocabulary, val_images, train, val)
+    return TrainingData(records, references, cache, vocabulary, val_images, train, val, language_model)
 
 
 def distilled_readings(teacher_dir, config: CaptionerConfig, features, readings, images) -> list[list[str]]:
@@ -250,6 +262,9 @@ def new_state() -> dict:
 def build_or_resume(config: CaptionerConfig, data: TrainingData, out: Path, saved_state: dict | None,
                     seed: int) -> tuple[keras.Model, dict]:
     """The resumed run's checkpoint and state, or a new model (its config and vocabulary written to ``out``)."""
+    if data.language_model is not None and (saved_state is None or not (out / LM_FILE).is_file()):
+        out.mkdir(parents=True, exist_ok=True)
+        data.language_model.save(out / LM_FILE)
     if saved_state is not None:
         return load_model(out / CHECKPOINT_FILE), saved_state
     keras.utils.set_random_seed(seed)

@@ -8,6 +8,7 @@ from PIL import Image
 
 import evaluate
 import kana
+import lm
 import plots
 import predict
 import train
@@ -86,9 +87,11 @@ def test_image2text_trains_with_ctc_by_default_and_predicts_n_best(tiny_demo, tm
     out = tmp_path / "image2text"
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", "image2text")) == 0
     config = json.loads((out / "config.json").read_text())
-    assert (config["arch"], config["loss"], config["decoding"]) == ("image2text", "ctc", "ctc")
+    assert (config["arch"], config["loss"], config["decoding"], config["lm_weight"]) == ("image2text", "ctc", "ctc-lm", 0.5)
+    assert lm.CharNgram.load(out / "lm.json").order == lm.DEFAULT_ORDER
     capsys.readouterr()  # the training log
-    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--n-best", "2", "--json"]) == 0
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--n-best", "2", "--json",
+                         "--lm-weight", "0.3"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(records) == 6
     for record in records:
@@ -96,7 +99,20 @@ def test_image2text_trains_with_ctc_by_default_and_predicts_n_best(tiny_demo, tm
         assert record["caption"] == record["captions"][0]["caption"] and is_katakana(record["caption"])
     assert evaluate.main(["--model", str(out), "--annotations", str(tiny_demo / "captions_val.json"), "--images",
                           str(tiny_demo / "val2014"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
-    assert json.loads((out / "eval-captions_val" / "metrics.json").read_text())["decode"] == "ctc"
+    metrics = json.loads((out / "eval-captions_val" / "metrics.json").read_text())
+    assert (metrics["decode"], metrics["lm_weight"]) == ("ctc-lm", 0.5)
+    (out / "lm.json").rename(tmp_path / "lm.json")  # a run folder without its language model
+    capsys.readouterr()
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "lm.json not found" in error and "--decode ctc" in error
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--decode", "ctc"]) == 0
+    (out / "lm.json").write_text('{"order": 3, "alphabet": 2, "counts": {"": {"ア": "many"}}}')
+    capsys.readouterr()
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "lm.json is not a language model written by train.py" in error and len(error.splitlines()) == 1
+    (tmp_path / "lm.json").replace(out / "lm.json")
     # --resume keeps the loss the run started with.
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 2, "--arch", "image2text",
                                  "--resume")) == 0
@@ -386,3 +402,16 @@ def test_train_keeps_freed_memory(tmp_path, monkeypatch):
     (tmp_path / "none.json").write_text("{}")  # fails after the arguments are parsed
     train.main(["--annotations", str(tmp_path / "none.json"), "--images", str(tmp_path), "--out", str(tmp_path / "o")])
     assert calls == [platform.libc_ver()[0] == "glibc"]  # called once, and it takes where mallopt exists
+
+
+def test_attention_over_the_conv5_grid(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "conv5"
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--feature-layer", "conv5")) == 0
+    assert json.loads((out / "config.json").read_text())["feature_layer"] == "conv5"
+    assert [folder.name for folder in (tmp_path / "cache").iterdir() if "-conv5-" in folder.name]
+    captioner = Captioner(out)
+    assert captioner.config.feature_shape == (2, 2, 512)  # 32 px: conv5_3 is 2×2, pool5 1×1
+    assert captioner.image_features(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 2, 2, 512)
+    capsys.readouterr()
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--attention", str(tmp_path / "maps")]) == 0
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 6

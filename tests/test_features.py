@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 import features
-from features import FeatureCache, ImageError, extract_features, letterbox, load_image
+from features import FeatureCache, ImageError, extract_features, letterbox, load_image, preprocess
 
 
 def save(image, path, **options):
@@ -208,3 +208,20 @@ def test_a_photo_rewritten_in_place_is_not_read_from_the_old_cache(tmp_path):
     second = FeatureCache.open(tmp_path / "cache", paths, "none", 32)
     assert second.folder != first.folder and not second.complete.any()
     assert FeatureCache.open(tmp_path / "cache", paths, "none", 32).folder == second.folder  # stable while unchanged
+
+
+def test_conv5_is_the_grid_before_pool5_and_is_cached_apart(tmp_path):
+    conv5, pool5 = features.build_vgg16("none", 64, layer="conv5"), features.build_vgg16("none", 64)
+    assert conv5.output_shape[1:] == features.feature_shape(64, "conv5") == (4, 4, 512) and not conv5.trainable
+    assert features.feature_shape(150, "conv5") == (9, 9, 512) and features.feature_shape(224, "conv5") == (14, 14, 512)
+    images = preprocess(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8))
+    grid = np.asarray(conv5(images))
+    pooled = grid.reshape(2, 2, 2, 2, 2, 512).max(axis=(2, 4))  # VGG16's last 2×2 max pooling
+    np.testing.assert_allclose(pooled, np.asarray(pool5(images)), rtol=1e-5, atol=1e-5)
+    paths = make_photos(tmp_path / "photos", 2)
+    pool5_cache = FeatureCache.open(tmp_path / "c", paths, "none", 64)
+    conv5_cache = FeatureCache.open(tmp_path / "c", paths, "none", 64, layer="conv5")
+    assert conv5_cache.folder != pool5_cache.folder and conv5_cache.features.shape == (2, 4, 4, 512)
+    assert "conv5" in conv5_cache.folder.name and "pool5" not in pool5_cache.folder.name  # older caches keep their names
+    with pytest.raises(ValueError, match="feature layer must be one of pool5, conv5"):
+        features.build_vgg16("none", 64, layer="fc7")

@@ -109,6 +109,7 @@ def test_config_round_trip_and_unknown_settings(tmp_path):
     assert CaptionerConfig.load(tmp_path / "config.json") == config
     assert "feature_shape" not in json.loads((tmp_path / "config.json").read_text())  # it follows from image_size
     assert config.feature_shape == (1, 1, 512) and CaptionerConfig(image_size=224).feature_shape == (7, 7, 512)
+    assert CaptionerConfig(image_size=224, feature_layer="conv5").feature_shape == (14, 14, 512)
     (tmp_path / "config.json").write_text('{"units": 8, "colour": "red"}')
     with pytest.raises(ValueError, match="colour"):
         CaptionerConfig.load(tmp_path / "config.json")
@@ -178,7 +179,10 @@ def test_ctc_targets_are_cut_to_what_the_steps_can_align():
 @pytest.mark.parametrize("settings, message", [
     ({"arch": "attention", "loss": "ctc"}, "loss is 'ctc'; expected crossentropy for attention"),
     ({"loss": "hinge"}, "loss is 'hinge'; expected crossentropy or ctc"),
-    ({"loss": "ctc", "decoding": "argmax"}, "decoding is 'argmax'; expected ctc for image2text trained with ctc"),
+    ({"loss": "ctc", "decoding": "argmax"}, "decoding is 'argmax'; expected ctc-lm or ctc for image2text trained with ctc"),
+    ({"loss": "ctc", "lm_weight": -1}, "lm_weight is -1; expected a number from 0 to 10"),
+    ({"feature_layer": "fc7"}, "feature_layer is 'fc7'; expected pool5 or conv5"),
+    ({"feature_layer": ["pool5"]}, "feature_layer is \\['pool5'\\]; expected pool5 or conv5"),
     ({"arch": "showtell", "decoding": "ctc"}, "decoding is 'ctc'; expected beam"),
 ])
 def test_loss_and_decoding_must_agree_with_the_architecture(settings, message):
@@ -188,7 +192,7 @@ def test_loss_and_decoding_must_agree_with_the_architecture(settings, message):
 
 def test_the_decoding_follows_the_architecture_and_loss():
     assert CaptionerConfig(arch="image2text").decoding == "argmax"
-    assert CaptionerConfig(arch="image2text", loss="ctc").decoding == "ctc"
+    assert CaptionerConfig(arch="image2text", loss="ctc").decoding == "ctc-lm"
     assert CaptionerConfig(arch="attention").decoding == "beam"
 
 

@@ -64,7 +64,7 @@ def bad_cases(root):
         ("--learning-rate", "-1"), ("--learning-rate", "nan"), ("--patience", "0"), ("--seed", "-1"),
         ("--out", file), ("--out", ""), ("--cache-dir", file), ("--vgg-weights", "bogus"), ("--vgg-weights", folder),
         ("--distill-from", missing), ("--arch", "bogus"), ("--precision", "bogus"), ("--vgg-precision", "bogus"),
-        ("--loss", "bogus")]]
+        ("--loss", "bogus"), ("--lm-weight", "-1"), ("--lm-weight", "nan")]]
     train_cases += [[*good, "--arch", "attention", "--loss", "ctc"]]
     train_cases += [["--annotations", missing, "--images", folder], ["--annotations", "", "--images", folder],
                     ["--annotations", folder, "--images", folder], ["--annotations", str(root / "empty.json"),
@@ -73,16 +73,18 @@ def bad_cases(root):
     predict_cases = [[""], [file, "--batch-size", "-5"], [file, "--batch-size", "0"], [file, "--n-best", "0"],
                      [file, "--beam-size", "100000"], [file, "--plot", folder], [file, "--attention", file],
                      [file, "--model", ""], [file, "--vgg-weights", "bogus"], [file, "--decode", "bogus"],
-                     [file, "--model", missing]]
+                     [file, "--model", missing], [file, "--lm-weight", "11"]]
     evaluate_cases = [["--limit", "0"], ["--beam-size", "0"], ["--batch-size", "0"], ["--annotations", missing],
                       ["--annotations", str(root / "empty.json"), "--images", missing],
-                      ["--out", file], ["--cache-dir", file], ["--decode", "bogus"], ["--model", ""]]
+                      ["--out", file], ["--cache-dir", file], ["--decode", "bogus"], ["--model", ""],
+                      ["--lm-weight", "x"]]
     demo_cases = [["--num-train", "-1"], ["--num-val", "x"], ["--seed", "-1"], ["--out", file], ["--templates", "bogus"]]
     probe_cases = [["--image-size", "1"], ["--annotations", missing], ["--images", file], ["--json", folder],
                    ["--vgg-weights", "bogus"], ["--cache-dir", file], ["--vgg-precision", "bogus"]]
     pretrain_cases = [["--epochs", "0"], ["--image-size", "8"], ["--out", str(root / "w.h5")], ["--out", folder],
                       ["--num-images", "1000000000"], ["--learning-rate", "0"], ["--batch-size", "0"],
-                      ["--num-val", "0"], ["--steps", "0"], ["--precision", "bogus"], ["--num-images", "8"]]
+                      ["--num-val", "0"], ["--steps", "0"], ["--precision", "bogus"], ["--num-images", "8"],
+                      ["--targets", "bogus"], ["--probe-scenes", "-1"], ["--probe-size", "8"], ["--json", folder]]
     bench_cases = [["--steps", "0"], ["--rounds", "0"], ["--units", "0"], ["--json", folder], ["--work", file],
                    ["--batch-size", "0"], ["--only", "bogus"], ["--precisions", "bogus"]]
     tools = {"train": train.main, "predict": predict.main, "evaluate": evaluate.main, "demo": demo.main,
