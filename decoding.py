@@ -115,34 +115,40 @@ def decode_ctc_lm(probabilities: np.ndarray, vocabulary: Vocabulary, language_mo
     the language model's share.
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)  # (batch, timesteps, classes)
-    log_probabilities = np.log(np.maximum(probabilities, 1e-30))
-    characters = {index: vocabulary.index_to_char.get(index, "") for index in range(probabilities.shape[-1])}
+    log_probabilities = np.log(np.maximum(probabilities, 1e-30)).tolist()  # Python floats: the search is scalar work
+    characters = [vocabulary.index_to_char.get(index, "") for index in range(probabilities.shape[-1])]
     captions = []
     for steps, candidates in zip(log_probabilities, probabilities >= CTC_LM_FLOOR):
         beams = {"": (0.0, -math.inf, 0.0)}  # caption: (log p ending in blank, log p ending in its last character, lm)
         for step, ok in zip(steps, candidates):
+            # the classes worth extending by at this step: (index, character), blanks and unknown classes left out
+            extensions = [(index, characters[index]) for index in np.flatnonzero(ok).tolist() if characters[index]]
             extended: dict[str, list[float]] = {}
             for text, (blank, last, lm_score) in beams.items():
-                both = np.logaddexp(blank, last)
+                both = _log_add(blank, last)
                 entry = extended.setdefault(text, [-math.inf, -math.inf, lm_score])
-                entry[0] = np.logaddexp(entry[0], both + step[END])
+                entry[0] = _log_add(entry[0], both + step[END])
                 if text:
-                    entry[1] = np.logaddexp(entry[1], last + step[vocabulary.char_to_index[text[-1]]])
-                for index in np.flatnonzero(ok):
-                    char = characters[int(index)]
-                    if not char:  # the blank, or a class past the vocabulary (it writes nothing)
-                        continue
+                    entry[1] = _log_add(entry[1], last + step[vocabulary.char_to_index[text[-1]]])
+                for index, char in extensions:
                     added = weight * language_model.log_probability(text, char)
                     entry = extended.setdefault(text + char, [-math.inf, -math.inf, lm_score + added])
                     source = blank if text and char == text[-1] else both  # a repeat needs a blank between
-                    entry[1] = np.logaddexp(entry[1], source + step[index] + added)
-            ranked = sorted(extended.items(), key=lambda item: -np.logaddexp(item[1][0], item[1][1]))[:beam_size]
+                    entry[1] = _log_add(entry[1], source + step[index] + added)
+            ranked = sorted(extended.items(), key=lambda item: -_log_add(item[1][0], item[1][1]))[:beam_size]
             beams = {text: tuple(entry) for text, entry in ranked}
-        final = sorted(((np.logaddexp(blank, last) + weight * language_model.log_probability(text, END_MARK), text,
-                         np.logaddexp(blank, last) - lm_score) for text, (blank, last, lm_score) in beams.items()),
+        final = sorted(((_log_add(blank, last) + weight * language_model.log_probability(text, END_MARK), text,
+                         _log_add(blank, last) - lm_score) for text, (blank, last, lm_score) in beams.items()),
                        reverse=True)[:n_best]
-        captions.append([Caption(text, True, float(np.exp(ctc))) for _, text, ctc in final])
+        captions.append([Caption(text, True, math.exp(ctc)) for _, text, ctc in final])
     return captions
+
+
+def _log_add(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)), for Python floats (numpy's is slower on scalars)."""
+    if a < b:
+        a, b = b, a
+    return a if b == -math.inf else a + math.log1p(math.exp(b - a))
 
 
 def beam_search(
