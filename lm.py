@@ -25,7 +25,7 @@ from typing import Iterable
 from fileio import read_json, write_json
 
 LM_FILE = "lm.json"
-DEFAULT_ORDER = 8  # characters of context, plus one: measured on a tuning set of new demo scenes (docs/image2text.md)
+DEFAULT_ORDER = 10  # characters of context, plus one: chosen on a tuning set of new demo scenes (docs/image2text.md)
 MAX_ORDER = 16
 MAX_NGRAMS = 2_000_000  # stored (context, next) pairs; rarer long ones are dropped beyond it (about 40 MB of JSON)
 MAX_LM_BYTES = 256 * 2**20  # lm.json files larger than this are not read
