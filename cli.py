@@ -64,12 +64,6 @@ def bounded_float(low: float, high: float):
     return parse
 
 
-BEAM_HELP = ("beams per image, for autoregressive runs and CTC decoding (1 = greedy; ctc-lm decoding searches "
-             "at least 8)")
-LM_WEIGHT_HELP = ("ctc-lm decoding: the weight of the run's language model beside CTC's (0 = CTC alone) "
-                  "[default: the run's, from train.py --lm-weight]")
-
-
 def fraction(text: str) -> float:
     """An argparse type: a number strictly between 0 and 1."""
     value = positive_float(text)

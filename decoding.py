@@ -32,6 +32,9 @@ MAX_BEAM = 64  # --beam-size and --n-best: the work per photo grows with it
 DECODE_METHODS = ("argmax", "collapse", "ctc", "ctc-lm")  # how a non-autoregressive model's outputs may be read
 CTC_LM_BEAM = 8  # ctc-lm searches at least this many partial captions per photo
 CTC_LM_FLOOR = 1e-3  # ctc-lm extends a partial caption only by characters at least this likely at a step
+BEAM_HELP = f"beams per image, for autoregressive runs and CTC decoding (1 = greedy; ctc-lm searches at least {CTC_LM_BEAM})"
+LM_WEIGHT_HELP = ("ctc-lm decoding: the weight of the run's language model beside CTC's (0 = CTC alone) "
+                  "[default: the run's, from train.py --lm-weight]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,10 +26,10 @@ import numpy as np  # noqa: E402
 
 import demo  # noqa: E402
 from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
-from cli import (BEAM_HELP, LM_WEIGHT_HELP, HelpFormatter, bounded_float, bounded_int, existing_dir, existing_file, folder_path,  # noqa: E402
+from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existing_file, folder_path,  # noqa: E402
                  nonempty_path, positive_int)
 from dataset import load_caption_files  # noqa: E402
-from decoding import DECODE_METHODS, MAX_BEAM  # noqa: E402
+from decoding import BEAM_HELP, DECODE_METHODS, LM_WEIGHT_HELP, MAX_BEAM  # noqa: E402
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import convert_captions  # noqa: E402

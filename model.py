@@ -113,7 +113,8 @@ class CaptionerConfig:
         check("dropout", is_number(self.dropout) and 0 <= self.dropout < 1, "a number from 0 to below 1")
         check("vocabulary", self.vocabulary is None or isinstance(self.vocabulary, str), "a fingerprint string")
         check("loss", self.loss in LOSSES, " or ".join(LOSSES))
-        check("feature_layer", isinstance(self.feature_layer, str) and self.feature_layer in FEATURE_LAYERS, " or ".join(FEATURE_LAYERS))
+        check("feature_layer", isinstance(self.feature_layer, str) and self.feature_layer in FEATURE_LAYERS,
+              " or ".join(FEATURE_LAYERS))
         check("lm_weight", is_number(self.lm_weight) and 0 <= self.lm_weight <= 10, "a number from 0 to 10")
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
