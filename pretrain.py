@@ -116,7 +116,11 @@ def draw_scenes(seeds: range, image_size: int, held_out: bool = False) -> tuple[
 
 def make_scenes(num_images: int, image_size: int, first_seed: int = 0, progress: bool = True,
                 held_out: bool = False) -> tuple[np.ndarray, list[dict]]:
-    """``num_images`` scenes (see ``draw_scenes``), drawn in parallel processes when there are many."""
+    """``num_images`` scenes (see ``draw_scenes``), drawn in parallel processes when there are many.
+
+    The workers start by importing the main module, as Python's own do: a
+    script that calls this needs an ``if __name__ == "__main__":`` guard.
+    """
     chunks = [range(start, min(start + CHUNK, first_seed + num_images))
               for start in range(first_seed, first_seed + num_images, CHUNK)]
     workers = min(os.cpu_count() or 1, len(chunks))

@@ -27,6 +27,15 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 CHROMIUM = shutil.which("chromium-headless-shell") or shutil.which("chromium")
 
 
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    """AppTest installs its script as ``__main__`` and leaves it there; the next tests' worker processes
+    (pretrain.py draws scenes in some) would run that script again on start-up."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 def page(model: str):
     """The app as AppTest runs it: the body is the script, with ``--model`` as after streamlit's ``--``."""
     import app
