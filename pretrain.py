@@ -307,8 +307,9 @@ def pretrain(args: argparse.Namespace, out: Path) -> int:
               "held_out": {name: round(float(values[-1]), 4) for name, values in history.history.items()
                            if name.startswith("val_")}}
     if args.probe_scenes:
-        report["probe"] = probe_generalisation(out, args.probe_scenes, args.probe_size)
-        report["probe_random"] = probe_generalisation("none", args.probe_scenes, args.probe_size)
+        scenes = make_scenes(args.probe_scenes, args.probe_size, progress=False, held_out=True)  # drawn once, read twice
+        report["probe"] = probe_generalisation(out, *scenes)
+        report["probe_random"] = probe_generalisation("none", *scenes)
         print(f"Probe on {args.probe_scenes} new scenes at {args.probe_size} px (random VGG16 in brackets):")
         for name, value in report["probe"].items():
             print(f"  {name:<28}{value:>8.3f}  ({report['probe_random'][name]:.3f})" if isinstance(value, float)
@@ -323,16 +324,16 @@ def _outputs(targets: dict, args: argparse.Namespace) -> dict:
     return {name: values for name, values in targets.items() if name != "present" or args.presence_head}
 
 
-def probe_generalisation(weights, num_scenes: int, image_size: int) -> dict:
-    """probe.py's scores for a VGG16's pool5 features on new scenes of every kind and background.
+def probe_generalisation(weights, images: np.ndarray, scenes: list[dict]) -> dict:
+    """probe.py's scores for a VGG16's pool5 features of ``images``: new scenes of every kind and background.
 
-    The scenes include the kinds and the background that training never
-    draws, so the probe's held-out rows say whether the features generalise.
+    The scenes (``make_scenes(..., held_out=True)``) include the kinds and the
+    background that training never draws, so the probe's held-out rows say
+    whether the features generalise.
     """
-    images, scenes = make_scenes(num_scenes, image_size, progress=False, held_out=True)
-    vgg = build_vgg16(str(weights), image_size)
+    vgg = build_vgg16(str(weights), images.shape[1])
     features = np.concatenate([np.asarray(vgg(preprocess(images[start : start + 100]), training=False), np.float32)
-                               for start in range(0, num_scenes, 100)])
+                               for start in range(0, len(images), 100)])
     return probe.probe(features, scenes)
 
 
