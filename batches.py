@@ -64,6 +64,31 @@ def encode_captions(readings, image_indices, vocabulary: Vocabulary, timesteps: 
     return CaptionData(np.array(rows, dtype=np.int64), np.array(targets, dtype=dtype).reshape(-1, timesteps)), report
 
 
+MAX_REFERENCES = 16  # likeliest-reference training: a photo's first this many captions are its targets
+
+
+def with_all_references(data: CaptionData) -> tuple[CaptionData, int]:
+    """Each caption's target becomes all its photo's captions ``(num_captions, references, timesteps)``.
+
+    For likeliest-reference training (model.CaptionCTC): an epoch still
+    takes a step per caption, each against the caption of the photo the
+    model finds likeliest. Photos with fewer captions than the most repeat
+    their first; more than MAX_REFERENCES are not targets. Returns the data
+    and the number of captions left out that way.
+    """
+    photos, first, counts = np.unique(data.rows, return_index=True, return_counts=True)
+    order = np.argsort(data.rows, kind="stable")  # the captions grouped by photo, each photo's in their order
+    references = min(int(counts.max()), MAX_REFERENCES) if len(counts) else 1
+    table = np.empty((len(photos), references, data.targets.shape[1]), dtype=data.targets.dtype)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for photo, (start, count) in enumerate(zip(starts, counts)):
+        own = data.targets[order[start : start + min(count, references)]]
+        table[photo] = own[np.arange(references) % len(own)]
+    photo_of_caption = np.searchsorted(photos, data.rows)
+    dropped = int(np.maximum(counts - references, 0).sum())
+    return CaptionData(data.rows, table[photo_of_caption]), dropped
+
+
 class CaptionBatches(keras.utils.PyDataset):
     """A Keras dataset reading feature rows from the memory-mapped cache, batch by batch.
 

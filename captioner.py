@@ -2,7 +2,7 @@
 
 A run folder holds:
 
-    model.keras       the model with the best validation loss
+    model.keras       the model of the best epoch (by validation loss, or its captions' CIDEr-D: train.py --keep-best)
     config.json       the CaptionerConfig it was built from
     vocab.json        the classes it writes, end class first
     lm.json           CTC runs: the language model of the training captions that decoding reads (lm.py)
@@ -28,7 +28,7 @@ from lm import LM_FILE, CharNgram
 from model import CaptionerConfig, StepModels, architecture, load_model, save_model
 
 DEFAULT_RUN = "runs/demo"  # what python train.py makes and predict.py reads when no run is named
-MODEL_FILE = "model.keras"  # the weights with the best validation loss
+MODEL_FILE = "model.keras"  # the weights of the best epoch (train.py --keep-best)
 CHECKPOINT_FILE = "checkpoint.keras"  # the last epoch, with optimizer state, for --resume
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
@@ -85,30 +85,45 @@ class Captioner:
                 raise FileNotFoundError(
                     f"{model_dir / name} not found: --model must be a run folder written by train.py."
                 )
-        self.config = CaptionerConfig.load(model_dir / CONFIG_FILE)
-        self.vocabulary = Vocabulary.load(model_dir / VOCAB_FILE, self.config.vocabulary, self.config.num_classes)
-        self.model = load_model(model_dir / MODEL_FILE)
-        num_classes = self.model.output_shape[-1]
-        if (num_classes, tuple(self.model.inputs[0].shape[1:])) != (self.config.num_classes, self.config.feature_shape):
+        config = CaptionerConfig.load(model_dir / CONFIG_FILE)
+        vocabulary = Vocabulary.load(model_dir / VOCAB_FILE, config.vocabulary, config.num_classes)
+        model = load_model(model_dir / MODEL_FILE)
+        num_classes = model.output_shape[-1]
+        if (num_classes, tuple(model.inputs[0].shape[1:])) != (config.num_classes, config.feature_shape):
             raise ValueError(
                 f"{model_dir}: the model does not match config.json (classes {num_classes} vs "
-                f"{self.config.num_classes}, or another image size); these files are not from the same run."
+                f"{config.num_classes}, or another image size); these files are not from the same run."
             )
-        autoregressive = architecture(self.config).autoregressive
-        if decode is not None and autoregressive:
-            raise ValueError(f"--decode is for image2text runs; {model_dir} is {self.config.arch}, read by beam search.")
-        self.decode, self.beam_size = decode or self.config.decoding, beam_size
-        self.lm_weight = self.config.lm_weight if lm_weight is None else lm_weight
-        self.language_model = None
-        if self.decode == "ctc-lm":
+        if decode is not None and architecture(config).autoregressive:
+            raise ValueError(f"--decode is for image2text runs; {model_dir} is {config.arch}, read by beam search.")
+        language_model = None
+        if (decode or config.decoding) == "ctc-lm":
             if not (model_dir / LM_FILE).is_file():
                 raise FileNotFoundError(
                     f"{model_dir / LM_FILE} not found: ctc-lm decoding reads the run's language model of its "
                     f"training captions, which train.py writes for CTC runs; --decode ctc reads the run without it.")
-            self.language_model = CharNgram.load(model_dir / LM_FILE)
-        self.steps = StepModels(self.model, self.config) if autoregressive else None
-        self.vgg = build_vgg16(vgg_weights or self.config.vgg_weights, self.config.image_size,
-                               self.config.vgg_precision, self.config.feature_layer) if with_vgg else None
+            language_model = CharNgram.load(model_dir / LM_FILE)
+        self._bind(model, config, vocabulary, language_model, decode, beam_size, lm_weight)
+        self.vgg = build_vgg16(vgg_weights or config.vgg_weights, config.image_size,
+                               config.vgg_precision, config.feature_layer) if with_vgg else None
+
+    @classmethod
+    def of_model(cls, model, config: CaptionerConfig, vocabulary: Vocabulary,
+                 language_model: CharNgram | None = None) -> "Captioner":
+        """A captioner of cached features from a model in memory (training's per-epoch validation captions)."""
+        captioner = cls.__new__(cls)
+        captioner._bind(model, config, vocabulary, language_model)
+        captioner.vgg = None
+        return captioner
+
+    def _bind(self, model, config: CaptionerConfig, vocabulary: Vocabulary, language_model: CharNgram | None,
+              decode: str | None = None, beam_size: int = 1, lm_weight: float | None = None) -> None:
+        self.model, self.config, self.vocabulary, self.language_model = model, config, vocabulary, language_model
+        self.decode, self.beam_size = decode or config.decoding, beam_size
+        self.lm_weight = config.lm_weight if lm_weight is None else lm_weight
+        if self.decode == "ctc-lm" and language_model is None:
+            raise ValueError("ctc-lm decoding needs the run's language model.")
+        self.steps = StepModels(model, config) if architecture(config).autoregressive else None
 
     @property
     def has_attention(self) -> bool:

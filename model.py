@@ -65,6 +65,9 @@ MODEL_PRECISIONS = ("float32", "mixed_bfloat16")
 # written once (collapse), or CTC decoding (the end class as CTC's blank: repeats merged, blanks removed), with the
 # run's language model of the training captions (ctc-lm, the default for CTC runs) or without it (ctc).
 LOSSES = ("crossentropy", "ctc")
+# What a CTC run is trained on: each human caption of a photo as a target of its own, or, at every step, only the
+# one the model finds likeliest (hard EM over a photo's captions: the model settles on one wording per photo).
+REFERENCES = ("each", "likeliest")
 
 # Old names of architectures, still read from config.json and --arch.
 ARCHITECTURE_ALIASES = {"seed": "image2text"}
@@ -90,6 +93,8 @@ class CaptionerConfig:
     loss: str = "crossentropy"  # crossentropy (per step, against the caption's exact positions) or ctc (image2text)
     decoding: str | None = None  # beam, argmax, collapse, ctc or ctc-lm; None: what the architecture and loss imply
     lm_weight: float = 0.5  # ctc-lm: the language model's weight beside CTC's (lm.py)
+    references: str = "each"  # CTC: each human caption a target, or per photo the likeliest of them (REFERENCES)
+    weight_average: float = 0.0  # the kept model's weights: an average over training steps with this momentum; 0 = the last step's
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -115,7 +120,11 @@ class CaptionerConfig:
         check("loss", self.loss in LOSSES, " or ".join(LOSSES))
         check("feature_layer", isinstance(self.feature_layer, str) and self.feature_layer in FEATURE_LAYERS,
               " or ".join(FEATURE_LAYERS))
+        check("references", self.references in REFERENCES and (self.references == "each" or self.loss == "ctc"),
+              f"{' or '.join(REFERENCES)} (likeliest with loss ctc)")
         check("lm_weight", is_number(self.lm_weight) and 0 <= self.lm_weight <= 10, "a number from 0 to 10")
+        check("weight_average", is_number(self.weight_average) and 0 <= self.weight_average < 1,
+              "a number from 0 to below 1")
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
         if self.decoding is None:
@@ -515,12 +524,18 @@ def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
 
 
 def compile_model(model: keras.Model, config: CaptionerConfig) -> keras.Model:
-    """Adam, and cross-entropy over the classes at every step or (``loss="ctc"``) CTC over the caption."""
+    """Adam, and cross-entropy over the classes at every step or (``loss="ctc"``) CTC over the caption.
+
+    With ``weight_average``, Adam also keeps an exponential moving average of
+    the weights (Polyak averaging), which training.Checkpointer evaluates and saves.
+    """
+    optimizer = keras.optimizers.Adam(config.learning_rate, use_ema=config.weight_average > 0,
+                                      ema_momentum=config.weight_average or 0.99)
     if config.loss == "ctc":
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=CaptionCTC())
+        model.compile(optimizer=optimizer, loss=CaptionCTC(likeliest=config.references == "likeliest"))
         return model
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=optimizer,
         # Integer targets: the same loss as one-hot cross-entropy over the 128
         # classes, without building (batch, 50, 128) one-hot arrays.
         loss="sparse_categorical_crossentropy",
@@ -539,20 +554,35 @@ class CaptionCTC(keras.losses.Loss):
     between; the caption is what remains after merging repeats and removing
     blanks. Normalised by the number of steps, so that its scale is that of
     the per-step cross-entropy. Targets must fit the steps (``ctc_fits``).
+
+    ``likeliest``: each target is a photo's captions ``(batch, references,
+    timesteps)``, and the loss is the smallest of theirs (hard EM: the model
+    learns the wording it already finds likeliest for the photo, not a blend).
+    A photo with fewer captions repeats one.
     """
 
-    def __init__(self, name="caption_ctc", **kwargs):
+    def __init__(self, name="caption_ctc", likeliest: bool = False, **kwargs):
         super().__init__(name=name, **kwargs)
+        self.likeliest = likeliest
 
     def call(self, y_true, y_pred):
-        labels = ops.cast(y_true, "int32")  # (batch, timesteps)
-        steps = ops.shape(y_pred)[1]
-        label_lengths = ops.sum(ops.cast(ops.not_equal(labels, 0), "int32"), axis=1)  # (batch,)
-        output_lengths = ops.full((ops.shape(y_pred)[0],), steps, dtype="int32")
+        labels = ops.cast(y_true, "int32")  # (batch, timesteps), or (batch, references, timesteps)
+        batch, steps = ops.shape(y_pred)[0], ops.shape(y_pred)[1]
         # The model's output is a softmax; its log is a set of logits whose softmax is the same distribution.
         logits = ops.log(ops.maximum(ops.cast(y_pred, "float32"), 1e-7))  # (batch, timesteps, classes)
-        losses = ops.ctc_loss(labels, logits, label_lengths, output_lengths, mask_index=0)  # (batch,)
+        if self.likeliest:
+            references = ops.shape(labels)[1]
+            logits = ops.repeat(logits, references, axis=0)  # each photo's steps once per caption
+            labels = ops.reshape(labels, (-1, steps))
+        label_lengths = ops.sum(ops.cast(ops.not_equal(labels, 0), "int32"), axis=1)
+        output_lengths = ops.full((ops.shape(labels)[0],), steps, dtype="int32")
+        losses = ops.ctc_loss(labels, logits, label_lengths, output_lengths, mask_index=0)
+        if self.likeliest:
+            losses = ops.min(ops.reshape(losses, (batch, references)), axis=1)
         return losses / ops.cast(steps, losses.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "likeliest": self.likeliest}
 
 
 def _ctc_prefix_steps(targets: np.ndarray) -> np.ndarray:

@@ -117,7 +117,7 @@ def plot_samples(paths, captions, references, per_image, out_file, count: int = 
 
 
 def plot_loss(history: list[dict], out_file) -> None:
-    """Training and validation loss per epoch, from the per-epoch logs."""
+    """Training and validation loss per epoch, and the validation captions' CIDEr-D where it was measured."""
     figure, axis = plt.subplots(figsize=(6, 4))
     epochs = [row["epoch"] for row in history]
     for key, label in (("loss", "training"), ("val_loss", "validation")):
@@ -125,7 +125,15 @@ def plot_loss(history: list[dict], out_file) -> None:
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss per character step")
     axis.set_title("loss")
-    axis.legend()
+    lines, labels = axis.get_legend_handles_labels()
+    if all("val_cider" in row for row in history):  # runs that keep the best epoch by it
+        cider = axis.twinx()
+        cider.plot(epochs, [row["val_cider"] for row in history], color="tab:green", marker="s", markersize=3,
+                   label="validation CIDEr-D")
+        cider.set_ylabel("CIDEr-D")
+        more, more_labels = cider.get_legend_handles_labels()
+        lines, labels = lines + more, labels + more_labels
+    axis.legend(lines, labels)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     save_figure(figure, out_file)

@@ -29,7 +29,7 @@ from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existi
                  positive_float, positive_int, vgg_weights)
 from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
-from model import ARCHITECTURES, LIMITS, LOSSES, CaptionerConfig, architecture_name  # noqa: E402
+from model import ARCHITECTURES, LIMITS, LOSSES, REFERENCES, CaptionerConfig, architecture_name  # noqa: E402
 
 # Real data: the original's width and ImageNet VGG16, as CaptionerConfig's defaults say.
 DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weights=CaptionerConfig.vgg_weights,
@@ -38,6 +38,9 @@ DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weigh
 DEMO_DEFAULTS = dict(epochs=15, batch_size=128, units=256, vgg_weights="none", out=DEFAULT_RUN)
 # The loss each architecture trains with unless --loss says otherwise (image2text: the one measured best).
 DEFAULT_LOSS = {"image2text": "ctc", "showtell": "crossentropy", "attention": "crossentropy"}
+# The epoch each architecture keeps unless --keep-best says otherwise. image2text + CTC: its validation loss and its
+# captions disagree (docs/image2text.md), so the captions' CIDEr-D picks it.
+DEFAULT_KEEP_BEST = {"image2text": "cider", "showtell": "loss", "attention": "loss"}
 # image2text with CTC still learns after 15 demo epochs (scene accuracy 30% at 15; 47% given 30, of which early
 # stopping used 25): it gets 30.
 DEMO_EPOCHS = {"image2text": 30}
@@ -82,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "(a character may sit a step earlier or later); crossentropy = the original's per-step "
                             f"loss at exact positions. Autoregressive models train with crossentropy "
                             f"[default: {DEFAULT_LOSS['image2text']} for image2text]")
+    model.add_argument("--references", choices=REFERENCES, default=CaptionerConfig.references,
+                       help="CTC: train on each human caption of a photo as a target of its own, or at every step "
+                            "on the one of them the model finds likeliest for the photo (hard EM: one wording per "
+                            "photo instead of a blend of five)")
     model.add_argument("--lm-weight", type=bounded_float(0, 10), default=CaptionerConfig.lm_weight,
                        help="CTC runs are read by a beam search beside a language model of the training captions "
                             "(lm.json, written with the run): its weight, kept in config.json")
@@ -95,8 +102,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                               f"{DEMO_DEFAULTS['epochs']}, {DEMO_EPOCHS['image2text']} for image2text]")
     fitting.add_argument("--batch-size", type=bounded_int(1, 65_536), help=f"captions per step [default: {DEFAULTS['batch_size']}; the demo uses {DEMO_DEFAULTS['batch_size']}]")
     fitting.add_argument("--learning-rate", type=positive_float, default=CaptionerConfig.learning_rate, help="Adam's learning rate")
+    fitting.add_argument("--weight-average", type=bounded_float(0, 0.9999), default=CaptionerConfig.weight_average,
+                         help="keep, evaluate and save an exponential moving average of the weights over training "
+                              "steps, with this momentum (e.g. 0.99: about the last 100 steps); 0 = the weights as "
+                              "they are after the epoch's last step")
+    fitting.add_argument("--keep-best", choices=training.SELECT_BY,
+                         help="the epoch model.keras keeps, and early stopping watches: the lowest validation loss, or "
+                              "the highest CIDEr-D of the validation photos' captions (up to "
+                              f"{training.VAL_CAPTION_PHOTOS}, decoded as predict.py decodes them, after every epoch) "
+                              f"[default: {DEFAULT_KEEP_BEST['image2text']} for image2text, loss for the others]")
     fitting.add_argument("--patience", type=positive_int, default=5,
-                         help="stop after this many epochs without a better validation loss")
+                         help="stop after this many epochs without a better validation score (--keep-best)")
     fitting.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed for the split, the shuffling and the weights")
     fitting.add_argument("--precision", choices=runtime.TRAINING_PRECISIONS, default="auto",
                          help="mixed_bfloat16 is Keras' mixed precision: arithmetic in bfloat16, weights in float32. "
@@ -119,6 +135,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--loss ctc is for --arch image2text; {args.arch} writes one character at a time and "
                      f"trains with crossentropy")
     args.loss = args.loss or DEFAULT_LOSS[args.arch]
+    if args.references != "each" and args.loss != "ctc":
+        parser.error(f"--references {args.references} is for CTC training (--arch image2text --loss ctc)")
+    args.keep_best = args.keep_best or DEFAULT_KEEP_BEST[args.arch]
     defaults = {**DEMO_DEFAULTS, "epochs": DEMO_EPOCHS.get(args.arch, DEMO_DEFAULTS["epochs"])} \
         if args.annotations is None else DEFAULTS
     return argparse.Namespace(**{**vars(args), **{name: value for name, value in defaults.items()
@@ -130,7 +149,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
     return CaptionerConfig(arch=args.arch, units=args.units, image_size=args.image_size,
                            feature_layer=args.feature_layer, vgg_weights=args.vgg_weights,
                            vgg_precision=args.vgg_precision, precision=args.precision,
-                           learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight)
+                           learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
+                           references=args.references, weight_average=args.weight_average)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -147,12 +167,14 @@ def train(args: argparse.Namespace) -> int:
         raise
     with lock:
         try:
-            model, state = training.build_or_resume(config, data, out, saved_state, args.seed)
+            model, state = training.build_or_resume(config, data, out, saved_state, args.seed, args.keep_best)
             if saved_state is not None and training.is_finished(state, args.epochs):
                 training.log(f"The run in {out} is already finished ({state['epoch']} epochs); nothing to resume.")
                 return 0
             if saved_state is not None:
                 training.log(f"Resuming {out} after epoch {state['epoch']}.")
+                if state["select_by"] != args.keep_best:
+                    training.log(f"Keeping the best epoch by the run's own measure ({state['select_by']}).")
             training.fit(model, config, data, out, state, args.epochs, args.batch_size, args.patience, args.seed,
                          verbose=not args.quiet)
         finally:
@@ -182,7 +204,9 @@ def prepare(args: argparse.Namespace, out: Path, saved_state: dict | None):
 
 def finish(args: argparse.Namespace, out: Path, data: training.TrainingData, state: dict) -> int:
     """The validation metrics of the best model, and where the run is."""
-    training.log(f"Best validation loss {state['best_val_loss']:.4f} at epoch {state['best_epoch']}.")
+    measure = (f"validation CIDEr-D {state['best_score']:.3f}, " if state["select_by"] == "cider" else "") + \
+        f"validation loss {state['best_val_loss']:.4f}"
+    training.log(f"Kept epoch {state['best_epoch']} ({measure}).")
 
     table = training.evaluate_validation(out, data)
     training.log(f"Validation metrics ({len(data.val_images)} photos, character-level):\n{table}")

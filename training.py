@@ -6,12 +6,14 @@
     claim_out        only now is --out touched: its lock taken, a replaced run moved aside (until the new
                      run saves its first model; put back if it fails before then)
     build_or_resume  a new compiled model (its config and vocabulary written), or the checkpoint
-    fit              Keras fit on the cached features, saving the run after every epoch
+    fit              Keras fit on the cached features, saving the run after every epoch and keeping the best
+                     epoch by validation loss or by the CIDEr-D of the validation photos' captions
     evaluate_validation  caption metrics of the best model on the validation photos
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -23,7 +25,8 @@ import keras
 import numpy as np
 
 import runtime
-from batches import CaptionBatches, CaptionData, encode_captions, feature_sample, split_by_image
+from batches import (MAX_REFERENCES, CaptionBatches, CaptionData, encode_captions, feature_sample, split_by_image,
+                     with_all_references)
 from captioner import (CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, MODEL_FILE,
                        STATE_FILE, VOCAB_FILE, Captioner)
 from dataset import ImageRecord, load_caption_files
@@ -31,7 +34,7 @@ from features import FeatureCache, cached_features
 from fileio import lock_folder, read_json, remove_stale_temporaries, write_json, write_text
 from kana import Vocabulary, convert_captions
 from lm import LM_FILE, CharNgram
-from metrics import format_table, score
+from metrics import caption_metrics, format_table, score
 from model import CaptionerConfig, build_model, ctc_fits, load_model, save_model
 from plots import plot_loss
 
@@ -39,6 +42,10 @@ from plots import plot_loss
 RUN_OUTPUTS = (STATE_FILE, CHECKPOINT_FILE, MODEL_FILE, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, CONFIG_FILE,
                VOCAB_FILE)
 PREVIOUS_RUN = "previous-run"  # where --overwrite keeps the run it replaces until the new one has a model
+# What model.keras keeps, and early stopping watches: the lowest validation loss, or the highest CIDEr-D of the
+# validation photos' captions, decoded as predict.py decodes them.
+SELECT_BY = ("loss", "cider")
+VAL_CAPTION_PHOTOS = 1000  # cider: the validation photos captioned after each epoch (the first of the split)
 
 
 def log(message: str = "") -> None:
@@ -66,7 +73,11 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
         if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or not isinstance(
                 state.get("history"), list) or not isinstance(state.get("best_val_loss"), (int, float)):
             raise ValueError(f"{out / STATE_FILE} is not a run state; start over with --overwrite.")
-        return {**new_state(), **state}
+        state = {**new_state("loss"), **state}  # a state without select_by is from a version that kept the loss
+        if state["select_by"] not in SELECT_BY or not isinstance(state.get("best_score", 0), (int, float)):
+            raise ValueError(f"{out / STATE_FILE} is not a run state; start over with --overwrite.")
+        state.setdefault("best_score", -state["best_val_loss"])
+        return state
     if holds and not overwrite:
         raise FileExistsError(
             f"{out} already holds a model or a training run ({', '.join(holds)}). Pass --resume to continue it, "
@@ -145,8 +156,9 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
             f"and feature layer ({config.feature_layer}).")
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
-    if requested.loss != config.loss:
-        log(f"Resuming with the run's own loss ({config.loss}).")
+    for name in ("loss", "references", "weight_average"):
+        if getattr(requested, name) != getattr(config, name):
+            log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config
 
 
@@ -218,6 +230,11 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         if cut_train + cut_val:
             log(f"CTC: {cut_train + cut_val} captions were cut to fit {config.timesteps} steps "
                 f"(a repeated character takes a blank step between).")
+    if config.references == "likeliest":
+        (train, dropped_train), (val, dropped_val) = with_all_references(train), with_all_references(val)
+        log(f"Likeliest-reference training: each photo's {train.targets.shape[1]} captions are its targets"
+            + (f" ({dropped_train + dropped_val} captions past the first {MAX_REFERENCES} of a photo are not)."
+               if dropped_train + dropped_val else "."))
     language_model = None
     if config.decoding == "ctc-lm":  # the human captions of the training photos only: validation stays unseen
         language_model = CharNgram.fit(
@@ -254,13 +271,14 @@ def distilled_readings(teacher_dir, config: CaptionerConfig, features, readings,
     return distilled
 
 
-def new_state() -> dict:
-    """state.json of a run that has not finished an epoch yet."""
-    return {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "history": []}
+def new_state(select_by: str) -> dict:
+    """state.json of a run that has not finished an epoch yet; ``select_by`` (SELECT_BY) picks the kept epoch."""
+    return {"epoch": 0, "select_by": select_by, "best_score": -math.inf, "best_val_loss": math.inf, "best_epoch": 0,
+            "wait": 0, "history": []}
 
 
 def build_or_resume(config: CaptionerConfig, data: TrainingData, out: Path, saved_state: dict | None,
-                    seed: int) -> tuple[keras.Model, dict]:
+                    seed: int, select_by: str = "loss") -> tuple[keras.Model, dict]:
     """The resumed run's checkpoint and state, or a new model (its config and vocabulary written to ``out``)."""
     if data.language_model is not None and (saved_state is None or not (out / LM_FILE).is_file()):
         out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +294,7 @@ def build_or_resume(config: CaptionerConfig, data: TrainingData, out: Path, save
     data.vocabulary.save(out / VOCAB_FILE)
     log(f"Model {config.arch}: {model.count_params():,} parameters, backend {keras.backend.backend()}, "
         f"{config.precision}.")
-    return model, new_state()
+    return model, new_state(select_by)
 
 
 def is_finished(state: dict, epochs: int) -> bool:
@@ -287,28 +305,61 @@ def fit(model: keras.Model, config: CaptionerConfig, data: TrainingData, out: Pa
         batch_size: int, patience: int, seed: int, verbose: bool = True) -> None:
     """Trains up to epoch ``epochs`` from ``state["epoch"]``, saving the run after every epoch (``Checkpointer``)."""
     features = data.cache.features
+    scorer = validation_cider(config, data) if state["select_by"] == "cider" else None
     model.fit(
         CaptionBatches(config, features, data.train, batch_size, shuffle=True, seed=seed + state["epoch"],
                        workers=runtime.read_ahead_workers()),
         validation_data=CaptionBatches(config, features, data.val, batch_size, shuffle=False, seed=0),
         epochs=epochs,
         initial_epoch=state["epoch"],
-        callbacks=[keras.callbacks.TerminateOnNaN(), Checkpointer(out, state, patience)],
+        callbacks=[keras.callbacks.TerminateOnNaN(),
+                   *([keras.callbacks.SwapEMAWeights()] if config.weight_average else []),  # val_loss of the average
+                   Checkpointer(out, state, patience, scorer)],
         verbose="auto" if verbose else 0,
     )
+
+
+def validation_cider(config: CaptionerConfig, data: TrainingData):
+    """``scorer(model)``: the CIDEr-D of up to VAL_CAPTION_PHOTOS validation photos' captions, decoded as predict.py does."""
+    rows = data.val_images[:VAL_CAPTION_PHOTOS]
+    references = [data.references[row] for row in rows]
+
+    def scorer(model: keras.Model) -> float:
+        captioner = Captioner.of_model(model, config, data.vocabulary, data.language_model)
+        captions = [text for text, _ in captioner.caption_cached(data.cache.features, rows)]
+        return caption_metrics(captions, references)["CIDEr-D"]
+
+    return scorer
+
+
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model):
+    """Within it, ``model`` holds its optimizer's average of the weights, where it keeps one (config.weight_average)."""
+    if not getattr(model.optimizer, "use_ema", False):
+        yield
+        return
+    swap = keras.callbacks.SwapEMAWeights()  # its evaluation hooks swap the average in and back out
+    swap.set_model(model)
+    swap.on_test_begin()
+    try:
+        yield
+    finally:
+        swap.on_test_end()
 
 
 class Checkpointer(keras.callbacks.Callback):
     """After each epoch, saves the run atomically and applies early stopping.
 
     Saves checkpoint.keras (last epoch, with optimizer state), model.keras
-    (best validation loss), state.json, history.csv and loss.png. An epoch
-    whose loss is not finite is not saved, and training stops.
+    (the best epoch so far by ``state["select_by"]``), state.json,
+    history.csv and loss.png. An epoch whose loss is not finite is not
+    saved, and training stops. ``scorer(model)``: the validation captions'
+    CIDEr-D, for runs that keep the best by it.
     """
 
-    def __init__(self, out: Path, state: dict, patience: int):
+    def __init__(self, out: Path, state: dict, patience: int, scorer=None):
         super().__init__()
-        self.out, self.state, self.patience = out, state, patience
+        self.out, self.state, self.patience, self.scorer = out, state, patience, scorer
 
     def on_epoch_end(self, epoch, logs=None):
         state = self.state
@@ -319,17 +370,25 @@ class Checkpointer(keras.callbacks.Callback):
             self.model.stop_training = True
             state["diverged"] = True
             return
-        state["history"].append({"epoch": epoch + 1, **logs})
-        if logs["val_loss"] < state["best_val_loss"]:
-            state["best_val_loss"], state["best_epoch"], state["wait"] = logs["val_loss"], epoch + 1, 0
-            save_model(self.model, self.out / MODEL_FILE)
-            discard_previous(self.out)
-        else:
-            state["wait"] += 1
+        with averaged_weights(self.model):  # what model.keras keeps; checkpoint.keras goes on from the last step
+            if state["select_by"] == "cider":
+                logs["val_cider"] = self.scorer(self.model)
+                log(f"\nValidation CIDEr-D {logs['val_cider']:.3f} "
+                    f"(best {max(state['best_score'], logs['val_cider']):.3f}).")
+            state["history"].append({"epoch": epoch + 1, **logs})
+            score = logs["val_cider"] if state["select_by"] == "cider" else -logs["val_loss"]
+            if score > state["best_score"]:
+                state["best_score"], state["best_val_loss"] = score, logs["val_loss"]
+                state["best_epoch"], state["wait"] = epoch + 1, 0
+                save_model(self.model, self.out / MODEL_FILE)
+                discard_previous(self.out)
+            else:
+                state["wait"] += 1
         save_model(self.model, self.out / CHECKPOINT_FILE)
         state["epoch"] = epoch + 1
         if state["wait"] >= self.patience:
-            log(f"\nNo better validation loss for {self.patience} epochs: stopping early.")
+            watched = "CIDEr-D" if state["select_by"] == "cider" else "loss"
+            log(f"\nNo better validation {watched} for {self.patience} epochs: stopping early.")
             self.model.stop_training = True
             state["stopped_early"] = True
         write_json(self.out / STATE_FILE, state)

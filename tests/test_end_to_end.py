@@ -9,6 +9,7 @@ from PIL import Image
 import evaluate
 import kana
 import lm
+import model
 import plots
 import predict
 import train
@@ -89,7 +90,10 @@ def test_image2text_trains_with_ctc_by_default_and_predicts_n_best(tiny_demo, tm
     config = json.loads((out / "config.json").read_text())
     assert (config["arch"], config["loss"], config["decoding"], config["lm_weight"]) == ("image2text", "ctc", "ctc-lm", 0.5)
     assert lm.CharNgram.load(out / "lm.json").order == lm.DEFAULT_ORDER
-    capsys.readouterr()  # the training log
+    # The kept epoch is the one whose validation captions score best, and the log says which.
+    state = json.loads((out / "state.json").read_text())
+    assert state["select_by"] == "cider" and state["best_score"] == state["history"][0]["val_cider"] >= 0
+    assert "Kept epoch 1 (validation CIDEr-D" in capsys.readouterr().out
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--n-best", "2", "--json",
                          "--lm-weight", "0.3"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -116,12 +120,36 @@ def test_image2text_trains_with_ctc_by_default_and_predicts_n_best(tiny_demo, tm
     # --resume keeps the loss the run started with.
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 2, "--arch", "image2text",
                                  "--resume")) == 0
-    assert json.loads((out / "state.json").read_text())["epoch"] == 2
+    state = json.loads((out / "state.json").read_text())
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    best = max(state["history"], key=lambda row: row["val_cider"])
+    assert (state["best_epoch"], state["best_score"]) == (best["epoch"], best["val_cider"])
+
+
+def test_weight_averaging_keeps_the_average_and_resumes_from_the_last_step(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "averaged"
+    argv = train_argv(tiny_demo, out, tmp_path / "cache", "--arch", "image2text", "--weight-average", 0.9,
+                      "--keep-best", "loss", "--patience", 10, "--learning-rate", 0.01)
+    assert train.main([*argv, "--epochs", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["weight_average"] == 0.9
+    kept, last = (model.load_model(out / name) for name in ("model.keras", "checkpoint.keras"))
+    averaged = last.optimizer._model_variables_moving_average  # the checkpoint's average, beside its last step
+    assert all(np.allclose(k, a) for k, a in zip(kept.trainable_weights, averaged))
+    assert not all(np.allclose(k, w) for k, w in zip(kept.trainable_weights, last.trainable_weights))
+    assert train.main([*argv, "--epochs", "2", "--resume"]) == 0
+    state = json.loads((out / "state.json").read_text())
+    assert state["epoch"] == 2 and state["select_by"] == "loss"
+    assert (state["best_score"], state["best_val_loss"]) == (
+        -min(row["val_loss"] for row in state["history"]), min(row["val_loss"] for row in state["history"]))
+    capsys.readouterr()
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6
 
 
 def test_image2text_defaults_are_the_measured_best():
     demo = train.parse_args(["--arch", "image2text"])
-    assert (demo.loss, demo.epochs) == ("ctc", 30)
+    assert (demo.loss, demo.epochs, demo.keep_best) == ("ctc", 30, "cider")
+    assert train.parse_args([]).keep_best == "loss"
     assert train.parse_args([]).epochs == 15 and train.parse_args([]).loss == "crossentropy"
     assert train.parse_args(["--arch", "image2text", "--epochs", "3", "--loss", "crossentropy"]).loss == "crossentropy"
 

@@ -166,6 +166,22 @@ def test_ctc_loss_is_the_negative_log_likelihood_of_the_caption_over_the_steps()
     assert loss == pytest.approx(-np.log(likelihood) / 2, rel=1e-4)  # normalised by the 2 steps
 
 
+def test_likeliest_reference_ctc_is_the_smallest_of_each_photos_caption_losses():
+    from batches import CaptionData, with_all_references
+    from model import CaptionCTC
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), size=(2, 6)).astype("float32")  # (2 photos, 6 steps, 4 classes)
+    captions = np.array([[1, 2, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0], [2, 2, 1, 0, 0, 0]])
+    # Photo 0 has two captions, photo 1 one (repeated to fill its row); each caption row carries its photo's.
+    data, dropped = with_all_references(CaptionData(np.array([0, 1, 0]), captions))
+    assert dropped == 0 and data.targets.shape == (3, 2, 6)
+    assert (data.targets[0] == captions[[0, 2]]).all() and (data.targets[1] == captions[[1, 1]]).all()
+    each = keras.ops.convert_to_numpy(CaptionCTC(reduction=None)(captions, p[[0, 1, 0]]))
+    likeliest = keras.ops.convert_to_numpy(CaptionCTC(likeliest=True, reduction=None)(data.targets[:2], p))
+    np.testing.assert_allclose(likeliest, [min(each[0], each[2]), each[1]], rtol=1e-5)
+
+
 def test_ctc_targets_are_cut_to_what_the_steps_can_align():
     from model import ctc_fits, ctc_steps_needed
 
