@@ -38,9 +38,11 @@ DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weigh
 DEMO_DEFAULTS = dict(epochs=15, batch_size=128, units=256, vgg_weights="none", out=DEFAULT_RUN)
 # The loss each architecture trains with unless --loss says otherwise (image2text: the one measured best).
 DEFAULT_LOSS = {"image2text": "ctc", "showtell": "crossentropy", "attention": "crossentropy"}
-# The epoch each architecture keeps unless --keep-best says otherwise. image2text + CTC: its validation loss and its
-# captions disagree (docs/image2text.md), so the captions' CIDEr-D picks it.
-DEFAULT_KEEP_BEST = {"image2text": "cider", "showtell": "loss", "attention": "loss"}
+# How the kept model is chosen unless --keep-best / --weight-average say otherwise: the validation loss, and the
+# weights as they are, except for image2text with CTC, where the validation captions' CIDEr-D picks the epoch and
+# the weights are averaged over steps (measured best, docs/image2text.md: its captions vary a lot from step to step).
+DEFAULT_SELECTION = dict(keep_best="loss", weight_average=0.0)
+RECIPES = {("image2text", "ctc"): dict(keep_best="cider", weight_average=0.99)}
 # image2text with CTC still learns after 15 demo epochs (scene accuracy 30% at 15; 47% given 30, of which early
 # stopping used 25): it gets 30.
 DEMO_EPOCHS = {"image2text": 30}
@@ -102,15 +104,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                               f"{DEMO_DEFAULTS['epochs']}, {DEMO_EPOCHS['image2text']} for image2text]")
     fitting.add_argument("--batch-size", type=bounded_int(1, 65_536), help=f"captions per step [default: {DEFAULTS['batch_size']}; the demo uses {DEMO_DEFAULTS['batch_size']}]")
     fitting.add_argument("--learning-rate", type=positive_float, default=CaptionerConfig.learning_rate, help="Adam's learning rate")
-    fitting.add_argument("--weight-average", type=bounded_float(0, 0.9999), default=CaptionerConfig.weight_average,
+    fitting.add_argument("--weight-average", type=bounded_float(0, 0.9999),
                          help="keep, evaluate and save an exponential moving average of the weights over training "
-                              "steps, with this momentum (e.g. 0.99: about the last 100 steps); 0 = the weights as "
-                              "they are after the epoch's last step")
+                              "steps, with this momentum (0.99: about the last 100 steps); 0 = the weights as they are "
+                              "after the epoch's last step [default: 0.99 for image2text with CTC, else 0]")
     fitting.add_argument("--keep-best", choices=training.SELECT_BY,
                          help="the epoch model.keras keeps, and early stopping watches: the lowest validation loss, or "
                               "the highest CIDEr-D of the validation photos' captions (up to "
                               f"{training.VAL_CAPTION_PHOTOS}, decoded as predict.py decodes them, after every epoch) "
-                              f"[default: {DEFAULT_KEEP_BEST['image2text']} for image2text, loss for the others]")
+                              "[default: cider for image2text with CTC, else loss]")
     fitting.add_argument("--patience", type=positive_int, default=5,
                          help="stop after this many epochs without a better validation score (--keep-best)")
     fitting.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed for the split, the shuffling and the weights")
@@ -137,7 +139,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.loss = args.loss or DEFAULT_LOSS[args.arch]
     if args.references != "each" and args.loss != "ctc":
         parser.error(f"--references {args.references} is for CTC training (--arch image2text --loss ctc)")
-    args.keep_best = args.keep_best or DEFAULT_KEEP_BEST[args.arch]
+    for name, value in RECIPES.get((args.arch, args.loss), DEFAULT_SELECTION).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     defaults = {**DEMO_DEFAULTS, "epochs": DEMO_EPOCHS.get(args.arch, DEMO_DEFAULTS["epochs"])} \
         if args.annotations is None else DEFAULTS
     return argparse.Namespace(**{**vars(args), **{name: value for name, value in defaults.items()

@@ -148,8 +148,10 @@ def test_weight_averaging_keeps_the_average_and_resumes_from_the_last_step(tiny_
 
 def test_image2text_defaults_are_the_measured_best():
     demo = train.parse_args(["--arch", "image2text"])
-    assert (demo.loss, demo.epochs, demo.keep_best) == ("ctc", 30, "cider")
-    assert train.parse_args([]).keep_best == "loss"
+    assert (demo.loss, demo.epochs, demo.keep_best, demo.weight_average) == ("ctc", 30, "cider", 0.99)
+    assert (train.parse_args([]).keep_best, train.parse_args([]).weight_average) == ("loss", 0)
+    original = train.parse_args(["--arch", "image2text", "--loss", "crossentropy"])
+    assert (original.keep_best, original.weight_average) == ("loss", 0)
     assert train.parse_args([]).epochs == 15 and train.parse_args([]).loss == "crossentropy"
     assert train.parse_args(["--arch", "image2text", "--epochs", "3", "--loss", "crossentropy"]).loss == "crossentropy"
 
