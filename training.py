@@ -73,10 +73,10 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
         if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or not isinstance(
                 state.get("history"), list) or not isinstance(state.get("best_val_loss"), (int, float)):
             raise ValueError(f"{out / STATE_FILE} is not a run state; start over with --overwrite.")
-        state = {**new_state("loss"), **state}  # a state without select_by is from a version that kept the loss
-        if state["select_by"] not in SELECT_BY or not isinstance(state.get("best_score", 0), (int, float)):
+        # A state without select_by is from a version that kept the lowest validation loss.
+        state = {**new_state("loss"), "best_score": -state["best_val_loss"], **state}
+        if state["select_by"] not in SELECT_BY or not isinstance(state["best_score"], (int, float)):
             raise ValueError(f"{out / STATE_FILE} is not a run state; start over with --overwrite.")
-        state.setdefault("best_score", -state["best_val_loss"])
         return state
     if holds and not overwrite:
         raise FileExistsError(

@@ -209,6 +209,17 @@ def test_only_temporaries_of_finished_processes_are_removed(tmp_path):
 # ---------------------------------------------------------------------------
 
 
+def test_a_run_state_from_the_previous_version_resumes_keeping_the_lowest_loss(tmp_path):
+    (tmp_path / "checkpoint.keras").write_bytes(b"")
+    old = {"epoch": 3, "best_val_loss": 0.5, "best_epoch": 2, "wait": 1, "history": []}
+    (tmp_path / "state.json").write_text(json.dumps(old))
+    state = training.check_out(tmp_path, resume=True, overwrite=False)
+    assert (state["select_by"], state["best_score"], state["best_epoch"]) == ("loss", -0.5, 2)
+    (tmp_path / "state.json").write_text(json.dumps({**old, "select_by": "bleu"}))
+    with pytest.raises(ValueError, match="is not a run state"):
+        training.check_out(tmp_path, resume=True, overwrite=False)
+
+
 @pytest.mark.parametrize("field, value", [
     ("image_size", 100000), ("timesteps", 100000), ("timesteps", 0), ("units", -4), ("arch", "transformer"),
     ("units", "16"), ("learning_rate", "fast"), ("image_size", True), ("dropout", 2), ("vgg_precision", "auto"),
