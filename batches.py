@@ -76,7 +76,7 @@ def with_all_references(data: CaptionData) -> tuple[CaptionData, int]:
     their first; more than MAX_REFERENCES are not targets. Returns the data
     and the number of captions left out that way.
     """
-    photos, first, counts = np.unique(data.rows, return_index=True, return_counts=True)
+    photos, counts = np.unique(data.rows, return_counts=True)
     order = np.argsort(data.rows, kind="stable")  # the captions grouped by photo, each photo's in their order
     references = min(int(counts.max()), MAX_REFERENCES) if len(counts) else 1
     table = np.empty((len(photos), references, data.targets.shape[1]), dtype=data.targets.dtype)
