@@ -323,10 +323,12 @@ def validation_cider(config: CaptionerConfig, data: TrainingData):
     """``scorer(model)``: the CIDEr-D of up to VAL_CAPTION_PHOTOS validation photos' captions, decoded as predict.py does."""
     rows = data.val_images[:VAL_CAPTION_PHOTOS]
     references = [data.references[row] for row in rows]
+    captioners = {}  # one per model: its step models (autoregressive runs) are built once, not every epoch
 
     def scorer(model: keras.Model) -> float:
-        captioner = Captioner.of_model(model, config, data.vocabulary, data.language_model)
-        captions = [text for text, _ in captioner.caption_cached(data.cache.features, rows)]
+        if id(model) not in captioners:
+            captioners[id(model)] = Captioner.of_model(model, config, data.vocabulary, data.language_model)
+        captions = [text for text, _ in captioners[id(model)].caption_cached(data.cache.features, rows)]
         return caption_metrics(captions, references)["CIDEr-D"]
 
     return scorer
