@@ -24,6 +24,7 @@ class CaptionData:
 
     rows: np.ndarray  # (num_captions,) int64
     targets: np.ndarray  # (num_captions, timesteps) uint8 (up to 256 classes): a quarter of int32's memory
+    mirrored_targets: np.ndarray | None = None  # the same captions with left and right swapped (train.py --flip)
 
 
 def split_by_image(num_images: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,32 +101,49 @@ class CaptionBatches(keras.utils.PyDataset):
         shuffle: a new order every epoch.
         seed: the order's seed.
         workers: > 1 reads the next batches in that many threads while the model trains.
+        mirrored_features: the features of the photos mirrored left to right. With them (and
+            ``data.mirrored_targets``), each caption of a shuffled epoch is, at random, one of
+            its mirrored photo half the time.
     """
 
     def __init__(self, config: CaptionerConfig, features, data: CaptionData, batch_size: int, shuffle: bool,
-                 seed: int, workers: int = 1):
+                 seed: int, workers: int = 1, mirrored_features=None):
         super().__init__(workers=workers, use_multiprocessing=False)
         self.config, self.features, self.data = config, features, data
         self.batch_size, self.shuffle = batch_size, shuffle
+        self.mirrored_features = mirrored_features if data.mirrored_targets is not None and shuffle else None
         self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(data.rows)) if shuffle else np.arange(len(data.rows))
+        self.order = np.arange(len(data.rows))
+        self.mirrored = np.zeros(len(data.rows), dtype=bool)
+        self.on_epoch_end()
 
     def __len__(self):
         return math.ceil(len(self.data.rows) / self.batch_size)
 
     def __getitem__(self, index):
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        rows = self.data.rows[chosen]
-        # Read in row order (kinder to the page cache), then restore the batch order. The rows stay
-        # float16, half the bytes to copy and send: the model's first layer casts them on the device.
-        sorted_rows, inverse = np.unique(rows, return_inverse=True)
-        batch_features = self.features[sorted_rows][inverse]
+        rows, mirrored = self.data.rows[chosen], self.mirrored[chosen]
+        batch_features = read_rows(self.features, rows)
         targets = self.data.targets[chosen].astype(np.int32)
+        if mirrored.any():
+            batch_features[mirrored] = read_rows(self.mirrored_features, rows[mirrored])
+            targets[mirrored] = self.data.mirrored_targets[chosen[mirrored]]
         return model_inputs(self.config, batch_features, targets), targets
 
     def on_epoch_end(self):
         if self.shuffle:
             self.order = self.rng.permutation(len(self.data.rows))
+        if self.mirrored_features is not None:
+            self.mirrored = self.rng.random(len(self.data.rows)) < 0.5
+
+
+def read_rows(features, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]`` as a new array, read in row order (kinder to a memory-mapped cache's page cache).
+
+    The rows stay float16, half the bytes to copy and send: the model's first layer casts them on the device.
+    """
+    sorted_rows, inverse = np.unique(rows, return_inverse=True)
+    return features[sorted_rows][inverse]
 
 
 def feature_sample(features, rows: np.ndarray, seed: int, size: int = 2000) -> np.ndarray:

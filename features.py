@@ -307,14 +307,18 @@ class FeatureCache:
 
     @classmethod
     def open(cls, root, paths, weights: str, image_size: int, precision: str = "float32",
-             layer: str = "pool5") -> "FeatureCache":
-        """Opens (or creates) the cache of ``paths`` under ``root`` (one cache per weights, size, precision and layer)."""
+             layer: str = "pool5", mirrored: bool = False) -> "FeatureCache":
+        """Opens (or creates) the cache of ``paths`` under ``root``.
+
+        There is one cache per weights, size, precision and layer, and one more
+        for the same photos mirrored left to right (``mirrored``: train.py --flip).
+        """
         paths = [str(Path(path).resolve()) for path in paths]
         # Each file's size and modification time are in the name too: a photo rewritten in place (a dataset
         # generated again) gets a new cache rather than the old photo's features.
         digest = hashlib.sha1("\n".join(f"{path}\t{_file_stamp(path)}" for path in paths).encode()).hexdigest()[:12]
         tag = (f"{weights_tag(weights)}-{image_size}px" + ("-bf16" if precision == "bfloat16" else "")
-               + ("" if layer == "pool5" else f"-{layer}"))
+               + ("" if layer == "pool5" else f"-{layer}") + ("-mirrored" if mirrored else ""))
         folder = Path(root) / f"vgg16-{tag}-{len(paths)}-{digest}"
         folder.mkdir(parents=True, exist_ok=True)
         shape = (len(paths), *feature_shape(image_size, layer))
@@ -347,8 +351,9 @@ def extract_features(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: bool = True,
+    mirrored: bool = False,
 ) -> dict[str, str]:
-    """Fills the cache rows that are not complete yet.
+    """Fills the cache rows that are not complete yet (``mirrored``: with each photo mirrored left to right).
 
     Images are decoded by a thread pool while VGG16 works on the previous
     batch; each finished batch is flushed before its rows are marked complete.
@@ -364,7 +369,7 @@ def extract_features(
     for chunk, rows, images, errors in decode_batches(cache.paths, pending, image_size, batch_size, num_workers):
         failures.update({cache.paths[row]: reason for row, reason in errors.items()})
         if len(rows):
-            output = vgg.predict_on_batch(preprocess(images))
+            output = vgg.predict_on_batch(preprocess(images[:, :, ::-1] if mirrored else images))
             cache.features[rows] = np.asarray(output, dtype=np.float32).astype(np.float16)
             cache.features.flush()
             cache.status[rows] = 1
@@ -375,21 +380,24 @@ def extract_features(
 
 
 def cached_features(paths, weights: str, image_size: int, cache_root, progress: bool = True, log=print,
-                    precision: str = "float32", layer: str = "pool5"):
+                    precision: str = "float32", layer: str = "pool5", mirrored: bool = False):
     """Opens the cache of ``paths`` and extracts whatever it lacks (VGG16 is built only then).
+
+    ``mirrored``: the features of the photos mirrored left to right, in a cache of their own.
 
     Returns:
         ``(cache, failures)``: the cache, and ``{path: reason}`` for images
         that could not be read (their rows stay incomplete).
     """
-    cache = FeatureCache.open(cache_root, paths, weights, image_size, precision, layer)
+    cache = FeatureCache.open(cache_root, paths, weights, image_size, precision, layer, mirrored)
     missing = int((~cache.complete).sum())
     if not missing:
         log(f"All {len(paths)} images' features are cached in {cache.folder}.")
         return cache, {}
     vgg = build_vgg16(weights, image_size, precision, layer)
-    log(f"Extracting VGG16 features of {missing} images into {cache.folder} (resumable).")
-    failures = extract_features(cache, vgg, image_size, progress=progress)
+    log(f"Extracting VGG16 features of {missing} {'mirrored ' if mirrored else ''}images into {cache.folder} "
+        f"(resumable).")
+    failures = extract_features(cache, vgg, image_size, progress=progress, mirrored=mirrored)
     for reason in list(failures.values())[:10]:
         log(f"  skipped image: {reason}")
     if failures:

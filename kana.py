@@ -35,6 +35,7 @@ END_TOKEN = "</s>"  # how the end class is written in vocab.json
 NUM_CLASSES = 128  # softmax width of the card's design
 TIMESTEPS = 50  # characters per caption, end class included
 CLAUSE_MARKS = "、。"  # a caption over the length limit is cut after the last of these that fits
+LEFT, RIGHT = "ヒダリ", "ミギ"  # swapped in the caption of a photo mirrored left to right (train.py --flip)
 
 # Characters a katakana reading may contain: the katakana block, the prolonged
 # sound mark, iteration marks, and the sentence punctuation the captions use.
@@ -131,6 +132,18 @@ def _chunks(text: str):
 def text_to_katakana(text: str) -> str:
     """The katakana reading of ``text``; characters without one are left out."""
     return katakana_reading(text)[0]
+
+
+_LEFT_OR_RIGHT = re.compile(f"{LEFT}|{RIGHT}")
+
+
+def mirror_reading(katakana: str) -> str:
+    """The caption of the photo mirrored left to right: every ヒダリ (left) a ミギ (right) and back.
+
+    It works on the reading, so a word that merely contains ミギ would be
+    swapped too; in caption text that is rare, and 左右 (サユウ) is left alone.
+    """
+    return _LEFT_OR_RIGHT.sub(lambda match: RIGHT if match.group() == LEFT else LEFT, katakana)
 
 
 def convert_captions(caption_lists, progress: bool = False) -> tuple[list[list[str]], int, int]:

@@ -95,6 +95,7 @@ class CaptionerConfig:
     lm_weight: float = 0.5  # ctc-lm: the language model's weight beside CTC's (lm.py)
     references: str = "each"  # CTC: each human caption a target, or per photo the likeliest of them (REFERENCES)
     weight_average: float = 0.0  # the kept model's weights: an average over training steps with this momentum; 0 = the last step's
+    flip: bool = False  # training: each caption, at random, of its photo mirrored left to right, ヒダリ and ミギ swapped
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -125,6 +126,8 @@ class CaptionerConfig:
         check("lm_weight", is_number(self.lm_weight) and 0 <= self.lm_weight <= 10, "a number from 0 to 10")
         check("weight_average", is_number(self.weight_average) and 0 <= self.weight_average < 1,
               "a number from 0 to below 1")
+        check("flip", isinstance(self.flip, bool) and not (self.flip and self.references != "each"),
+              "true or false (false with references likeliest)")
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
         if self.decoding is None:

@@ -113,6 +113,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                               "the highest CIDEr-D of the validation photos' captions (up to "
                               f"{training.VAL_CAPTION_PHOTOS}, decoded as predict.py decodes them, after every epoch) "
                               "[default: cider for image2text with CTC, else loss]")
+    fitting.add_argument("--flip", action="store_true",
+                         help="mirror half the training captions' photos left to right, at random each epoch, with "
+                              "ヒダリ (left) and ミギ (right) swapped in the caption; the mirrored photos' features "
+                              "are cached once beside the others")
     fitting.add_argument("--patience", type=positive_int, default=5,
                          help="stop after this many epochs without a better validation score (--keep-best)")
     fitting.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed for the split, the shuffling and the weights")
@@ -137,6 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--loss ctc is for --arch image2text; {args.arch} writes one character at a time and "
                      f"trains with crossentropy")
     args.loss = args.loss or DEFAULT_LOSS[args.arch]
+    if args.flip and args.references != "each":
+        parser.error("--flip is for --references each: likeliest-reference training does not mirror its references")
     if args.references != "each" and args.loss != "ctc":
         parser.error(f"--references {args.references} is for CTC training (--arch image2text --loss ctc)")
     for name, value in RECIPES.get((args.arch, args.loss), DEFAULT_SELECTION).items():
@@ -154,7 +160,7 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            feature_layer=args.feature_layer, vgg_weights=args.vgg_weights,
                            vgg_precision=args.vgg_precision, precision=args.precision,
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
-                           references=args.references, weight_average=args.weight_average)
+                           references=args.references, weight_average=args.weight_average, flip=args.flip)
 
 
 def train(args: argparse.Namespace) -> int:

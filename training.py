@@ -32,7 +32,7 @@ from captioner import (CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, LOSS_PLOT_FIL
 from dataset import ImageRecord, load_caption_files
 from features import FeatureCache, cached_features
 from fileio import lock_folder, read_json, remove_stale_temporaries, write_json, write_text
-from kana import Vocabulary, convert_captions
+from kana import LEFT, RIGHT, Vocabulary, convert_captions, mirror_reading
 from lm import LM_FILE, CharNgram
 from metrics import caption_metrics, format_table, score
 from model import CaptionerConfig, build_model, ctc_fits, load_model, save_model
@@ -156,7 +156,7 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
             f"and feature layer ({config.feature_layer}).")
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
-    for name in ("loss", "references", "weight_average"):
+    for name in ("loss", "references", "weight_average", "flip"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config
@@ -174,6 +174,7 @@ class TrainingData:
     train: CaptionData
     val: CaptionData
     language_model: CharNgram | None = None  # ctc-lm runs: of the training photos' human captions
+    mirrored_cache: FeatureCache | None = None  # --flip: per photo, the features of it mirrored left to right
 
 
 def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fraction: float, seed: int,
@@ -207,7 +208,13 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
     cache, _ = cached_features([record.path for record in records], config.vgg_weights, config.image_size,
                                cache_dir, progress=progress, log=log, precision=config.vgg_precision,
                                layer=config.feature_layer)
-    usable = np.flatnonzero(cache.complete & np.array([bool(r) for r in readings]))
+    mirrored_cache = None
+    if config.flip:
+        mirrored_cache, _ = cached_features([record.path for record in records], config.vgg_weights,
+                                            config.image_size, cache_dir, progress=progress, log=log,
+                                            precision=config.vgg_precision, layer=config.feature_layer, mirrored=True)
+    complete = cache.complete if mirrored_cache is None else cache.complete & mirrored_cache.complete
+    usable = np.flatnonzero(complete & np.array([bool(r) for r in readings]))
     if len(usable) < 2:
         raise ValueError(f"No usable photos: {len(usable)} of {len(records)} photos could be read and have a caption "
                          f"with a katakana reading; training needs at least 2 (one to train on, one to validate).")
@@ -224,9 +231,16 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         vocabulary = Vocabulary.build((k for image in train_images for k in readings[image]), config.num_classes)
     train, train_report = encode_captions(readings, train_images, vocabulary, config.timesteps)
     val, val_report = encode_captions(readings, val_images, vocabulary, config.timesteps)
+    if config.flip:
+        mirrored_readings = [[mirror_reading(caption) for caption in captions] for captions in readings]
+        train.mirrored_targets = encode_captions(mirrored_readings, train_images, vocabulary, config.timesteps)[0].targets
+        log(f"Flip: each training caption, at random, of its photo mirrored left to right "
+            f"({sum(LEFT in c or RIGHT in c for i in train_images for c in readings[i])} of them name left or right).")
     if config.loss == "ctc":
         (train.targets, cut_train), (val.targets, cut_val) = (ctc_fits(data.targets, config.timesteps)
                                                               for data in (train, val))
+        if train.mirrored_targets is not None:
+            train.mirrored_targets = ctc_fits(train.mirrored_targets, config.timesteps)[0]
         if cut_train + cut_val:
             log(f"CTC: {cut_train + cut_val} captions were cut to fit {config.timesteps} steps "
                 f"(a repeated character takes a blank step between).")
@@ -248,7 +262,7 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
     log(f"Captions longer than {config.timesteps - 1} characters were truncated: "
         f"{train_report.num_truncated + val_report.num_truncated}; characters outside the vocabulary left out: "
         f"{train_report.num_unknown + val_report.num_unknown}.")
-    return TrainingData(records, references, cache, vocabulary, val_images, train, val, language_model)
+    return TrainingData(records, references, cache, vocabulary, val_images, train, val, language_model, mirrored_cache)
 
 
 def distilled_readings(teacher_dir, config: CaptionerConfig, features, readings, images) -> list[list[str]]:
@@ -308,7 +322,8 @@ def fit(model: keras.Model, config: CaptionerConfig, data: TrainingData, out: Pa
     scorer = validation_cider(config, data) if state["select_by"] == "cider" else None
     model.fit(
         CaptionBatches(config, features, data.train, batch_size, shuffle=True, seed=seed + state["epoch"],
-                       workers=runtime.read_ahead_workers()),
+                       workers=runtime.read_ahead_workers(),
+                       mirrored_features=data.mirrored_cache.features if data.mirrored_cache else None),
         validation_data=CaptionBatches(config, features, data.val, batch_size, shuffle=False, seed=0),
         epochs=epochs,
         initial_epoch=state["epoch"],

@@ -146,6 +146,16 @@ def test_weight_averaging_keeps_the_average_and_resumes_from_the_last_step(tiny_
     assert len(capsys.readouterr().out.splitlines()) == 6
 
 
+def test_flip_caches_the_mirrored_photos_and_is_recorded(tiny_demo, tmp_path, capsys):
+    out, cache = tmp_path / "flipped", tmp_path / "cache"
+    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 1, "--flip")) == 0
+    assert json.loads((out / "config.json").read_text())["flip"] is True
+    assert "Flip: each training caption" in capsys.readouterr().out
+    folders = sorted(folder.name for folder in cache.iterdir())
+    assert len(folders) == 2 and folders[1].replace("-mirrored", "") == folders[0]
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 0
+
+
 def test_image2text_defaults_are_the_measured_best():
     demo = train.parse_args(["--arch", "image2text"])
     assert (demo.loss, demo.epochs, demo.keep_best, demo.weight_average) == ("ctc", 30, "cider", 0.99)

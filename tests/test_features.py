@@ -225,3 +225,21 @@ def test_conv5_is_the_grid_before_pool5_and_is_cached_apart(tmp_path):
     assert "conv5" in conv5_cache.folder.name and "pool5" not in pool5_cache.folder.name  # older caches keep their names
     with pytest.raises(ValueError, match="feature layer must be one of pool5, conv5"):
         features.build_vgg16("none", 64, layer="fc7")
+
+
+def test_mirrored_features_are_those_of_the_mirrored_photo_and_cached_apart(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 40, 3)).astype(np.uint8)
+    (tmp_path / "photos").mkdir()
+    photo = save(Image.fromarray(pixels), tmp_path / "photos" / "photo.png")
+    mirror = save(Image.fromarray(pixels[:, ::-1]), tmp_path / "photos" / "mirror.png")
+    vgg = features.build_vgg16("none", 32)
+    mirrored = FeatureCache.open(tmp_path / "c", [photo], "none", 32, mirrored=True)
+    plain = FeatureCache.open(tmp_path / "c", [photo], "none", 32)
+    assert mirrored.folder != plain.folder and "-mirrored-" in mirrored.folder.name
+    of_mirror = FeatureCache.open(tmp_path / "c", [mirror], "none", 32)
+    for cache, flag in ((mirrored, True), (plain, False), (of_mirror, False)):
+        extract_features(cache, vgg, 32, progress=False, mirrored=flag)
+    np.testing.assert_allclose(np.asarray(mirrored.features, np.float32), np.asarray(of_mirror.features, np.float32),
+                               rtol=1e-2, atol=1e-2)
+    assert not np.allclose(np.asarray(mirrored.features, np.float32), np.asarray(plain.features, np.float32), atol=1e-2)

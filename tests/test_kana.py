@@ -81,3 +81,10 @@ def test_encode_decode_round_trip():
 def test_cli_prints_the_reading(capsys):
     assert kana.main(["赤い丸"]) == 0
     assert capsys.readouterr().out.strip() == "アカイマル"
+
+
+def test_mirror_reading_swaps_left_and_right_and_undoes_itself():
+    reading = text_to_katakana("左に赤い丸、右側に青い星、左右に線があります。")
+    mirrored = kana.mirror_reading(reading)
+    assert mirrored == "ミギニアカイマル、ヒダリガワニアオイホシ、サユウニセンガアリマス。"
+    assert kana.mirror_reading(mirrored) == reading

@@ -313,6 +313,31 @@ def test_projected_lstm_runs_eagerly_in_the_policys_dtype(policy):
     assert keras.backend.standardize_dtype(outputs.dtype) == ("bfloat16" if policy != "float32" else "float32")
 
 
+def test_flipped_batches_pair_mirrored_features_with_mirrored_captions():
+    """With --flip about half of a shuffled epoch's captions read the mirrored cache and the mirrored targets; validation none."""
+    from batches import CaptionBatches, CaptionData
+
+    config = small_config(arch="attention")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20, *config.feature_shape)).astype("float16")
+    mirrored_features = -features
+    targets = rng.integers(1, 128, size=(100, 50)).astype("uint8")
+    data = CaptionData(np.repeat(np.arange(20), 5), targets, mirrored_targets=targets[:, ::-1].copy())
+    flipped = 0
+    for shuffle in (True, False):
+        batches = CaptionBatches(config, features, data, 16, shuffle=shuffle, seed=3, mirrored_features=mirrored_features)
+        for index in range(len(batches)):
+            (x, _), y = batches[index]
+            chosen = batches.order[index * 16 : (index + 1) * 16]
+            mirrored = batches.mirrored[chosen]
+            np.testing.assert_array_equal(x, np.where(mirrored[:, None, None, None], mirrored_features[data.rows[chosen]],
+                                                      features[data.rows[chosen]]))
+            np.testing.assert_array_equal(y, np.where(mirrored[:, None], data.mirrored_targets[chosen], targets[chosen]))
+            flipped += mirrored.sum() if shuffle else 0
+            assert shuffle or not mirrored.any()
+    assert 30 <= flipped <= 70
+
+
 def test_batches_are_float16_and_threads_keep_their_order():
     """CaptionBatches sends the cache's float16 rows as they are; reading in threads gives the same batches."""
     from batches import CaptionBatches, CaptionData
