@@ -68,6 +68,10 @@ LOSSES = ("crossentropy", "ctc")
 # What a CTC run is trained on: each human caption of a photo as a target of its own, or, at every step, only the
 # one the model finds likeliest (hard EM over a photo's captions: the model settles on one wording per photo).
 REFERENCES = ("each", "likeliest")
+# Adam's learning rate over a run: constant, or a cosine decay from learning_rate at the first step to
+# FINAL_LEARNING_RATE of it at the last step of the epochs the run was started with.
+SCHEDULES = ("constant", "cosine")
+FINAL_LEARNING_RATE = 0.01
 
 # Old names of architectures, still read from config.json and --arch.
 ARCHITECTURE_ALIASES = {"seed": "image2text"}
@@ -95,6 +99,7 @@ class CaptionerConfig:
     lm_weight: float = 0.5  # ctc-lm: the language model's weight beside CTC's (lm.py)
     references: str = "each"  # CTC: each human caption a target, or per photo the likeliest of them (REFERENCES)
     weight_average: float = 0.0  # the kept model's weights: an average over training steps with this momentum; 0 = the last step's
+    schedule: str = "constant"  # Adam's learning rate over the run: constant or cosine (SCHEDULES)
     flip: bool = False  # training: each caption, at random, of its photo mirrored left to right, ヒダリ and ミギ swapped
 
     def __post_init__(self):
@@ -126,6 +131,7 @@ class CaptionerConfig:
         check("lm_weight", is_number(self.lm_weight) and 0 <= self.lm_weight <= 10, "a number from 0 to 10")
         check("weight_average", is_number(self.weight_average) and 0 <= self.weight_average < 1,
               "a number from 0 to below 1")
+        check("schedule", self.schedule in SCHEDULES, " or ".join(SCHEDULES))
         check("flip", isinstance(self.flip, bool) and not (self.flip and self.references != "each"),
               "true or false (false with references likeliest)")
         autoregressive = ARCHITECTURES[self.arch].autoregressive
@@ -509,7 +515,7 @@ def model_inputs(config: CaptionerConfig, features, targets):
     return (features, previous_chars(targets)) if architecture(config).autoregressive else features
 
 
-def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
+def build_model(config: CaptionerConfig, feature_sample=None, decay_steps: int = 1) -> keras.Model:
     """Builds and compiles the architecture ``config.arch`` names.
 
     Args:
@@ -519,20 +525,25 @@ def build_model(config: CaptionerConfig, feature_sample=None) -> keras.Model:
             the model). VGG16 features of different photos share most of their
             magnitude (the background), so standardising is what lets the
             image-specific part through.
+        decay_steps: training steps in all, for ``schedule="cosine"``.
     """
     model = architecture(config).build(config)
     if feature_sample is not None:
         adapt_feature_norm(model.get_layer(FEATURE_NORM), feature_sample)
-    return compile_model(model, config)
+    return compile_model(model, config, decay_steps)
 
 
-def compile_model(model: keras.Model, config: CaptionerConfig) -> keras.Model:
+def compile_model(model: keras.Model, config: CaptionerConfig, decay_steps: int = 1) -> keras.Model:
     """Adam, and cross-entropy over the classes at every step or (``loss="ctc"``) CTC over the caption.
 
     With ``weight_average``, Adam also keeps an exponential moving average of
     the weights (Polyak averaging), which training.Checkpointer evaluates and saves.
     """
-    optimizer = keras.optimizers.Adam(config.learning_rate, use_ema=config.weight_average > 0,
+    learning_rate = config.learning_rate
+    if config.schedule == "cosine":  # saved with the optimizer in checkpoint.keras: --resume goes on along it
+        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, decay_steps),
+                                                               alpha=FINAL_LEARNING_RATE)
+    optimizer = keras.optimizers.Adam(learning_rate, use_ema=config.weight_average > 0,
                                       ema_momentum=config.weight_average or 0.99)
     if config.loss == "ctc":
         model.compile(optimizer=optimizer, loss=CaptionCTC(likeliest=config.references == "likeliest"))

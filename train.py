@@ -12,6 +12,7 @@ cached features. ``--out`` ends up holding everything predict.py needs.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -29,7 +30,8 @@ from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existi
                  positive_float, positive_int, vgg_weights)
 from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
-from model import ARCHITECTURES, LIMITS, LOSSES, REFERENCES, CaptionerConfig, architecture_name  # noqa: E402
+from model import (ARCHITECTURES, FINAL_LEARNING_RATE, LIMITS, LOSSES, REFERENCES, SCHEDULES,  # noqa: E402
+                   CaptionerConfig, architecture_name)
 
 # Real data: the original's width and ImageNet VGG16, as CaptionerConfig's defaults say.
 DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weights=CaptionerConfig.vgg_weights,
@@ -104,6 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                               f"{DEMO_DEFAULTS['epochs']}, {DEMO_EPOCHS['image2text']} for image2text]")
     fitting.add_argument("--batch-size", type=bounded_int(1, 65_536), help=f"captions per step [default: {DEFAULTS['batch_size']}; the demo uses {DEMO_DEFAULTS['batch_size']}]")
     fitting.add_argument("--learning-rate", type=positive_float, default=CaptionerConfig.learning_rate, help="Adam's learning rate")
+    fitting.add_argument("--schedule", choices=SCHEDULES, default=CaptionerConfig.schedule,
+                         help="Adam's learning rate over the run: constant, or cosine: from --learning-rate at the "
+                              f"first step down to {FINAL_LEARNING_RATE:g}× it at the last step of --epochs (a resumed "
+                              "run keeps the schedule it started with)")
     fitting.add_argument("--weight-average", type=bounded_float(0, 0.9999),
                          help="keep, evaluate and save an exponential moving average of the weights over training "
                               "steps, with this momentum (0.99: about the last 100 steps); 0 = the weights as they are "
@@ -160,7 +166,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            feature_layer=args.feature_layer, vgg_weights=args.vgg_weights,
                            vgg_precision=args.vgg_precision, precision=args.precision,
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
-                           references=args.references, weight_average=args.weight_average, flip=args.flip)
+                           references=args.references, weight_average=args.weight_average, schedule=args.schedule,
+                           flip=args.flip)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -177,7 +184,8 @@ def train(args: argparse.Namespace) -> int:
         raise
     with lock:
         try:
-            model, state = training.build_or_resume(config, data, out, saved_state, args.seed, args.keep_best)
+            model, state = training.build_or_resume(config, data, out, saved_state, args.seed, args.keep_best,
+                                                    args.epochs * math.ceil(len(data.train.rows) / args.batch_size))
             if saved_state is not None and training.is_finished(state, args.epochs):
                 training.log(f"The run in {out} is already finished ({state['epoch']} epochs); nothing to resume.")
                 return 0

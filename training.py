@@ -156,7 +156,7 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
             f"and feature layer ({config.feature_layer}).")
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
-    for name in ("loss", "references", "weight_average", "flip"):
+    for name in ("loss", "references", "weight_average", "schedule", "flip"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config
@@ -292,8 +292,11 @@ def new_state(select_by: str) -> dict:
 
 
 def build_or_resume(config: CaptionerConfig, data: TrainingData, out: Path, saved_state: dict | None,
-                    seed: int, select_by: str = "loss") -> tuple[keras.Model, dict]:
-    """The resumed run's checkpoint and state, or a new model (its config and vocabulary written to ``out``)."""
+                    seed: int, select_by: str = "loss", decay_steps: int = 1) -> tuple[keras.Model, dict]:
+    """The resumed run's checkpoint and state, or a new model (its config and vocabulary written to ``out``).
+
+    ``decay_steps``: the steps of the epochs asked for, over which a cosine schedule decays.
+    """
     if data.language_model is not None and (saved_state is None or not (out / LM_FILE).is_file()):
         out.mkdir(parents=True, exist_ok=True)
         data.language_model.save(out / LM_FILE)
@@ -301,7 +304,7 @@ def build_or_resume(config: CaptionerConfig, data: TrainingData, out: Path, save
         return load_model(out / CHECKPOINT_FILE), saved_state
     keras.utils.set_random_seed(seed)
     with runtime.dtype_policy(config.precision):  # the layers keep it, and the model file records it
-        model = build_model(config, feature_sample(data.cache.features, data.train.rows, seed))
+        model = build_model(config, feature_sample(data.cache.features, data.train.rows, seed), decay_steps)
     config = dataclasses.replace(config, vocabulary=data.vocabulary.fingerprint())
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / CONFIG_FILE)

@@ -156,6 +156,18 @@ def test_flip_caches_the_mirrored_photos_and_is_recorded(tiny_demo, tmp_path, ca
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 0
 
 
+def test_cosine_schedule_decays_over_the_epochs_asked_for_and_resumes_along_it(tiny_demo, tmp_path):
+    out = tmp_path / "cosine"
+    argv = train_argv(tiny_demo, out, tmp_path / "cache", "--schedule", "cosine", "--learning-rate", 0.01)
+    assert train.main([*argv, "--epochs", "1"]) == 0  # the schedule spans the 1 epoch asked for
+    assert json.loads((out / "config.json").read_text())["schedule"] == "cosine"
+    optimizer = model.load_model(out / "checkpoint.keras").optimizer
+    assert int(optimizer.iterations) > 0
+    assert float(optimizer.learning_rate) == pytest.approx(0.01 * model.FINAL_LEARNING_RATE, rel=1e-3)
+    assert train.main([*argv, "--epochs", "2", "--resume"]) == 0
+    assert float(model.load_model(out / "checkpoint.keras").optimizer.learning_rate) == pytest.approx(1e-4, rel=1e-3)
+
+
 def test_image2text_defaults_are_the_measured_best():
     demo = train.parse_args(["--arch", "image2text"])
     assert (demo.loss, demo.epochs, demo.keep_best, demo.weight_average) == ("ctc", 30, "cider", 0.99)

@@ -65,7 +65,8 @@ def bad_cases(root):
         ("--out", file), ("--out", ""), ("--cache-dir", file), ("--vgg-weights", "bogus"), ("--vgg-weights", folder),
         ("--distill-from", missing), ("--arch", "bogus"), ("--precision", "bogus"), ("--vgg-precision", "bogus"),
         ("--loss", "bogus"), ("--lm-weight", "-1"), ("--lm-weight", "nan"), ("--weight-average", "1"),
-        ("--weight-average", "-0.5"), ("--keep-best", "bleu"), ("--references", "bogus")]]
+        ("--weight-average", "-0.5"), ("--keep-best", "bleu"), ("--references", "bogus"),
+        ("--schedule", "linear")]]
     train_cases += [[*good, "--arch", "attention", "--loss", "ctc"], [*good, "--references", "likeliest"],
                     [*good, "--arch", "image2text", "--references", "likeliest", "--flip"]]
     train_cases += [["--annotations", missing, "--images", folder], ["--annotations", "", "--images", folder],
@@ -225,7 +226,7 @@ def test_a_run_state_from_the_previous_version_resumes_keeping_the_lowest_loss(t
     ("image_size", 100000), ("timesteps", 100000), ("timesteps", 0), ("units", -4), ("arch", "transformer"),
     ("units", "16"), ("learning_rate", "fast"), ("image_size", True), ("dropout", 2), ("vgg_precision", "auto"),
     ("num_classes", 1), ("vocabulary", 5), ("weight_average", 1), ("references", "likeliest"), ("references", 3),
-    ("flip", "yes"),
+    ("flip", "yes"), ("schedule", "linear"),
 ])
 def test_a_config_field_out_of_range_is_named(tiny_run, tmp_path, field, value):
     out = tmp_path / "run"
