@@ -45,10 +45,7 @@ def caption_metrics(candidates: list[str], references: list[list[str]]) -> dict[
         raise ValueError("No captions to score.")
     if any(not refs for refs in references):
         raise ValueError("Every image needs at least one reference caption.")
-    # An empty candidate is scored as one token that matches nothing, since the
-    # scorers divide by the candidate length.
-    results = {index: [characters(caption) or "∅"] for index, caption in enumerate(candidates)}
-    truths = {index: [characters(ref) for ref in refs] for index, refs in enumerate(references)}
+    truths, results = _scorer_inputs(candidates, references)
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its internals
         bleu, _ = Bleu(4).compute_score(truths, results, verbose=0)
         rouge, _ = Rouge().compute_score(truths, results)
@@ -58,6 +55,23 @@ def caption_metrics(candidates: list[str], references: list[list[str]]) -> dict[
     scores["CIDEr-D"] = float(cider)
     scores["CIDEr-D per image"] = [float(value) for value in np.asarray(cider_per_image)]
     return scores
+
+
+def cider_scores(candidates: list[str], references: list[list[str]]) -> np.ndarray:
+    """Each candidate's CIDEr-D against its own references (n-gram weights from all the references given)."""
+    truths, results = _scorer_inputs(candidates, references)
+    return np.asarray(Cider().compute_score(truths, results)[1], dtype=np.float64)
+
+
+def _scorer_inputs(candidates: list[str], references: list[list[str]]) -> tuple[dict, dict]:
+    """pycocoevalcap's ``(references, candidates)`` dicts, keyed by position, characters as tokens.
+
+    An empty candidate is scored as one token that matches nothing, since the
+    scorers divide by the candidate length.
+    """
+    results = {index: [characters(caption) or "∅"] for index, caption in enumerate(candidates)}
+    truths = {index: [characters(ref) for ref in refs] for index, refs in enumerate(references)}
+    return truths, results
 
 
 def caption_statistics(candidates: list[str], references: list[list[str]], ended: list[bool]) -> dict[str, float]:

@@ -123,6 +123,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="mirror half the training captions' photos left to right, at random each epoch, with "
                               "ヒダリ (left) and ミギ (right) swapped in the caption; the mirrored photos' features "
                               "are cached once beside the others")
+    fitting.add_argument("--self-critical", type=bounded_int(0, 10_000), default=0, metavar="EPOCHS",
+                         help="after the cross-entropy epochs, this many epochs of self-critical sequence training "
+                              "(attention and showtell): the model's sampled captions, rewarded by their CIDEr-D "
+                              "above its greedy caption's; an epoch is kept only where the validation captions' "
+                              "CIDEr-D beats the kept model's")
+    fitting.add_argument("--self-critical-learning-rate", type=positive_float, default=5e-5, metavar="RATE",
+                         help="Adam's learning rate in the self-critical epochs")
     fitting.add_argument("--patience", type=positive_int, default=5,
                          help="stop after this many epochs without a better validation score (--keep-best)")
     fitting.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed for the split, the shuffling and the weights")
@@ -147,6 +154,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--loss ctc is for --arch image2text; {args.arch} writes one character at a time and "
                      f"trains with crossentropy")
     args.loss = args.loss or DEFAULT_LOSS[args.arch]
+    if args.self_critical and not ARCHITECTURES[args.arch].autoregressive:
+        parser.error(f"--self-critical is for the autoregressive architectures (attention, showtell); {args.arch} "
+                     f"writes every character at once")
     if args.flip and args.references != "each":
         parser.error("--flip is for --references each: likeliest-reference training does not mirror its references")
     if args.references != "each" and args.loss != "ctc":
@@ -186,15 +196,21 @@ def train(args: argparse.Namespace) -> int:
         try:
             model, state = training.build_or_resume(config, data, out, saved_state, args.seed, args.keep_best,
                                                     args.epochs * math.ceil(len(data.train.rows) / args.batch_size))
-            if saved_state is not None and training.is_finished(state, args.epochs):
+            fitted = saved_state is not None and training.is_finished(state, args.epochs)
+            self_critical_done = (state.get("self_critical") or {"epoch": 0})["epoch"] >= args.self_critical
+            if fitted and self_critical_done:
                 training.log(f"The run in {out} is already finished ({state['epoch']} epochs); nothing to resume.")
                 return 0
             if saved_state is not None:
                 training.log(f"Resuming {out} after epoch {state['epoch']}.")
                 if state["select_by"] != args.keep_best:
                     training.log(f"Keeping the best epoch by the run's own measure ({state['select_by']}).")
-            training.fit(model, config, data, out, state, args.epochs, args.batch_size, args.patience, args.seed,
-                         verbose=not args.quiet)
+            if not fitted:
+                training.fit(model, config, data, out, state, args.epochs, args.batch_size, args.patience, args.seed,
+                             verbose=not args.quiet)
+            if not self_critical_done and state["history"] and not state.get("diverged"):
+                training.self_critical(config, data, out, state, args.self_critical,
+                                       args.self_critical_learning_rate, args.seed, progress=not args.quiet)
         finally:
             training.restore_previous(out)  # only where this run has saved no model
         if state.get("diverged") and not state["history"]:
@@ -225,6 +241,11 @@ def finish(args: argparse.Namespace, out: Path, data: training.TrainingData, sta
     measure = (f"validation CIDEr-D {state['best_score']:.3f}, " if state["select_by"] == "cider" else "") + \
         f"validation loss {state['best_val_loss']:.4f}"
     training.log(f"Kept epoch {state['best_epoch']} ({measure}).")
+    stage = state.get("self_critical")
+    if stage and stage["best_epoch"]:
+        training.log(f"Then kept self-critical epoch {stage['best_epoch']} (validation CIDEr-D {stage['best_cider']:.3f}).")
+    elif stage:
+        training.log(f"No self-critical epoch beat it (best validation CIDEr-D {stage['best_cider']:.3f}).")
 
     table = training.evaluate_validation(out, data)
     training.log(f"Validation metrics ({len(data.val_images)} photos, character-level):\n{table}")

@@ -8,6 +8,8 @@
     build_or_resume  a new compiled model (its config and vocabulary written), or the checkpoint
     fit              Keras fit on the cached features, saving the run after every epoch and keeping the best
                      epoch by validation loss or by the CIDEr-D of the validation photos' captions
+    self_critical    (--self-critical) fine-tuning on the model's own captions' CIDEr-D (selfcritical.py),
+                     keeping an epoch only where its validation captions beat the kept model's
     evaluate_validation  caption metrics of the best model on the validation photos
 """
 
@@ -25,6 +27,7 @@ import keras
 import numpy as np
 
 import runtime
+import selfcritical
 from batches import (MAX_REFERENCES, CaptionBatches, CaptionData, encode_captions, feature_sample, split_by_image,
                      with_all_references)
 from captioner import (CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, MODEL_FILE,
@@ -39,8 +42,9 @@ from model import CaptionerConfig, build_model, ctc_fits, load_model, save_model
 from plots import plot_loss
 
 # Files a fresh run replaces; anything else in --out is left alone.
+SELF_CRITICAL_FILE = "self-critical.keras"  # the self-critical stage's last epoch, with its optimizer (--resume)
 RUN_OUTPUTS = (STATE_FILE, CHECKPOINT_FILE, MODEL_FILE, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, CONFIG_FILE,
-               VOCAB_FILE)
+               VOCAB_FILE, SELF_CRITICAL_FILE)
 PREVIOUS_RUN = "previous-run"  # where --overwrite keeps the run it replaces until the new one has a model
 # What model.keras keeps, and early stopping watches: the lowest validation loss, or the highest CIDEr-D of the
 # validation photos' captions, decoded as predict.py decodes them.
@@ -350,6 +354,44 @@ def validation_cider(config: CaptionerConfig, data: TrainingData):
         return caption_metrics(captions, references)["CIDEr-D"]
 
     return scorer
+
+
+def self_critical(config: CaptionerConfig, data: TrainingData, out: Path, state: dict, epochs: int,
+                  learning_rate: float, seed: int, progress: bool = True) -> None:
+    """Fine-tunes the kept model by self-critical sequence training up to epoch ``epochs`` of that stage, resumably.
+
+    Each epoch ends with the CIDEr-D of the validation photos' greedy
+    captions; model.keras is replaced only by an epoch that beats the best so
+    far, the cross-entropy stage's kept model to begin with. The stage's last
+    epoch (with its optimizer) is SELF_CRITICAL_FILE, and its progress is
+    ``state["self_critical"]``.
+    """
+    stage = state.get("self_critical") or {"epoch": 0, "history": []}
+    scorer = validation_cider(config, data)
+    if stage["epoch"] and (out / SELF_CRITICAL_FILE).is_file():
+        model = load_model(out / SELF_CRITICAL_FILE)
+    else:
+        model = selfcritical.compile_for(load_model(out / MODEL_FILE), learning_rate)
+        stage = {"epoch": 0, "history": [], "learning_rate": learning_rate, "best_epoch": 0,
+                 "best_cider": state["best_score"] if state["select_by"] == "cider" else scorer(model)}
+        log(f"Self-critical training from the kept epoch {state['best_epoch']} (validation CIDEr-D "
+            f"{stage['best_cider']:.3f}), learning rate {learning_rate:g}.")
+    state["self_critical"] = stage
+    photos = np.unique(data.train.rows)
+    for epoch in range(stage["epoch"], epochs):
+        result = selfcritical.run_epoch(model, config, data.vocabulary, data.cache.features, photos,
+                                        data.references, seed + epoch, progress)
+        result["val_cider"] = scorer(model)
+        stage["history"].append({"epoch": epoch + 1, **result})
+        log(f"Self-critical epoch {epoch + 1}/{epochs}: sampled captions' CIDEr-D {result['sample_cider']:.3f}, "
+            f"greedy {result['greedy_cider']:.3f}; validation {result['val_cider']:.3f} "
+            f"(best {max(stage['best_cider'], result['val_cider']):.3f}).")
+        if result["val_cider"] > stage["best_cider"]:
+            stage["best_cider"], stage["best_epoch"] = result["val_cider"], epoch + 1
+            save_model(model, out / MODEL_FILE)
+        save_model(model, out / SELF_CRITICAL_FILE)
+        stage["epoch"] = epoch + 1
+        write_json(out / STATE_FILE, state)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,112 @@
+"""Self-critical sequence training: sampling, per-character weights, the direction of its step, and train.py's stage."""
+
+import hashlib
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import selfcritical
+import train
+from conftest import train_argv
+from kana import END, Vocabulary
+from metrics import cider_scores
+from model import CaptionerConfig, StepModels, build_model, model_inputs
+
+
+class ScriptedSteps:
+    """Stands in for StepModels: row r of the batch writes ``scripts[r]`` (class indices), then the end class."""
+
+    def __init__(self, scripts, num_classes=5):
+        self.scripts, self.num_classes = scripts, num_classes
+
+    def start(self, features):
+        return [np.arange(len(features))[:, None], np.zeros((len(features), 1), dtype=np.int64)]  # image, position
+
+    def next(self, tokens, states):
+        image, position = states
+        probabilities = np.zeros((len(tokens), self.num_classes))
+        for row, (i, p) in enumerate(zip(image[:, 0], position[:, 0])):
+            script = self.scripts[i]
+            probabilities[row, script[p] if p < len(script) else END] = 1.0
+        return probabilities, [image, position + 1]
+
+
+def test_samples_follow_the_model_and_long_ones_are_cut_unended():
+    steps = ScriptedSteps([[1, 2], [3] * 10])
+    samples = selfcritical.sample_captions(steps, np.zeros((2, 1)), num_samples=2, timesteps=6,
+                                           rng=np.random.default_rng(0))
+    assert samples.targets.tolist() == [[1, 2, 0, 0, 0, 0]] * 2 + [[3, 3, 3, 3, 3, 0]] * 2
+    assert samples.lengths.tolist() == [2, 2, 5, 5] and samples.ended.tolist() == [True, True, False, False]
+    weights = samples.weights(np.array([1.0, -2.0, 0.5, 0.0]))
+    # Up to and including the end class where it was written; an unended caption's last step is not its choice.
+    assert weights.tolist() == [[1, 1, 1, 0, 0, 0], [-2, -2, -2, 0, 0, 0], [0.5] * 5 + [0], [0] * 6]
+
+
+def test_samples_are_drawn_in_proportion_to_the_softmax():
+    class Uniform(ScriptedSteps):
+        def next(self, tokens, states):
+            return np.tile([0.5, 0.25, 0.25], (len(tokens), 1)), states
+
+    samples = selfcritical.sample_captions(Uniform([]), np.zeros((1, 1)), num_samples=4000, timesteps=2,
+                                           rng=np.random.default_rng(0))
+    first = samples.targets[:, 0]
+    assert abs(((samples.lengths == 0) & samples.ended).mean() - 0.5) < 0.03  # END first: an empty caption
+    assert abs(samples.ended.mean() - 0.75) < 0.03  # or END second, after one character
+    assert abs((first == 1).mean() - 0.25) < 0.03 and abs((first == 2).mean() - 0.25) < 0.03
+
+
+def test_cider_scores_rank_the_right_caption_first():
+    references = [["アカイマル", "アカイマルガアリマス"], ["キイロイサンカク"], ["ミドリノシカク"]]
+    right, wrong, _ = cider_scores(["アカイマル", "アオイホシ", "ミドリノシカク"], references)
+    assert right > wrong >= 0
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_rewarded_sample_becomes_likelier_and_a_penalised_one_less_likely(sign):
+    config = CaptionerConfig(arch="attention", units=16, image_size=32, dropout=0.0)
+    keras.utils.set_random_seed(0)
+    model = selfcritical.compile_for(build_model(config), 1e-3)  # one small step: a large one overshoots
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(1, *config.feature_shape)).astype("float32")
+    samples = selfcritical.sample_captions(StepModels(model, config), features, 1, config.timesteps, rng)
+
+    def log_likelihood():
+        probabilities = np.asarray(model.predict_on_batch(model_inputs(config, features, samples.targets)))
+        chosen = np.take_along_axis(probabilities[0], samples.targets[0][:, None], axis=1)[:, 0]
+        return np.log(chosen)[samples.weights(np.ones(1))[0] > 0].sum()
+
+    before = log_likelihood()
+    model.train_on_batch(model_inputs(config, features, samples.targets), samples.targets,
+                         sample_weight=samples.weights(np.array([sign])))
+    assert np.sign(log_likelihood() - before) == sign
+
+
+def test_train_py_fine_tunes_after_the_crossentropy_epochs_and_resumes(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "scst"
+    argv = train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", "2")
+    assert train.main(argv) == 0
+    kept = hashlib.sha256((out / "model.keras").read_bytes()).hexdigest()
+    assert train.main([*argv, "--resume", "--self-critical", "1"]) == 0
+    stage = json.loads((out / "state.json").read_text())["self_critical"]
+    assert stage["epoch"] == 1 and len(stage["history"]) == 1 and (out / "self-critical.keras").is_file()
+    assert {"sample_cider", "greedy_cider", "val_cider"} <= set(stage["history"][0])
+    replaced = hashlib.sha256((out / "model.keras").read_bytes()).hexdigest() != kept
+    assert replaced == (stage["best_epoch"] == 1)  # model.keras changes only for a better validation CIDEr-D
+    assert train.main([*argv, "--resume", "--self-critical", "2"]) == 0  # goes on from its own checkpoint
+    stage = json.loads((out / "state.json").read_text())["self_critical"]
+    assert stage["epoch"] == 2 and [row["epoch"] for row in stage["history"]] == [1, 2]
+    assert "self-critical epoch" in capsys.readouterr().out.lower()
+
+
+def test_self_critical_is_refused_for_the_parallel_design(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--arch", "image2text", "--self-critical", "2"])
+    assert "autoregressive" in capsys.readouterr().err
+
+
+def test_vocabulary_decodes_samples_to_text():
+    vocabulary = Vocabulary.build(["アイ"])
+    samples = selfcritical.Samples(np.array([[1, 2, END]]), np.array([2]), np.array([True]))
+    assert samples.texts(vocabulary) == [vocabulary.decode([1, 2, END])[0]]
