@@ -4,7 +4,9 @@ After the cross-entropy epochs (``train.py --self-critical N``), each batch of
 training photos is captioned twice by the model itself: ``SAMPLES_PER_PHOTO``
 captions drawn from its softmax, one character at a time, and its greedy
 caption. A sample's reward is its CIDEr-D against the photo's human captions,
-less the greedy caption's (the baseline: Rennie et al., 2017). The model then
+less a baseline: the greedy caption's (Rennie et al., 2017), or the mean of
+the photo's other samples (``samples``; Luo, 2020), which is as often above a
+sample as below it. The model then
 takes a step on the samples as targets, each character's cross-entropy
 weighted by its sample's reward: samples that beat the greedy caption become
 likelier and the others less likely, which is the REINFORCE gradient of the
@@ -27,6 +29,7 @@ from metrics import cider_scores
 from model import CaptionerConfig, StepModels, model_inputs
 
 SAMPLES_PER_PHOTO = 5  # captions drawn per photo and step
+BASELINES = ("greedy", "samples")  # what a sample's reward is measured against (the module's docstring)
 PHOTOS_PER_BATCH = 32  # photos per step: 32 × 5 sampled captions
 
 
@@ -78,19 +81,34 @@ def sample_captions(steps: StepModels, features: np.ndarray, num_samples: int, t
 
 
 def train_step(model: keras.Model, steps: StepModels, config: CaptionerConfig, vocabulary: Vocabulary,
-               features: np.ndarray, references: list[list[str]], rng: np.random.Generator) -> dict[str, float]:
+               features: np.ndarray, references: list[list[str]], rng: np.random.Generator,
+               baseline: str = "greedy") -> dict[str, float]:
     """One self-critical step on a batch of photos; returns the mean sample and greedy CIDEr-D."""
     features = np.asarray(features, dtype=np.float32)
     samples = sample_captions(steps, features, SAMPLES_PER_PHOTO, config.timesteps, rng)
     greedy = [best[0].text for best in beam_search(steps, features, vocabulary, 1, 1, config.timesteps - 1)]
     repeated = [refs for refs in references for _ in range(SAMPLES_PER_PHOTO)]
     rewards = cider_scores(samples.texts(vocabulary) + greedy, repeated + list(references))
-    sampled, baseline = rewards[: len(repeated)], rewards[len(repeated):]
-    advantages = sampled - np.repeat(baseline, SAMPLES_PER_PHOTO)
+    sampled, greedy_rewards = rewards[: len(repeated)], rewards[len(repeated):]
     inputs = np.repeat(features, SAMPLES_PER_PHOTO, axis=0)
     model.train_on_batch(model_inputs(config, inputs, samples.targets), samples.targets,
-                         sample_weight=samples.weights(advantages))
-    return {"sample_cider": float(sampled.mean()), "greedy_cider": float(baseline.mean())}
+                         sample_weight=samples.weights(advantages(sampled, greedy_rewards, baseline)))
+    return {"sample_cider": float(sampled.mean()), "greedy_cider": float(greedy_rewards.mean())}
+
+
+def advantages(sampled: np.ndarray, greedy: np.ndarray, baseline: str) -> np.ndarray:
+    """Each sample's reward less its baseline.
+
+    Args:
+        sampled: the rewards of ``(photos × SAMPLES_PER_PHOTO)`` samples, each photo's together.
+        greedy: the rewards of the photos' greedy captions.
+        baseline: ``greedy``, or ``samples``: the mean reward of the photo's other samples.
+    """
+    if baseline == "greedy":
+        return sampled - np.repeat(greedy, SAMPLES_PER_PHOTO)
+    per_photo = sampled.reshape(-1, SAMPLES_PER_PHOTO)
+    others = (per_photo.sum(axis=1, keepdims=True) - per_photo) / (SAMPLES_PER_PHOTO - 1)
+    return (per_photo - others).reshape(-1)
 
 
 def compile_for(model: keras.Model, learning_rate: float) -> keras.Model:
@@ -100,7 +118,8 @@ def compile_for(model: keras.Model, learning_rate: float) -> keras.Model:
 
 
 def run_epoch(model: keras.Model, config: CaptionerConfig, vocabulary: Vocabulary, features, photos: np.ndarray,
-              references: list[list[str]], seed: int, progress: bool = True) -> dict[str, float]:
+              references: list[list[str]], seed: int, progress: bool = True,
+              baseline: str = "greedy") -> dict[str, float]:
     """One pass over ``photos`` (cache rows) in a seeded order; the mean rewards of its steps.
 
     ``references[row]``: the human captions of cache row ``row``.
@@ -113,7 +132,8 @@ def run_epoch(model: keras.Model, config: CaptionerConfig, vocabulary: Vocabular
     with tqdm(total=num_batches, desc="self-critical", unit="step", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(order), PHOTOS_PER_BATCH):
             rows = np.sort(order[start : start + PHOTOS_PER_BATCH])
-            result = train_step(model, steps, config, vocabulary, features[rows], [references[r] for r in rows], rng)
+            result = train_step(model, steps, config, vocabulary, features[rows], [references[r] for r in rows], rng,
+                                baseline)
             for name, value in result.items():
                 totals[name] += value * len(rows)
             bar.update(1)

@@ -23,6 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import demo  # noqa: E402
 import runtime  # noqa: E402
+import selfcritical  # noqa: E402
 import training  # noqa: E402
 from captioner import (CONFIG_FILE, DEFAULT_RUN, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, MODEL_FILE,  # noqa: E402
                        VOCAB_FILE)
@@ -130,6 +131,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                               "CIDEr-D beats the kept model's")
     fitting.add_argument("--self-critical-learning-rate", type=positive_float, default=5e-5, metavar="RATE",
                          help="Adam's learning rate in the self-critical epochs")
+    fitting.add_argument("--self-critical-baseline", choices=selfcritical.BASELINES, default="greedy",
+                         help="what a sampled caption's CIDEr-D is measured against: the greedy caption's, or the "
+                              "mean of the same photo's other samples")
     fitting.add_argument("--patience", type=positive_int, default=5,
                          help="stop after this many epochs without a better validation score (--keep-best)")
     fitting.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed for the split, the shuffling and the weights")
@@ -210,7 +214,8 @@ def train(args: argparse.Namespace) -> int:
                              verbose=not args.quiet)
             if not self_critical_done and state["history"] and not state.get("diverged"):
                 training.self_critical(config, data, out, state, args.self_critical,
-                                       args.self_critical_learning_rate, args.seed, progress=not args.quiet)
+                                       args.self_critical_learning_rate, args.seed, progress=not args.quiet,
+                                       baseline=args.self_critical_baseline)
         finally:
             training.restore_previous(out)  # only where this run has saved no model
         if state.get("diverged") and not state["history"]:

@@ -357,14 +357,14 @@ def validation_cider(config: CaptionerConfig, data: TrainingData):
 
 
 def self_critical(config: CaptionerConfig, data: TrainingData, out: Path, state: dict, epochs: int,
-                  learning_rate: float, seed: int, progress: bool = True) -> None:
+                  learning_rate: float, seed: int, progress: bool = True, baseline: str = "greedy") -> None:
     """Fine-tunes the kept model by self-critical sequence training up to epoch ``epochs`` of that stage, resumably.
 
     Each epoch ends with the CIDEr-D of the validation photos' greedy
     captions; model.keras is replaced only by an epoch that beats the best so
     far, the cross-entropy stage's kept model to begin with. The stage's last
     epoch (with its optimizer) is SELF_CRITICAL_FILE, and its progress is
-    ``state["self_critical"]``.
+    ``state["self_critical"]``. ``baseline``: selfcritical.BASELINES.
     """
     stage = state.get("self_critical") or {"epoch": 0, "history": []}
     scorer = validation_cider(config, data)
@@ -372,15 +372,15 @@ def self_critical(config: CaptionerConfig, data: TrainingData, out: Path, state:
         model = load_model(out / SELF_CRITICAL_FILE)
     else:
         model = selfcritical.compile_for(load_model(out / MODEL_FILE), learning_rate)
-        stage = {"epoch": 0, "history": [], "learning_rate": learning_rate, "best_epoch": 0,
+        stage = {"epoch": 0, "history": [], "learning_rate": learning_rate, "baseline": baseline, "best_epoch": 0,
                  "best_cider": state["best_score"] if state["select_by"] == "cider" else scorer(model)}
         log(f"Self-critical training from the kept epoch {state['best_epoch']} (validation CIDEr-D "
-            f"{stage['best_cider']:.3f}), learning rate {learning_rate:g}.")
+            f"{stage['best_cider']:.3f}), learning rate {learning_rate:g}, baseline {baseline}.")
     state["self_critical"] = stage
     photos = np.unique(data.train.rows)
     for epoch in range(stage["epoch"], epochs):
         result = selfcritical.run_epoch(model, config, data.vocabulary, data.cache.features, photos,
-                                        data.references, seed + epoch, progress)
+                                        data.references, seed + epoch, progress, stage.get("baseline", "greedy"))
         result["val_cider"] = scorer(model)
         stage["history"].append({"epoch": epoch + 1, **result})
         log(f"Self-critical epoch {epoch + 1}/{epochs}: sampled captions' CIDEr-D {result['sample_cider']:.3f}, "

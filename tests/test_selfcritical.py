@@ -110,3 +110,12 @@ def test_vocabulary_decodes_samples_to_text():
     vocabulary = Vocabulary.build(["アイ"])
     samples = selfcritical.Samples(np.array([[1, 2, END]]), np.array([2]), np.array([True]))
     assert samples.texts(vocabulary) == [vocabulary.decode([1, 2, END])[0]]
+
+
+def test_advantages_against_the_greedy_caption_or_the_other_samples():
+    sampled = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0, 0.0, 0.0, 5.0])  # two photos, five samples each
+    greedy = np.array([2.0, 1.0])
+    np.testing.assert_allclose(selfcritical.advantages(sampled, greedy, "greedy"), sampled - np.array([2.0] * 5 + [1.0] * 5))
+    others = selfcritical.advantages(sampled, greedy, "samples")
+    np.testing.assert_allclose(others[:5], [1 - 3.5, 2 - 3.25, 3 - 3.0, 4 - 2.75, 5 - 2.5])
+    np.testing.assert_allclose(others.reshape(2, 5).sum(axis=1), [0, 0], atol=1e-12)  # as often up as down
