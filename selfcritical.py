@@ -6,7 +6,9 @@ captions drawn from its softmax, one character at a time, and its greedy
 caption. A sample's reward is its CIDEr-D against the photo's human captions,
 less a baseline: the greedy caption's (Rennie et al., 2017), or the mean of
 the photo's other samples (``samples``; Luo, 2020), which is as often above a
-sample as below it. The model then
+sample as below it. A caption that never ends (cut at the length limit)
+earns nothing: CIDEr-D alone pays a long unended caption for the words it
+gets right, and the model learns not to end. The model then
 takes a step on the samples as targets, each character's cross-entropy
 weighted by its sample's reward: samples that beat the greedy caption become
 likelier and the others less likely, which is the REINFORCE gradient of the
@@ -86,9 +88,11 @@ def train_step(model: keras.Model, steps: StepModels, config: CaptionerConfig, v
     """One self-critical step on a batch of photos; returns the mean sample and greedy CIDEr-D."""
     features = np.asarray(features, dtype=np.float32)
     samples = sample_captions(steps, features, SAMPLES_PER_PHOTO, config.timesteps, rng)
-    greedy = [best[0].text for best in beam_search(steps, features, vocabulary, 1, 1, config.timesteps - 1)]
+    greedy = [best[0] for best in beam_search(steps, features, vocabulary, 1, 1, config.timesteps - 1)]
     repeated = [refs for refs in references for _ in range(SAMPLES_PER_PHOTO)]
-    rewards = cider_scores(samples.texts(vocabulary) + greedy, repeated + list(references))
+    rewards = cider_scores(samples.texts(vocabulary) + [caption.text for caption in greedy],
+                           repeated + list(references))
+    rewards *= np.concatenate([samples.ended, [caption.ended for caption in greedy]])  # unended: no reward
     sampled, greedy_rewards = rewards[: len(repeated)], rewards[len(repeated):]
     inputs = np.repeat(features, SAMPLES_PER_PHOTO, axis=0)
     model.train_on_batch(model_inputs(config, inputs, samples.targets), samples.targets,

@@ -119,3 +119,25 @@ def test_advantages_against_the_greedy_caption_or_the_other_samples():
     others = selfcritical.advantages(sampled, greedy, "samples")
     np.testing.assert_allclose(others[:5], [1 - 3.5, 2 - 3.25, 3 - 3.0, 4 - 2.75, 5 - 2.5])
     np.testing.assert_allclose(others.reshape(2, 5).sum(axis=1), [0, 0], atol=1e-12)  # as often up as down
+
+
+def test_a_caption_that_never_ends_earns_nothing(monkeypatch):
+    """CIDEr-D alone pays an unended caption for its right words; the step must not teach the model not to end."""
+    from decoding import Caption
+
+    config = CaptionerConfig(arch="attention", units=16, image_size=32)
+    ended = np.array([True, False] + [True] * 3)
+    samples = selfcritical.Samples(np.ones((5, config.timesteps), dtype=np.int64), np.full(5, 3), ended)
+    monkeypatch.setattr(selfcritical, "sample_captions", lambda *args: samples)
+    monkeypatch.setattr(selfcritical, "beam_search", lambda *args: [[Caption("ア", False, 1.0)]])
+    monkeypatch.setattr(selfcritical, "cider_scores", lambda candidates, references: np.ones(len(candidates)))
+
+    class Recorder:
+        def train_on_batch(self, inputs, targets, sample_weight):
+            self.weights = sample_weight
+
+    model = Recorder()
+    result = selfcritical.train_step(model, None, config, Vocabulary.build(["ア"]), np.zeros((1, 1, 1, 512)),
+                                     [["ア"]], np.random.default_rng(0))
+    assert result == {"sample_cider": 0.8, "greedy_cider": 0.0}  # the unended greedy caption earns nothing too
+    assert model.weights[:, 0].tolist() == [1, 0, 1, 1, 1]  # advantages against an unended greedy caption: 0
