@@ -10,7 +10,7 @@ sample as below it. A caption that never ends (cut at the length limit)
 earns nothing: CIDEr-D alone pays a long unended caption for the words it
 gets right, and the model learns not to end. The model then
 takes a step on the samples as targets, each character's cross-entropy
-weighted by its sample's reward: samples that beat the greedy caption become
+weighted by its sample's advantage: samples that beat their baseline become
 likelier and the others less likely, which is the REINFORCE gradient of the
 expected reward. The step is Keras' own ``train_on_batch`` with per-character
 sample weights, so every backend runs it.
@@ -121,16 +121,16 @@ def compile_for(model: keras.Model, learning_rate: float) -> keras.Model:
     return model
 
 
-def run_epoch(model: keras.Model, config: CaptionerConfig, vocabulary: Vocabulary, features, photos: np.ndarray,
-              references: list[list[str]], seed: int, progress: bool = True,
+def run_epoch(model: keras.Model, steps: StepModels, config: CaptionerConfig, vocabulary: Vocabulary, features,
+              photos: np.ndarray, references: list[list[str]], seed: int, progress: bool = True,
               baseline: str = "greedy") -> dict[str, float]:
     """One pass over ``photos`` (cache rows) in a seeded order; the mean rewards of its steps.
 
+    ``steps``: ``model``'s step models (they share its weights, so they are built once per stage).
     ``references[row]``: the human captions of cache row ``row``.
     """
     rng = np.random.default_rng(seed)
     order = rng.permutation(photos)
-    steps = StepModels(model, config)
     totals = {"sample_cider": 0.0, "greedy_cider": 0.0}
     num_batches = math.ceil(len(order) / PHOTOS_PER_BATCH)
     with tqdm(total=num_batches, desc="self-critical", unit="step", disable=not progress, dynamic_ncols=True) as bar:
