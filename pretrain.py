@@ -160,6 +160,95 @@ class SceneBatches(keras.utils.PyDataset):
             self.order = self.rng.permutation(len(self.images))
 
 
+def object_boxes(scene: dict, image_size: int) -> list[tuple[float, float, float, float]]:
+    """Each object's bounding square ``(left, top, right, bottom)`` in the scene letterboxed to ``image_size`` (pixels)."""
+    width, height = scene["width"], scene["height"]
+    scale = image_size / max(width, height)
+    left = (image_size - max(1, round(width * scale))) // 2  # as features.letterbox places the photo
+    top = (image_size - max(1, round(height * scale))) // 2
+    boxes = []
+    for obj in scene["objects"]:
+        x, y, radius = left + obj["x"] * width * scale, top + obj["y"] * height * scale, obj["size"] * width * scale / 2
+        boxes.append((x - radius, y - radius, x + radius, y + radius))
+    return boxes
+
+
+def crop_targets(scene: dict, image_size: int, crop: tuple[int, int, int], targets: str = "pairs") -> np.ndarray:
+    """What a ``(left, top, side)`` crop of the letterboxed scene shows: 1, 0, or -1 (unknown) per ``target_names``.
+
+    A name is shown (1) when at least half of some object's bounding square
+    that carries it is inside the crop, absent (0) when no object that carries
+    it reaches into the crop; an object cut by the crop's edge makes its names
+    unknown, and the loss skips them.
+    """
+    names = {name: index for index, name in enumerate(target_names(targets))}
+    values = np.zeros(len(names), np.float32)
+    left, top, side = crop
+    for obj, (x0, y0, x1, y1) in zip(scene["objects"], object_boxes(scene, image_size)):
+        inside = max(0.0, min(x1, left + side) - max(x0, left)) * max(0.0, min(y1, top + side) - max(y0, top))
+        shown = inside / max((x1 - x0) * (y1 - y0), 1e-6)
+        if shown <= 0:
+            continue
+        for name in (obj["color"], obj["kind"], f"{obj['color']}-{obj['kind']}"):
+            if name in names:
+                values[names[name]] = 1.0 if shown >= 0.5 or values[names[name]] == 1 else -1.0
+    return values
+
+
+class CropBatches(keras.utils.PyDataset):
+    """Batches of ``crop``-pixel squares cut from scenes at their full letterboxed size, with ``crop_targets``.
+
+    The network learns at the scale the captioner reads (a 64-pixel crop of a
+    150-pixel scene shows objects as big as the captioner sees them) for a
+    fifth of the arithmetic of the whole scene. Three crops in four are
+    centred near an object, the rest anywhere. With ``shuffle``, every epoch
+    draws new crops of reshuffled scenes; without, the crops are the same
+    every time (validation).
+    """
+
+    def __init__(self, images, scenes: list[dict], crop: int, batch_size: int, targets: str, shuffle: bool,
+                 seed: int = 0):
+        super().__init__()
+        self.images, self.scenes, self.crop, self.batch_size = images, scenes, crop, batch_size
+        self.targets, self.shuffle, self.seed, self.epoch = targets, shuffle, seed, 0
+        self.order = np.random.default_rng([seed, 0]).permutation(len(images)) if shuffle else np.arange(len(images))
+
+    def __len__(self):
+        return len(self.images) // self.batch_size
+
+    def __getitem__(self, index):
+        rng = np.random.default_rng([self.seed, self.epoch if self.shuffle else 0, index])
+        size, side = self.images.shape[1], self.crop
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        crops = np.zeros((len(chosen), side, side, 3), np.uint8)
+        present = np.zeros((len(chosen), len(target_names(self.targets))), np.float32)
+        for row, scene_index in enumerate(chosen):
+            scene = self.scenes[scene_index]
+            boxes = object_boxes(scene, size)
+            if boxes and rng.random() < 0.75:
+                x0, y0, x1, y1 = boxes[int(rng.integers(len(boxes)))]
+                jitter = rng.uniform(-side / 4, side / 4, 2)
+                left, top = (x0 + x1) / 2 - side / 2 + jitter[0], (y0 + y1) / 2 - side / 2 + jitter[1]
+            else:
+                left, top = rng.uniform(0, size - side, 2)
+            left, top = (int(np.clip(round(value), 0, size - side)) for value in (left, top))
+            crops[row] = self.images[scene_index, top : top + side, left : left + side]
+            present[row] = crop_targets(scene, size, (left, top, side), self.targets)
+        return crops, {"present": present}
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.epoch += 1
+            self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
+
+
+def masked_binary_crossentropy(y_true, logits):
+    """Binary cross-entropy from logits over the targets that are known (not -1), averaged per crop."""
+    known = ops.cast(ops.greater_equal(y_true, 0), logits.dtype)
+    losses = ops.binary_crossentropy(ops.maximum(y_true, 0), logits, from_logits=True)
+    return ops.sum(losses * known, axis=-1) / ops.maximum(ops.sum(known, axis=-1), 1.0)
+
+
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))  # conv widths per block
 
 
@@ -221,9 +310,7 @@ def build_trainer(image_size: int, learning_rate, steps: int, targets: str = "th
     asks each grid cell's features to say plainly what is in it: what a
     captioner attending over the grid reads.
     """
-    vgg = build_batch_norm_vgg16(image_size)
-    inputs = keras.Input((image_size, image_size, 3), dtype="uint8")
-    grid = vgg(ops.flip(ops.cast(inputs, "float32"), axis=-1) - CAFFE_MEAN_BGR)  # features.preprocess, on the device
+    vgg, inputs, grid = _vgg16_on_uint8(image_size)
     x = layers.Dense(512, activation="relu")(layers.Flatten()(grid))
     outputs = {"where": layers.Dense(len(target_labels(targets)), activation="sigmoid", dtype="float32", name="where")(x),
                "count": layers.Dense(4, activation="softmax", dtype="float32", name="count")(x)}
@@ -233,10 +320,36 @@ def build_trainer(image_size: int, learning_rate, steps: int, targets: str = "th
                                           name="present")(layers.GlobalMaxPooling2D()(grid))
         losses["present"] = "binary_crossentropy"
     trainer = keras.Model(inputs, outputs)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.02)
-    trainer.compile(optimizer=keras.optimizers.Adam(schedule), loss=losses,
+    trainer.compile(optimizer=_adam(learning_rate, steps), loss=losses,
                     metrics={"where": [keras.metrics.AUC(name="auc")], "count": ["accuracy"]})
     return trainer, vgg
+
+
+def build_crop_trainer(crop: int, learning_rate, steps: int, targets: str = "pairs") -> tuple[keras.Model, keras.Model]:
+    """VGG16 with batch normalisation read by one linear layer on pool5's maximum over the grid (``CropBatches``).
+
+    It says which ``target_names`` a crop shows (logits; ``masked_binary_crossentropy``
+    skips what the crop cuts): each grid cell's features must say plainly
+    what is in it, which is what a probe or an attending captioner reads.
+    Returns (trainer, the VGG16 to fold).
+    """
+    vgg, inputs, grid = _vgg16_on_uint8(crop)
+    logits = layers.Dense(len(target_names(targets)), dtype="float32", name="present")(layers.GlobalMaxPooling2D()(grid))
+    trainer = keras.Model(inputs, {"present": logits})
+    trainer.compile(optimizer=_adam(learning_rate, steps), loss={"present": masked_binary_crossentropy})
+    return trainer, vgg
+
+
+def _vgg16_on_uint8(image_size: int):
+    """The batch-normalised VGG16, and a uint8 input preprocessed on the device: (vgg, inputs, pool5 grid)."""
+    vgg = build_batch_norm_vgg16(image_size)
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8")
+    grid = vgg(ops.flip(ops.cast(inputs, "float32"), axis=-1) - CAFFE_MEAN_BGR)  # features.preprocess, on the device
+    return vgg, inputs, grid
+
+
+def _adam(learning_rate: float, steps: int) -> keras.optimizers.Adam:
+    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.02))
 
 
 def main(argv=None) -> int:
@@ -250,6 +363,10 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=positive_float, default=3e-4, help="Adam's, at the start (it decays to 2%%)")
     parser.add_argument("--targets", choices=tuple(TARGETS), default="thirds",
                         help="what the network learns to say about each scene: " + "; ".join(f"{name}: {text}" for name, text in TARGETS.items()))
+    parser.add_argument("--crop", type=bounded_int(0, LIMITS["image_size"][1]), default=0,
+                        help="train on random squares of this many pixels cut from the scenes at --image-size (objects "
+                             "as big as at that size, for less arithmetic), learning what each shows through the "
+                             "presence head; 0: whole scenes")
     parser.add_argument("--presence-head", action="store_true", help="also learn, linearly from pool5's maximum over the grid, what is anywhere in the photo")
     parser.add_argument("--precision", choices=runtime.TRAINING_PRECISIONS, default="float32",
                         help="as train.py's; float32 by default: mixed bfloat16 trained this network 2.2x slower "
@@ -264,6 +381,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.num_images < args.batch_size:
         parser.error("--num-images must be at least --batch-size (training uses whole batches)")
+    if args.crop and not 32 <= args.crop <= args.image_size:
+        parser.error("--crop must be from 32 (pool5's cell) to --image-size pixels, or 0")
     out = Path(args.out)
     if not out.name.endswith(".weights.h5"):
         parser.error("--out must end in .weights.h5 (Keras' weights-only format)")
@@ -288,15 +407,22 @@ def pretrain(args: argparse.Namespace, out: Path) -> int:
     drawn = time.perf_counter()
     keras.utils.set_random_seed(0)
     with runtime.dtype_policy(runtime.training_precision(args.precision)):
-        batches = SceneBatches(train_images, _outputs(scene_targets(train_scenes, args.targets), args),
-                               args.batch_size, shuffle=True)
-        trainer, vgg = build_trainer(args.image_size, args.learning_rate, args.epochs * (args.steps or len(batches)),
-                                     args.targets, args.presence_head)
-    val = SceneBatches(val_images, _outputs(scene_targets(val_scenes, args.targets), args), min(64, args.num_val), False)
+        if args.crop:
+            batches = CropBatches(train_images, train_scenes, args.crop, args.batch_size, args.targets, shuffle=True)
+            val = CropBatches(val_images, val_scenes, args.crop, min(64, args.num_val), args.targets, shuffle=False)
+            trainer, vgg = build_crop_trainer(args.crop, args.learning_rate, args.epochs * (args.steps or len(batches)),
+                                              args.targets)
+        else:
+            batches = SceneBatches(train_images, _outputs(scene_targets(train_scenes, args.targets), args),
+                                   args.batch_size, shuffle=True)
+            val = SceneBatches(val_images, _outputs(scene_targets(val_scenes, args.targets), args),
+                               min(64, args.num_val), False)
+            trainer, vgg = build_trainer(args.image_size, args.learning_rate,
+                                         args.epochs * (args.steps or len(batches)), args.targets, args.presence_head)
     history = trainer.fit(batches, validation_data=val, epochs=args.epochs, steps_per_epoch=args.steps,
                           verbose=1 if sys.stdout.isatty() else 2)  # a line per epoch in a log
     del train_images
-    plain = fold_batch_norm(vgg, args.image_size)
+    plain = fold_batch_norm(vgg, args.crop or args.image_size)
     save_half(plain, out)
     done = time.perf_counter()
     print(f"Wrote {out} ({out.stat().st_size / 2**20:.0f} MiB). Drawing took {drawn - start:.0f} s, "

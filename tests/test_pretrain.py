@@ -82,3 +82,62 @@ def test_weights_are_stored_in_half_precision(tmp_path):
     assert dtypes == {"float16"}
     loaded = build_vgg16(str(out), 32)
     assert all(np.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(loaded.get_weights(), vgg.get_weights()))
+
+
+SCENE = {"width": 640, "height": 480, "objects": [  # letterboxed to 160 px: a quarter of the size, 20 px bars above and below
+    {"color": "red", "kind": "star", "x": 0.25, "y": 0.5, "size": 0.2},     # 32 px square around (40, 80)
+    {"color": "blue", "kind": "star", "x": 0.75, "y": 0.25, "size": 0.1}]}  # 16 px square around (120, 50)
+
+
+def test_object_boxes_follow_the_letterbox():
+    assert pretrain.object_boxes(SCENE, 160) == [(24.0, 64.0, 56.0, 96.0), (112.0, 42.0, 128.0, 58.0)]
+
+
+def test_a_crop_shows_what_is_mostly_inside_it_and_leaves_cut_objects_unknown():
+    names = pretrain.target_names("pairs")
+    said = lambda crop: {value: {n for n, v in zip(names, pretrain.crop_targets(SCENE, 160, crop)) if v == value}  # noqa: E731
+                         for value in (1, -1)}
+    assert said((0, 40, 64)) == {1: {"red", "star", "red-star"}, -1: set()}
+    assert said((96, 0, 64)) == {1: {"blue", "star", "blue-star"}, -1: set()}
+    assert said((44, 40, 64)) == {1: set(), -1: {"red", "star", "red-star"}}  # most of the red star's square is cut off
+    assert said((0, 40, 160)) == {1: {"red", "blue", "star", "red-star", "blue-star"}, -1: set()}
+    assert said((60, 100, 50)) == {1: set(), -1: set()}  # nothing there: every name is absent
+
+
+def test_crop_batches_cut_fresh_crops_each_epoch_and_the_same_ones_for_validation():
+    images, scenes = pretrain.make_scenes(40, 96, progress=False)
+    batches = pretrain.CropBatches(images, scenes, 48, 8, "pairs", shuffle=True)
+    crops, targets = batches[0]
+    assert crops.shape == (8, 48, 48, 3) and crops.dtype == np.uint8 and targets["present"].shape == (8, 80)
+    assert (targets["present"] == 1).any(axis=1).mean() >= 0.5  # most crops are centred near an object
+    np.testing.assert_array_equal(batches[0][0], crops)  # a batch read twice within an epoch is the same
+    # each crop is a square of its scene, with the targets that crop_targets gives that square
+    first = batches.order[0]
+    squares = [(left, top) for top in range(49) for left in range(49)
+               if np.array_equal(images[first, top : top + 48, left : left + 48], crops[0])]
+    assert any(np.array_equal(pretrain.crop_targets(scenes[first], 96, (left, top, 48)), targets["present"][0])
+               for left, top in squares)
+    batches.on_epoch_end()
+    assert not np.array_equal(batches[0][0], crops)
+    val = pretrain.CropBatches(images, scenes, 48, 8, "pairs", shuffle=False)
+    before = val[1][0]
+    val.on_epoch_end()
+    np.testing.assert_array_equal(val[1][0], before)
+
+
+def test_masked_loss_skips_unknown_targets():
+    logits = np.array([[5.0, -5.0, 40.0]], np.float32)
+    known = np.asarray(pretrain.masked_binary_crossentropy(np.array([[1.0, 0.0, -1.0]], np.float32), logits))
+    assert known.shape == (1,) and known[0] < 0.01  # the confident wrong third logit is not counted
+    wrong = np.asarray(pretrain.masked_binary_crossentropy(np.array([[1.0, 0.0, 0.0]], np.float32), logits))
+    assert wrong[0] > 10
+
+
+def test_a_short_crop_run_writes_weights_that_the_feature_extractor_loads(tmp_path):
+    out = tmp_path / "vgg.weights.h5"
+    report = tmp_path / "report.json"
+    assert pretrain.main(["--num-images", "64", "--num-val", "32", "--image-size", "64", "--crop", "32", "--epochs", "1",
+                          "--probe-scenes", "0", "--out", str(out), "--json", str(report)]) == 0
+    results = json.loads(report.read_text())
+    assert results["recipe"]["crop"] == 32 and results["held_out"]["val_loss"] > 0
+    assert build_vgg16(str(out), 64).output_shape == (None, 2, 2, 512)
