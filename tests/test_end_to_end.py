@@ -14,7 +14,7 @@ import plots
 import predict
 import train
 from captioner import Captioner
-from conftest import train_argv
+from conftest import TINY_EPOCHS, train_argv
 from dataset import find_images
 from features import load_image
 
@@ -30,7 +30,7 @@ def test_training_writes_everything_predict_needs(tiny_run):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert (config["arch"], config["timesteps"], config["num_classes"], config["vgg_weights"]) == ("attention", 50, 128, "none")
-    assert len((out / "history.csv").read_text().splitlines()) == 5  # header + 4 epochs
+    assert len((out / "history.csv").read_text().splitlines()) == 1 + TINY_EPOCHS  # header + a line an epoch
     assert "CIDEr-D" in json.loads((out / "metrics.json").read_text())
 
 
@@ -267,13 +267,17 @@ def test_human_ceiling_scores_references_against_each_other(tiny_demo, capsys):
     assert any(line.split() == ["scene", "accuracy", "1.000"] for line in table.splitlines())  # every one names its scene
 
 
-def test_resume_continues_and_refuses_to_clobber(tiny_run, tiny_demo, capsys):
-    out, cache = tiny_run
-    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 5)) == 2
+def test_resume_continues_and_refuses_to_clobber(tiny_run, tiny_demo, tmp_path, capsys):
+    import shutil
+
+    out, cache = tmp_path / "run", tiny_run[1]
+    shutil.copytree(tiny_run[0], out)  # the shared run stays as it is for the other tests
+    epochs = TINY_EPOCHS + 1
+    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", epochs)) == 2
     assert "--resume" in capsys.readouterr().err
-    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 5, "--resume", "--patience", 10)) == 0
+    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", epochs, "--resume", "--patience", epochs)) == 0
     state = json.loads((out / "state.json").read_text())
-    assert state["epoch"] == 5 and [row["epoch"] for row in state["history"]] == [1, 2, 3, 4, 5]
+    assert state["epoch"] == epochs and [row["epoch"] for row in state["history"]] == list(range(1, epochs + 1))
 
 
 def test_mixed_precision_trains_resumes_in_it_and_captions(tiny_demo, tmp_path, capsys):
