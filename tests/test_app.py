@@ -48,10 +48,10 @@ def open_page(model) -> AppTest:
     return at.run()
 
 
-def captioned_photo(run, demo):
-    """A held-out photo the tiny run writes a non-empty caption for, and predict.py's captions of it at beam 3."""
+def captioned_photo(run, demo, beam_size=3):
+    """A held-out photo the tiny run writes a non-empty caption for, and predict.py's captions of it at ``beam_size``."""
     photos = sorted((demo / "val2014").iterdir())
-    for path, captions, _ in Captioner(run, beam_size=3).caption_files(photos, n_best=3):
+    for path, captions, _ in Captioner(run, beam_size=beam_size).caption_files(photos, n_best=beam_size):
         if captions[0].text:
             return Path(path), captions
     raise AssertionError("the tiny run captions no held-out photo")
@@ -159,7 +159,7 @@ def streamlit_server(model, port: int, timeout: float = 90):
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium-headless-shell)")
 def test_a_photo_dropped_on_the_page_in_a_real_browser_is_captioned(tiny_run, tiny_demo, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
-    photo, expected = captioned_photo(tiny_run[0], tiny_demo)
+    photo, expected = captioned_photo(tiny_run[0], tiny_demo, beam_size=1)  # the page's default: greedy
     with streamlit_server(tiny_run[0], free_port()) as url, playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
