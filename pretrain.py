@@ -7,28 +7,34 @@
 A randomly initialised VGG16 tells colours and positions apart but not the
 kinds of objects. Here the same architecture (keras.applications.VGG16, no
 top) learns from scenes drawn by hard.py with another seed than the
-benchmark's: for each third of the photo (left, middle, right), which
-colours and which kinds of object are in it, and how many objects there are.
-Its weights are then frozen like the ImageNet ones and read by train.py as a
-local weights file. Greyscale photos and the colour–kind pairs the benchmark
-holds out (hard.UNSEEN_PAIRS) are never drawn; nor are two kinds
+benchmark's, letterboxed to 150 px, the size the captioner reads: from
+64-pixel squares cut from them (``--crop``), three in four near an object
+and new ones every epoch, it learns which colours, kinds and colour–kind
+pairs each square shows, through one linear layer on pool5's maximum over
+its grid. An object cut so that less than half of it is inside the square
+is left out of the loss. Squares show objects as big as the captioner sees
+them, for a fifth of the arithmetic of whole scenes. Its weights are then
+frozen like the ImageNet ones and read by train.py as a local weights file.
+Greyscale photos and the colour–kind pairs the benchmark holds out
+(hard.UNSEEN_PAIRS) are never drawn; nor are two kinds
 (hard.FEATURE_HELD_OUT_KINDS) and one background, the sky, so that probe.py
 can show whether the features see shapes and scenes they never trained on.
 
 It trains VGG16 with batch normalisation after each convolution (plain VGG16
 learns slowly from scratch), with Adam and a cosine-decaying learning rate,
 then folds each normalisation into its convolution: the file holds plain
-VGG16 weights. ``--targets pairs`` also asks which colour each kind is in
-each third, and ``--presence-head`` asks it of pool5's grid cells directly
-(what an attending captioner reads). Afterwards it probes the features as
-probe.py does, on new scenes that include what training never draws, beside
-the random VGG16's (``--probe-scenes``).
+VGG16 weights. ``--crop 0`` trains on whole scenes instead: for each third
+of the photo, which colours and kinds are in it (``--targets thirds``; with
+``pairs`` also which colour each kind is) and how many objects there are;
+``--presence-head`` also asks it of pool5's grid cells directly. That recipe
+saw kinds less well (docs/hard-benchmark.md measures both). Afterwards it
+probes the features as probe.py does, on new scenes that include what
+training never draws, beside the random VGG16's (``--probe-scenes``).
 
 Scenes are drawn in parallel processes, and batches go to the device as
 uint8 (the trainer preprocesses them there), so a GPU is not kept waiting:
 
-    $ KERAS_BACKEND=jax python pretrain.py --image-size 150 --num-images 40000 --batch-size 128 \\
-          --epochs 6 --learning-rate 6e-4 --targets pairs --presence-head --precision auto
+    $ KERAS_BACKEND=jax python pretrain.py --num-images 40000 --batch-size 128 --precision auto
 """
 
 from __future__ import annotations
@@ -357,16 +363,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=file_path, default=str(SYNTHETIC_WEIGHTS), help="the weights file to write (Keras .weights.h5); the default is what --vgg-weights synthetic reads")
     parser.add_argument("--num-images", type=bounded_int(1, 10_000_000), default=8000, help="training scenes")
     parser.add_argument("--num-val", type=bounded_int(1, 1_000_000), default=1000, help="held-out scenes")
-    parser.add_argument("--image-size", type=bounded_int(*LIMITS["image_size"]), default=96, help="scenes are letterboxed to this size to train")
-    parser.add_argument("--epochs", type=bounded_int(1, 10_000), default=4)
+    parser.add_argument("--image-size", type=bounded_int(*LIMITS["image_size"]), default=150, help="scenes are letterboxed to this size to train (the captioner's)")
+    parser.add_argument("--epochs", type=bounded_int(1, 10_000), default=6)
     parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=32)
-    parser.add_argument("--learning-rate", type=positive_float, default=3e-4, help="Adam's, at the start (it decays to 2%%)")
-    parser.add_argument("--targets", choices=tuple(TARGETS), default="thirds",
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam's, at the start (it decays to 2%%)")
+    parser.add_argument("--targets", choices=tuple(TARGETS), default="pairs",
                         help="what the network learns to say about each scene: " + "; ".join(f"{name}: {text}" for name, text in TARGETS.items()))
-    parser.add_argument("--crop", type=bounded_int(0, LIMITS["image_size"][1]), default=0,
+    parser.add_argument("--crop", type=bounded_int(0, LIMITS["image_size"][1]), default=64,
                         help="train on random squares of this many pixels cut from the scenes at --image-size (objects "
                              "as big as at that size, for less arithmetic), learning what each shows through the "
-                             "presence head; 0: whole scenes")
+                             "presence head; 0: whole scenes (the 96 px recipe, --crop 0 --image-size 96 --targets thirds "
+                             "--learning-rate 3e-4 --epochs 4, saw kinds less well: docs/hard-benchmark.md)")
     parser.add_argument("--presence-head", action="store_true", help="also learn, linearly from pool5's maximum over the grid, what is anywhere in the photo")
     parser.add_argument("--precision", choices=runtime.TRAINING_PRECISIONS, default="float32",
                         help="as train.py's; float32 by default: mixed bfloat16 trained this network 2.2x slower "

@@ -45,8 +45,8 @@ def test_the_probe_scenes_draw_what_training_never_does():
 def test_a_short_run_writes_weights_that_the_feature_extractor_loads(tmp_path):
     out = tmp_path / "vgg.weights.h5"
     report = tmp_path / "report.json"
-    assert pretrain.main(["--num-images", "64", "--num-val", "32", "--image-size", "32", "--epochs", "1",
-                          "--targets", "pairs", "--presence-head", "--probe-scenes", "80", "--probe-size", "32",
+    assert pretrain.main(["--num-images", "64", "--num-val", "32", "--image-size", "32", "--crop", "0",
+                          "--epochs", "1", "--targets", "pairs", "--presence-head", "--probe-scenes", "80", "--probe-size", "32",
                           "--out", str(out), "--json", str(report)]) == 0
     results = json.loads(report.read_text())
     assert results["recipe"]["targets"] == "pairs" and results["held_out"]["val_where_auc"] > 0
