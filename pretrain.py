@@ -389,7 +389,8 @@ def main(argv=None) -> int:
     if args.num_images < args.batch_size:
         parser.error("--num-images must be at least --batch-size (training uses whole batches)")
     if args.crop and not 32 <= args.crop <= args.image_size:
-        parser.error("--crop must be from 32 (pool5's cell) to --image-size pixels, or 0")
+        parser.error(f"--crop ({args.crop}) must be from 32 (pool5's cell) to --image-size ({args.image_size}) pixels, "
+                     "or 0 for whole scenes")
     out = Path(args.out)
     if not out.name.endswith(".weights.h5"):
         parser.error("--out must end in .weights.h5 (Keras' weights-only format)")
