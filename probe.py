@@ -2,12 +2,17 @@
 
     $ python probe.py                                   # the hard benchmark's training photos, random VGG16
     $ python probe.py --vgg-weights weights.h5 --annotations data/hard/captions_train.json --images data/hard/train2014
+    $ python probe.py --vgg-weights synthetic --test-annotations data/hard/captions_val-unseen.json \
+          --test-images data/hard/val-unseen2014    # fitted on every training photo, scored on a held-out set
 
 For every photo of a generated set (hard.py's scenes), the pool5 features
 (from the same cache train.py uses) are max- and mean-pooled over the grid
 and standardised; ridge regression, fitted on the first 75% of the photos,
 predicts which colours, kinds and positions are present and how many objects
-there are; the last 25% are scored:
+there are; the last 25% are scored (or, with ``--test-annotations``, the
+probe is fitted on all of them and scores a held-out set: the ceiling of
+the captioner's own evaluation, colour–kind pairs training never drew
+among them):
 
     AUC            how well the probe's score ranks photos with the attribute above those without
     top-k          the share of present colours (kinds, positions) among the probe's k best guesses,
@@ -95,32 +100,47 @@ def top_k_share(scores: np.ndarray, labels: np.ndarray) -> float:
     return hits / total if total else 0.0
 
 
-def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75) -> dict:
-    """The probe's scores per attribute on the last ``1 - fit_share`` of the photos (see the module docstring)."""
+def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
+          test_features: np.ndarray | None = None, test_scenes: list[dict] | None = None) -> dict:
+    """The probe's scores per attribute (see the module docstring).
+
+    Fitted on the first ``fit_share`` of the photos and scored on the rest; or,
+    given ``test_features`` and ``test_scenes`` (a held-out set), fitted on all
+    the photos and scored on those.
+    """
     x = pooled(features)
-    split = int(len(x) * fit_share)
-    mean, spread = x[:split].mean(0), x[:split].std(0) + 1e-6
-    x = (x - mean) / spread
-    results = {"photos fitted": split, "photos scored": len(x) - split}
-    colour_photos = np.array([not scene["greyscale"] for scene in scenes])
-    for name, y in targets(scenes).items():
-        rows = colour_photos if name == "color" else np.ones(len(x), bool)  # colours are not in greyscale photos
-        fit_rows, test_rows = np.flatnonzero(rows[:split]), split + np.flatnonzero(rows[split:])
+    if test_features is None:
+        split = int(len(x) * fit_share)
+        x, scenes, x_test, test_scenes = x[:split], scenes[:split], x[split:], scenes[split:]
+    else:
+        x_test = pooled(test_features)
+    mean, spread = x.mean(0), x.std(0) + 1e-6
+    x, x_test = (x - mean) / spread, (x_test - mean) / spread
+    results = {"photos fitted": len(x), "photos scored": len(x_test)}
+    fit_targets, test_targets = targets(scenes), targets(test_scenes)
+    for name, y in fit_targets.items():
+        y_test = test_targets[name]
+        if name == "color":  # colours are not in greyscale photos
+            fit_rows = np.flatnonzero([not scene["greyscale"] for scene in scenes])
+            test_rows = np.flatnonzero([not scene["greyscale"] for scene in test_scenes])
+        else:
+            fit_rows, test_rows = np.arange(len(x)), np.arange(len(x_test))
         penalty = _choose_penalty(x[fit_rows], y[fit_rows])
-        scores = predict_ridge(fit_ridge(x[fit_rows], y[fit_rows], penalty), x[test_rows])
+        scores = predict_ridge(fit_ridge(x[fit_rows], y[fit_rows], penalty), x_test[test_rows])
+        y_test = y_test[test_rows]
         if name == "count":
-            results["count"] = float(np.mean(scores.argmax(1) == y[test_rows].argmax(1)))
+            results["count"] = float(np.mean(scores.argmax(1) == y_test.argmax(1)))
             continue
-        aucs = [auc(scores[:, column], y[test_rows, column]) for column in range(y.shape[1])]
+        aucs = [auc(scores[:, column], y_test[:, column]) for column in range(y.shape[1])]
         results[f"{name} AUC"] = _mean(aucs)
-        results[f"{name} top-k"] = top_k_share(scores, y[test_rows])
+        results[f"{name} top-k"] = top_k_share(scores, y_test)
         if name == "kind":  # the kinds and the background pretrain.py never draws: do its features generalise?
             held = [list(hard.KINDS).index(kind) for kind in hard.FEATURE_HELD_OUT_KINDS]
             results["kind AUC, held-out kinds"] = _mean([aucs[column] for column in held])
         if name in ("color", "kind"):
-            sky = np.array([scenes[row]["background"] in hard.FEATURE_HELD_OUT_BACKGROUNDS for row in test_rows])
+            sky = np.array([test_scenes[row]["background"] in hard.FEATURE_HELD_OUT_BACKGROUNDS for row in test_rows])
             results[f"{name} AUC, held-out bg"] = _mean(
-                [auc(scores[sky, column], y[test_rows[sky], column]) for column in range(y.shape[1])])
+                [auc(scores[sky, column], y_test[sky, column]) for column in range(y.shape[1])])
     return results
 
 
@@ -143,6 +163,10 @@ def main(argv=None) -> int:
     parser.add_argument("--annotations", type=existing_file, default=str(hard.HARD_DIR / "captions_train.json"),
                         help="a generated caption file whose images carry hard.py scenes")
     parser.add_argument("--images", type=existing_dir, default=str(hard.HARD_DIR / "train2014"), help="the folder of its photos")
+    parser.add_argument("--test-annotations", type=existing_file,
+                        help="fit on every photo of --annotations and score the probe on this held-out caption file "
+                             "(e.g. data/hard/captions_val-unseen.json) instead of on the last quarter")
+    parser.add_argument("--test-images", type=existing_dir, help="the folder of --test-annotations' photos")
     parser.add_argument("--vgg-weights", type=vgg_weights, default="none", help="imagenet, synthetic (pretrain.py's), a local .h5 file, or none (random)")
     parser.add_argument("--image-size", type=bounded_int(*LIMITS["image_size"]), default=CaptionerConfig.image_size, help="letterbox size")
     parser.add_argument("--feature-layer", choices=list(FEATURE_LAYERS), default=CaptionerConfig.feature_layer,
@@ -153,25 +177,36 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="FILE", type=file_path, help="also write the results to this JSON file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if (args.test_annotations is None) != (args.test_images is None):
+        parser.error("--test-annotations and --test-images go together")
     try:
-        records, _ = load_caption_files([args.annotations], [args.images])
-        if not records or not all(isinstance(record.scene, dict) for record in records):
-            raise ValueError(f"{args.annotations} has no hard.py scenes to probe (python demo.py --hard makes some).")
-        cache, _ = cached_features([record.path for record in records], args.vgg_weights, args.image_size,
-                                   args.cache_dir, progress=not args.quiet,
-                                   precision=runtime.extraction_precision(args.vgg_precision), layer=args.feature_layer)
+        features, scenes = _features_and_scenes(args.annotations, args.images, args)
+        test_features, test_scenes = (_features_and_scenes(args.test_annotations, args.test_images, args)
+                                      if args.test_annotations else (None, None))
     except (OSError, ValueError, WeightsUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows = np.flatnonzero(cache.complete)
-    results = probe(cache.features[rows], [records[row].scene for row in rows])
+    results = probe(features, scenes, test_features=test_features, test_scenes=test_scenes)
     print(f"{'attribute':<28}{'value':>8}")
     for name, value in results.items():
         print(f"{name:<28}{value:>8.3f}" if isinstance(value, float) else f"{name:<28}{value:>8d}")
     if args.json:
-        write_json(args.json, {"annotations": args.annotations, "vgg_weights": args.vgg_weights,
+        write_json(args.json, {"annotations": args.annotations, "test_annotations": args.test_annotations,
+                               "vgg_weights": args.vgg_weights,
                                "image_size": args.image_size, "feature_layer": args.feature_layer, **results})
     return 0
+
+
+def _features_and_scenes(annotations: str, images: str, args) -> tuple[np.ndarray, list[dict]]:
+    """The cached features of a generated set's readable photos, and their scenes."""
+    records, _ = load_caption_files([annotations], [images])
+    if not records or not all(isinstance(record.scene, dict) for record in records):
+        raise ValueError(f"{annotations} has no hard.py scenes to probe (python demo.py --hard makes some).")
+    cache, _ = cached_features([record.path for record in records], args.vgg_weights, args.image_size,
+                               args.cache_dir, progress=not args.quiet,
+                               precision=runtime.extraction_precision(args.vgg_precision), layer=args.feature_layer)
+    rows = np.flatnonzero(cache.complete)
+    return cache.features[rows], [records[row].scene for row in rows]
 
 
 if __name__ == "__main__":

@@ -102,6 +102,28 @@ def test_the_probe_reads_what_the_features_hold():
     assert 0.3 < results["kind AUC, held-out kinds"] < 0.7
 
 
+def test_the_probe_scores_a_held_out_set_as_fitted_on_all_the_photos():
+    """Fitted on every photo and scored on another set: a set whose colour channels are shuffled reads at chance."""
+    rng = np.random.default_rng(1)
+
+    def features_of(scenes, channels):
+        features = rng.normal(size=(len(scenes), 2, 2, 16)).astype(np.float32)
+        for row, scene in enumerate(scenes):
+            for obj in scene["objects"]:
+                if not scene["greyscale"]:
+                    features[row, 0, 0, channels[list(hard.COLORS).index(obj["color"])]] += 5.0
+        return features
+
+    scenes, held_out = [hard.random_scene(rng) for _ in range(300)], [hard.random_scene(rng) for _ in range(120)]
+    same = probe.probe(features_of(scenes, range(8)), scenes, test_features=features_of(held_out, range(8)),
+                       test_scenes=held_out)
+    assert (same["photos fitted"], same["photos scored"]) == (300, 120)
+    assert same["color AUC"] > 0.95
+    shuffled = probe.probe(features_of(scenes, range(8)), scenes, test_features=features_of(held_out, range(8, 16)),
+                           test_scenes=held_out)
+    assert 0.35 < shuffled["color AUC"] < 0.65
+
+
 def test_pretraining_never_draws_the_held_out_kinds_or_backgrounds():
     import pretrain
 
@@ -120,3 +142,15 @@ def test_evaluation_reports_the_attributes_of_hard_scenes():
     assert result["every object right"] == 0.5 and result["kind"] == 0.5 and "scene accuracy" not in result
     table = format_table(result)
     assert "every object right" in table and "absent colour named" in table
+
+
+def test_probe_py_fits_on_the_training_photos_and_scores_a_held_out_set(hard_set, tmp_path):
+    report = tmp_path / "probe.json"
+    assert probe.main(["--annotations", str(hard_set / "captions_train.json"), "--images", str(hard_set / "train2014"),
+                       "--test-annotations", str(hard_set / "captions_val-unseen.json"),
+                       "--test-images", str(hard_set / "val-unseen2014"), "--image-size", "32",
+                       "--cache-dir", str(tmp_path / "cache"), "--json", str(report), "--quiet"]) == 0
+    results = json.loads(report.read_text())
+    assert (results["photos fitted"], results["photos scored"]) == (60, 30)
+    assert results["test_annotations"].endswith("captions_val-unseen.json")
+    assert 0.0 <= results["kind top-k"] <= 1.0 and 0.0 <= results["color AUC"] <= 1.0

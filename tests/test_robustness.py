@@ -83,7 +83,9 @@ def bad_cases(root):
                       ["--lm-weight", "x"]]
     demo_cases = [["--num-train", "-1"], ["--num-val", "x"], ["--seed", "-1"], ["--out", file], ["--templates", "bogus"]]
     probe_cases = [["--image-size", "1"], ["--annotations", missing], ["--images", file], ["--json", folder],
-                   ["--vgg-weights", "bogus"], ["--cache-dir", file], ["--vgg-precision", "bogus"]]
+                   ["--vgg-weights", "bogus"], ["--cache-dir", file], ["--vgg-precision", "bogus"],
+                   ["--test-annotations", str(root / "empty.json")], ["--test-images", folder],
+                   ["--test-annotations", missing, "--test-images", folder]]
     pretrain_cases = [["--epochs", "0"], ["--image-size", "8"], ["--out", str(root / "w.h5")], ["--out", folder],
                       ["--num-images", "1000000000"], ["--learning-rate", "0"], ["--batch-size", "0"],
                       ["--num-val", "0"], ["--steps", "0"], ["--precision", "bogus"], ["--num-images", "8"],
