@@ -101,6 +101,7 @@ class CaptionerConfig:
     weight_average: float = 0.0  # the kept model's weights: an average over training steps with this momentum; 0 = the last step's
     schedule: str = "constant"  # Adam's learning rate over the run: constant or cosine (SCHEDULES)
     flip: bool = False  # training: each caption, at random, of its photo mirrored left to right, ヒダリ and ミギ swapped
+    char_dropout: float = 0.0  # autoregressive models, training: the share of previous characters hidden from the decoder
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -130,6 +131,8 @@ class CaptionerConfig:
               f"{' or '.join(REFERENCES)} (likeliest with loss ctc)")
         check("lm_weight", is_number(self.lm_weight) and 0 <= self.lm_weight <= 10, "a number from 0 to 10")
         check("weight_average", is_number(self.weight_average) and 0 <= self.weight_average < 1,
+              "a number from 0 to below 1")
+        check("char_dropout", is_number(self.char_dropout) and 0 <= self.char_dropout < 1,
               "a number from 0 to below 1")
         check("schedule", self.schedule in SCHEDULES, " or ".join(SCHEDULES))
         check("flip", isinstance(self.flip, bool) and not (self.flip and self.references != "each"),
@@ -341,6 +344,21 @@ def build_image2text(config: CaptionerConfig, lstm_implementation: str = "auto")
     return keras.Model(features, probabilities, name="image2text")
 
 
+def previous_char_embedding(config: CaptionerConfig, previous):
+    """The embedded previous characters; with ``char_dropout``, in training, some hidden (their embedding zeroed).
+
+    Hiding whole characters (word dropout, Bowman et al. 2016) makes the
+    decoder lean on the image rather than on the characters it has written:
+    the colour it has just named must not decide the kind it names next.
+    Decoding (decoding.StepModels) reads the embedding layer directly.
+    """
+    embedded = layers.Embedding(config.num_classes, config.embedding_dim, name=CHAR_EMBEDDING)(previous)
+    if config.char_dropout:
+        embedded = layers.Dropout(config.char_dropout, noise_shape=(None, config.timesteps, 1), name="char_dropout")(
+            embedded)
+    return embedded
+
+
 def build_showtell(config: CaptionerConfig) -> keras.Model:
     """Show and Tell: the image initialises an LSTM that reads character t-1 and predicts character t.
 
@@ -355,7 +373,7 @@ def build_showtell(config: CaptionerConfig) -> keras.Model:
     x = layers.Dropout(config.dropout, name="image_dropout")(x)
     initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(x)  # (batch, units)
     initial_c = layers.Dense(config.units, activation="tanh", name="init_c")(x)  # (batch, units)
-    embedded = layers.Embedding(config.num_classes, config.embedding_dim, name=CHAR_EMBEDDING)(previous)  # (batch, 50, E)
+    embedded = previous_char_embedding(config, previous)  # (batch, 50, E)
     outputs, _, _ = layers.LSTM(config.units, return_sequences=True, return_state=True, name=DECODER,
                                 **runtime.lstm_options())(
         embedded, initial_state=[initial_h, initial_c]
@@ -458,7 +476,7 @@ def build_attention(config: CaptionerConfig) -> keras.Model:
     keys = layers.Dense(config.units, name="grid_keys")(values)  # (batch, cells, units)
     values = layers.Flatten(name="grid_values_flat")(values)  # (batch, cells * units): RNN states are flat
     keys = layers.Flatten(name="grid_keys_flat")(keys)
-    embedded = layers.Embedding(config.num_classes, config.embedding_dim, name=CHAR_EMBEDDING)(previous)  # (batch, 50, E)
+    embedded = previous_char_embedding(config, previous)  # (batch, 50, E)
     outputs, *_ = layers.RNN(
         AttentionLSTMCell(config.units, cells), return_sequences=True, return_state=True, name=DECODER
     )(embedded, initial_state=[initial_h, initial_c, values, keys])  # (batch, 50, 2 * units): [h, context]

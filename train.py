@@ -124,6 +124,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="mirror half the training captions' photos left to right, at random each epoch, with "
                               "ヒダリ (left) and ミギ (right) swapped in the caption; the mirrored photos' features "
                               "are cached once beside the others")
+    fitting.add_argument("--char-dropout", type=bounded_float(0, 0.9), default=CaptionerConfig.char_dropout,
+                         metavar="SHARE",
+                         help="attention and showtell: hide this share of the previous characters from the decoder "
+                              "in training (word dropout), so that it reads the photo rather than guessing from what "
+                              "it has written")
     fitting.add_argument("--self-critical", type=bounded_int(0, 10_000), default=0, metavar="EPOCHS",
                          help="after the cross-entropy epochs, this many epochs of self-critical sequence training "
                               "(attention and showtell): the model's sampled captions, rewarded by their CIDEr-D "
@@ -161,6 +166,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.self_critical and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--self-critical is for the autoregressive architectures (attention, showtell); {args.arch} "
                      f"writes every character at once")
+    if args.char_dropout and not ARCHITECTURES[args.arch].autoregressive:
+        parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell); {args.arch} "
+                     f"reads no previous characters")
     if args.flip and args.references != "each":
         parser.error("--flip is for --references each: likeliest-reference training does not mirror its references")
     if args.references != "each" and args.loss != "ctc":
@@ -181,7 +189,7 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            vgg_precision=args.vgg_precision, precision=args.precision,
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
-                           flip=args.flip)
+                           flip=args.flip, char_dropout=args.char_dropout)
 
 
 def train(args: argparse.Namespace) -> int:

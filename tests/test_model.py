@@ -354,3 +354,19 @@ def test_batches_are_float16_and_threads_keep_their_order():
         assert x1.dtype == np.float16
         np.testing.assert_array_equal(x1, x2), np.testing.assert_array_equal(p1, p2), np.testing.assert_array_equal(y1, y2)
         np.testing.assert_array_equal(x1, features[data.rows[single.order[index * 16 : (index + 1) * 16]]])
+
+
+@pytest.mark.parametrize("arch", ["attention", "showtell"])
+def test_char_dropout_hides_whole_previous_characters_in_training_only(arch):
+    config = small_config(arch=arch, timesteps=40, char_dropout=0.5)
+    model = build_model(config)
+    embedded = keras.Model(model.inputs, model.get_layer("char_dropout").output)
+    features = np.random.default_rng(0).random((8, *config.feature_shape), dtype=np.float32)
+    previous = np.random.default_rng(1).integers(1, 60, size=(8, config.timesteps))
+    trained = keras.ops.convert_to_numpy(embedded([features, previous], training=True))
+    hidden = (trained == 0).all(axis=-1)
+    assert 0.3 < hidden.mean() < 0.7  # whole characters, about half of them
+    assert not ((trained == 0) & ~hidden[..., None]).any()  # nothing else zeroed
+    read = keras.ops.convert_to_numpy(embedded([features, previous], training=False))
+    assert not (read == 0).all(axis=-1).any()
+    assert "char_dropout" not in [layer.name for layer in build_model(small_config(arch=arch)).layers]

@@ -66,8 +66,8 @@ def bad_cases(root):
         ("--distill-from", missing), ("--arch", "bogus"), ("--precision", "bogus"), ("--vgg-precision", "bogus"),
         ("--loss", "bogus"), ("--lm-weight", "-1"), ("--lm-weight", "nan"), ("--weight-average", "1"),
         ("--weight-average", "-0.5"), ("--keep-best", "bleu"), ("--references", "bogus"),
-        ("--schedule", "linear")]]
-    train_cases += [[*good, "--arch", "attention", "--loss", "ctc"], [*good, "--references", "likeliest"],
+        ("--schedule", "linear"), ("--char-dropout", "1"), ("--char-dropout", "-0.1")]]
+    train_cases += [[*good, "--arch", "image2text", "--char-dropout", "0.2"], [*good, "--arch", "attention", "--loss", "ctc"], [*good, "--references", "likeliest"],
                     [*good, "--arch", "image2text", "--references", "likeliest", "--flip"]]
     train_cases += [["--annotations", missing, "--images", folder], ["--annotations", "", "--images", folder],
                     ["--annotations", folder, "--images", folder], ["--annotations", str(root / "empty.json"),
@@ -229,7 +229,7 @@ def test_a_run_state_from_the_previous_version_resumes_keeping_the_lowest_loss(t
     ("image_size", 100000), ("timesteps", 100000), ("timesteps", 0), ("units", -4), ("arch", "transformer"),
     ("units", "16"), ("learning_rate", "fast"), ("image_size", True), ("dropout", 2), ("vgg_precision", "auto"),
     ("num_classes", 1), ("vocabulary", 5), ("weight_average", 1), ("references", "likeliest"), ("references", 3),
-    ("flip", "yes"), ("schedule", "linear"),
+    ("flip", "yes"), ("schedule", "linear"), ("char_dropout", 1.0), ("char_dropout", "0.2"),
 ])
 def test_a_config_field_out_of_range_is_named(tiny_run, tmp_path, field, value):
     out = tmp_path / "run"
