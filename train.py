@@ -100,6 +100,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--distill-from", metavar="RUN", type=existing_dir,
                        help="train on the captions a trained (autoregressive) run writes for each photo instead of "
                             "the human captions: sequence-level distillation, one consistent target per photo")
+    model.add_argument("--timesteps", type=bounded_int(*LIMITS["timesteps"]), default=CaptionerConfig.timesteps,
+                       help="characters per caption, the end class included (50, the card's): a longer caption is "
+                            "cut after its last clause that fits. The hard benchmark's captions of three or four "
+                            "objects run to 60-120 katakana; the model's time per step grows with it")
     model.add_argument("--units", type=bounded_int(*LIMITS["units"]), help=f"LSTM/Dense width [default: {DEFAULTS['units']}; the demo uses {DEMO_DEFAULTS['units']}]")
     fitting = parser.add_argument_group("training")
     fitting.add_argument("--epochs", type=bounded_int(1, 100_000),
@@ -184,7 +188,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def requested_config(args: argparse.Namespace) -> CaptionerConfig:
     """The model settings the command line asks for (``auto`` precisions still unresolved)."""
-    return CaptionerConfig(arch=args.arch, units=args.units, image_size=args.image_size,
+    return CaptionerConfig(arch=args.arch, units=args.units, timesteps=args.timesteps, image_size=args.image_size,
                            feature_layer=args.feature_layer, vgg_weights=args.vgg_weights,
                            vgg_precision=args.vgg_precision, precision=args.precision,
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,

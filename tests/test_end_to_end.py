@@ -156,6 +156,22 @@ def test_flip_caches_the_mirrored_photos_and_is_recorded(tiny_demo, tmp_path, ca
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 0
 
 
+def test_timesteps_and_char_dropout_are_recorded_and_kept_on_resume(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "short"
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--timesteps", 12,
+                                 "--char-dropout", 0.3)) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["timesteps"], config["char_dropout"]) == (12, 0.3)
+    assert "Captions longer than 11 characters were truncated" in capsys.readouterr().out
+    captioner = Captioner(out)
+    assert captioner.model.inputs[1].shape[1] == 12
+    photos = sorted((tiny_demo / "val2014").glob("*.jpg"))
+    assert all(len(caption.text) <= 11 for photo in photos for caption in captioner.caption_photo(photo).captions)
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 2, "--resume")) == 0
+    assert "Resuming with the run's own timesteps (12)" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["timesteps"] == 12
+
+
 def test_cosine_schedule_decays_over_the_epochs_asked_for_and_resumes_along_it(tiny_demo, tmp_path):
     out = tmp_path / "cosine"
     argv = train_argv(tiny_demo, out, tmp_path / "cache", "--schedule", "cosine", "--learning-rate", 0.01)

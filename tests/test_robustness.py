@@ -66,7 +66,8 @@ def bad_cases(root):
         ("--distill-from", missing), ("--arch", "bogus"), ("--precision", "bogus"), ("--vgg-precision", "bogus"),
         ("--loss", "bogus"), ("--lm-weight", "-1"), ("--lm-weight", "nan"), ("--weight-average", "1"),
         ("--weight-average", "-0.5"), ("--keep-best", "bleu"), ("--references", "bogus"),
-        ("--schedule", "linear"), ("--char-dropout", "1"), ("--char-dropout", "-0.1")]]
+        ("--schedule", "linear"), ("--char-dropout", "1"), ("--char-dropout", "-0.1"),
+        ("--timesteps", "1"), ("--timesteps", "100000")]]
     train_cases += [[*good, "--arch", "image2text", "--char-dropout", "0.2"], [*good, "--arch", "attention", "--loss", "ctc"], [*good, "--references", "likeliest"],
                     [*good, "--arch", "image2text", "--references", "likeliest", "--flip"]]
     train_cases += [["--annotations", missing, "--images", folder], ["--annotations", "", "--images", folder],
