@@ -32,8 +32,9 @@ from dataset import load_caption_files  # noqa: E402
 from decoding import BEAM_HELP, DECODE_METHODS, LM_WEIGHT_HELP, MAX_BEAM  # noqa: E402
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
-from kana import convert_captions  # noqa: E402
+from kana import clause_cut, convert_captions  # noqa: E402
 from metrics import format_table, score  # noqa: E402
+from model import LIMITS  # noqa: E402
 from plots import plot_samples  # noqa: E402
 
 SAMPLES_FILE = "samples.png"
@@ -60,7 +61,13 @@ def main(argv=None) -> int:
     parser.add_argument("--human", action="store_true",
                         help="no model: score each photo's first reference caption against its other references "
                              "(how well a person scores on the same metrics)")
+    parser.add_argument("--timesteps", type=bounded_int(*LIMITS["timesteps"]),
+                        help="with --human: cut each first caption as train.py --timesteps cuts training captions "
+                             "(after its last clause that fits in this minus one katakana): the most a model of that "
+                             "length learns by writing what people write")
     args = parser.parse_args(argv)
+    if args.timesteps and not args.human:
+        parser.error("--timesteps is for --human (a run's own caption length is in its config.json)")
     if args.annotations is None:
         demo_dir = demo.ensure_demo()
         args.annotations = [str(demo_dir / "captions_val.json")]
@@ -84,7 +91,8 @@ def human_ceiling(args) -> dict:
     if not keep:
         print("error: --human needs photos with at least two captions", file=sys.stderr)
         return {}
-    captions = [(references[index][0], True) for index in keep]
+    first = [references[index][0] for index in keep]
+    captions = [(clause_cut(caption, args.timesteps - 1) if args.timesteps else caption, True) for caption in first]
     result = score(captions, [references[index][1:] for index in keep], [records[index].scene for index in keep])
     result.pop("CIDEr-D per image")
     print(format_table(result))

@@ -172,6 +172,16 @@ def convert_captions(caption_lists, progress: bool = False) -> tuple[list[list[s
     return readings, num_dropped_chars, num_empty
 
 
+def clause_cut(caption: Sequence, max_length: int, marks=frozenset(CLAUSE_MARKS)) -> Sequence:
+    """``caption`` (characters or their indices) if it fits in ``max_length``; else cut after its last clause mark
+    (an item of ``marks``) that fits, or at ``max_length`` where none does."""
+    if len(caption) <= max_length:
+        return caption
+    kept = caption[:max_length]
+    last = max((position for position, item in enumerate(kept) if item in marks), default=None)
+    return kept if last is None else kept[: last + 1]
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
     """The characters the model writes; index 0 is the end class.
@@ -267,11 +277,7 @@ class Vocabulary:
         num_unknown = len(katakana) - len(indices)
         truncated = len(indices) > timesteps - 1
         encoded = np.full(timesteps, END, dtype=np.int32)
-        kept = indices[: timesteps - 1]
-        if truncated:
-            marks = {lookup[mark] for mark in CLAUSE_MARKS if mark in lookup}
-            last = max((position for position, index in enumerate(kept) if index in marks), default=None)
-            kept = kept if last is None else kept[: last + 1]
+        kept = clause_cut(indices, timesteps - 1, {lookup[mark] for mark in CLAUSE_MARKS if mark in lookup})
         encoded[: len(kept)] = kept
         return encoded, num_unknown, truncated
 

@@ -281,6 +281,10 @@ def test_human_ceiling_scores_references_against_each_other(tiny_demo, capsys):
     table = capsys.readouterr().out
     assert code == 0
     assert any(line.split() == ["scene", "accuracy", "1.000"] for line in table.splitlines())  # every one names its scene
+    code = evaluate.main(["--human", "--timesteps", "8", "--annotations", str(tiny_demo / "captions_val.json"),
+                          "--images", str(tiny_demo / "val2014")])
+    lengths = [float(line.split()[2]) for line in capsys.readouterr().out.splitlines() if line.startswith("mean length")]
+    assert code == 0 and lengths and lengths[0] <= 7  # each first caption cut as --timesteps 8 cuts training's
 
 
 def test_resume_continues_and_refuses_to_clobber(tiny_run, tiny_demo, tmp_path, capsys):

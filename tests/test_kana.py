@@ -1,7 +1,7 @@
 import pytest
 
 import kana
-from kana import END, Vocabulary, katakana_reading, number_to_kanji, text_to_katakana
+from kana import END, Vocabulary, clause_cut, katakana_reading, number_to_kanji, text_to_katakana
 
 
 @pytest.mark.parametrize(
@@ -70,6 +70,8 @@ def test_a_caption_over_the_limit_is_cut_after_its_last_clause_that_fits():
     assert truncated and vocabulary.decode(encoded) == ("ヒダリニマル、", True)
     encoded, _, _ = vocabulary.encode("ヒダリニマルミギニホシ", timesteps=5)  # no clause mark: cut at the limit
     assert vocabulary.decode(encoded) == ("ヒダリニ", True)
+    assert clause_cut("ヒダリニマル、ミギニホシ。", 9) == "ヒダリニマル、"  # the same cut, on the text itself
+    assert clause_cut("ヒダリニマル、ミギニホシ。", 13) == "ヒダリニマル、ミギニホシ。"
 
 
 def test_encode_decode_round_trip():

@@ -81,7 +81,7 @@ def bad_cases(root):
     evaluate_cases = [["--limit", "0"], ["--beam-size", "0"], ["--batch-size", "0"], ["--annotations", missing],
                       ["--annotations", str(root / "empty.json"), "--images", missing],
                       ["--out", file], ["--cache-dir", file], ["--decode", "bogus"], ["--model", ""],
-                      ["--lm-weight", "x"]]
+                      ["--lm-weight", "x"], ["--timesteps", "20"], ["--human", "--timesteps", "1"]]
     demo_cases = [["--num-train", "-1"], ["--num-val", "x"], ["--seed", "-1"], ["--out", file], ["--templates", "bogus"]]
     probe_cases = [["--image-size", "1"], ["--annotations", missing], ["--images", file], ["--json", folder],
                    ["--vgg-weights", "bogus"], ["--cache-dir", file], ["--vgg-precision", "bogus"],
