@@ -277,7 +277,8 @@ class Vocabulary:
         num_unknown = len(katakana) - len(indices)
         truncated = len(indices) > timesteps - 1
         encoded = np.full(timesteps, END, dtype=np.int32)
-        kept = clause_cut(indices, timesteps - 1, {lookup[mark] for mark in CLAUSE_MARKS if mark in lookup})
+        kept = clause_cut(indices, timesteps - 1, {lookup[mark] for mark in CLAUSE_MARKS if mark in lookup}) \
+            if truncated else indices
         encoded[: len(kept)] = kept
         return encoded, num_unknown, truncated
 
