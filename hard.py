@@ -120,7 +120,8 @@ def draw_scene(scene: dict, rng: np.random.Generator) -> Image.Image:
         mask = Image.new("L", (width, height))
         center = (obj["x"] * width, obj["y"] * height)
         _draw_kind(ImageDraw.Draw(mask), obj["kind"], center, obj["size"] * width / 2)
-        rgb = np.clip(np.array(COLORS[obj["color"]][0]) + rng.integers(-18, 19, 3), 0, 255)
+        base = obj["rgb"] if "rgb" in obj else COLORS[obj["color"]][0]  # pretrain.py draws some in other colours
+        rgb = np.clip(np.array(base) + rng.integers(-18, 19, 3), 0, 255)
         image.paste(tuple(int(value) for value in rgb), mask=mask)
     if scene["greyscale"]:
         image = image.convert("L").convert("RGB")

@@ -57,7 +57,7 @@ from tqdm import tqdm  # noqa: E402
 
 import hard  # noqa: E402
 import runtime  # noqa: E402
-from cli import HelpFormatter, bounded_int, file_path, positive_float, positive_int  # noqa: E402
+from cli import HelpFormatter, bounded_float, bounded_int, file_path, positive_float, positive_int  # noqa: E402
 from features import CAFFE_MEAN_BGR, SYNTHETIC_WEIGHTS, build_vgg16, letterbox, preprocess  # noqa: E402
 from fileio import atomic_path, write_json  # noqa: E402
 import probe  # noqa: E402
@@ -102,26 +102,55 @@ def scene_targets(scenes: list[dict], targets: str = "thirds") -> dict[str, np.n
     return {"where": where, "present": present, "count": counts}
 
 
-def draw_scenes(seeds: range, image_size: int, held_out: bool = False) -> tuple[np.ndarray, list[dict]]:
+def nearest_color(rgb) -> str:
+    """The palette colour (hard.COLORS) nearest to ``rgb``."""
+    return min(hard.COLORS, key=lambda name: sum((a - b) ** 2 for a, b in zip(hard.COLORS[name][0], rgb)))
+
+
+def recolor(scene: dict, rng: np.random.Generator, share: float) -> dict:
+    """``scene`` with a ``share`` of its objects drawn in a random colour (an ``rgb`` of their own).
+
+    A kind then cannot be learnt through the palette colours it comes in. No
+    object is given a colour nearest to one that a held-out pair
+    (hard.UNSEEN_PAIRS) gives its kind: the pairs stay unseen.
+    """
+    for obj in scene["objects"]:
+        if rng.random() < share:
+            while (nearest_color(rgb := [int(v) for v in rng.integers(0, 256, 3)]), obj["kind"]) in hard.UNSEEN_PAIRS:
+                pass
+            obj["rgb"] = rgb
+    return scene
+
+
+def draw_scenes(seeds: range, image_size: int, held_out: bool = False, hues: float = 0.0,
+                greyscale: float = 0.0) -> tuple[np.ndarray, list[dict]]:
     """Scenes letterboxed to ``image_size``: uint8 images and their scene descriptions.
 
-    Training scenes (``held_out`` False) are in colour and never show the
-    kinds, backgrounds and colour-kind pairs held out; the probe's scenes
-    (``held_out`` True) draw every kind and background, one in ten greyscale.
+    Training scenes (``held_out`` False) never show the kinds, backgrounds and
+    colour-kind pairs held out; a ``hues`` share of their objects is drawn in
+    random colours (``recolor``) and a ``greyscale`` share of them in grey. The
+    probe's scenes (``held_out`` True) draw every kind and background, one in
+    ten greyscale, in the palette's colours.
     """
     images = np.zeros((len(seeds), image_size, image_size, 3), np.uint8)
     scenes = []
     for index, seed in enumerate(seeds):
         rng = np.random.default_rng([PROBE_SEED if held_out else PRETRAIN_SEED, seed])
-        scene = hard.random_scene(rng) if held_out else {
-            **hard.random_scene(rng, kinds=KINDS, backgrounds=BACKGROUNDS), "greyscale": False}
+        if held_out:
+            scene = hard.random_scene(rng)
+        else:
+            scene = {**hard.random_scene(rng, kinds=KINDS, backgrounds=BACKGROUNDS), "greyscale": False}
+            if greyscale:  # only then: the default recipe's scenes stay the ones it was measured on
+                scene["greyscale"] = bool(rng.random() < greyscale)
+            if hues:
+                recolor(scene, rng, hues)
         images[index] = np.asarray(letterbox(hard.draw_scene(scene, rng), image_size))
         scenes.append(scene)
     return images, scenes
 
 
 def make_scenes(num_images: int, image_size: int, first_seed: int = 0, progress: bool = True,
-                held_out: bool = False) -> tuple[np.ndarray, list[dict]]:
+                held_out: bool = False, hues: float = 0.0, greyscale: float = 0.0) -> tuple[np.ndarray, list[dict]]:
     """``num_images`` scenes (see ``draw_scenes``), drawn in parallel processes when there are many.
 
     The workers start by importing the main module, as Python's own do: a
@@ -131,13 +160,14 @@ def make_scenes(num_images: int, image_size: int, first_seed: int = 0, progress:
               for start in range(first_seed, first_seed + num_images, CHUNK)]
     workers = min(os.cpu_count() or 1, len(chunks))
     if workers == 1:
-        return draw_scenes(range(first_seed, first_seed + num_images), image_size, held_out)
+        return draw_scenes(range(first_seed, first_seed + num_images), image_size, held_out, hues, greyscale)
     images = np.zeros((num_images, image_size, image_size, 3), np.uint8)
     scenes: list[dict] = []
     # forkserver: the workers are not forked from a process whose backend may already run threads
     context = multiprocessing.get_context("forkserver")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        drawn = pool.map(draw_scenes, chunks, [image_size] * len(chunks), [held_out] * len(chunks))
+        repeat = lambda value: [value] * len(chunks)  # noqa: E731
+        drawn = pool.map(draw_scenes, chunks, repeat(image_size), repeat(held_out), repeat(hues), repeat(greyscale))
         for chunk, (chunk_images, chunk_scenes) in zip(chunks, tqdm(drawn, total=len(chunks), unit="chunk",
                                                                      desc="drawing", disable=not progress)):
             images[chunk.start - first_seed : chunk.stop - first_seed] = chunk_images
@@ -185,9 +215,12 @@ def crop_targets(scene: dict, image_size: int, crop: tuple[int, int, int], targe
     A name is shown (1) when at least half of some object's bounding square
     that carries it is inside the crop, absent (0) when no object that carries
     it reaches into the crop; an object cut by the crop's edge makes its names
-    unknown, and the loss skips them.
+    unknown, and the loss skips them. In a greyscale scene every colour and
+    pair is unknown; an object drawn in a random colour (``recolor``) makes
+    every colour and pair that no other object shows unknown.
     """
     names = {name: index for index, name in enumerate(target_names(targets))}
+    colored = np.array([index for name, index in names.items() if name not in KINDS])
     values = np.zeros(len(names), np.float32)
     left, top, side = crop
     for obj, (x0, y0, x1, y1) in zip(scene["objects"], object_boxes(scene, image_size)):
@@ -195,9 +228,14 @@ def crop_targets(scene: dict, image_size: int, crop: tuple[int, int, int], targe
         shown = inside / max((x1 - x0) * (y1 - y0), 1e-6)
         if shown <= 0:
             continue
-        for name in (obj["color"], obj["kind"], f"{obj['color']}-{obj['kind']}"):
+        palette = "rgb" not in obj
+        for name in (obj["color"], obj["kind"], f"{obj['color']}-{obj['kind']}") if palette else (obj["kind"],):
             if name in names:
                 values[names[name]] = 1.0 if shown >= 0.5 or values[names[name]] == 1 else -1.0
+        if not palette:
+            values[colored] = np.where(values[colored] == 1, 1.0, -1.0)
+    if scene.get("greyscale"):
+        values[colored] = -1.0
     return values
 
 
@@ -374,6 +412,12 @@ def main(argv=None) -> int:
                              "as big as at that size, for less arithmetic), learning what each shows through the "
                              "presence head; 0: whole scenes (the 96 px recipe, --crop 0 --image-size 96 --targets thirds "
                              "--learning-rate 3e-4 --epochs 4, saw kinds less well: docs/hard-benchmark.md)")
+    parser.add_argument("--hues", type=bounded_float(0, 1), default=0.0, metavar="SHARE",
+                        help="draw this share of the training objects in random colours (never one nearest a colour "
+                             "that a held-out pair gives the kind), so that no kind is learnt through its colours; "
+                             "their colour is not a target (crops only)")
+    parser.add_argument("--greyscale", type=bounded_float(0, 1), default=0.0, metavar="SHARE",
+                        help="draw this share of the training scenes in grey, where only kinds are targets (crops only)")
     parser.add_argument("--presence-head", action="store_true", help="also learn, linearly from pool5's maximum over the grid, what is anywhere in the photo")
     parser.add_argument("--precision", choices=runtime.TRAINING_PRECISIONS, default="float32",
                         help="as train.py's; float32 by default: mixed bfloat16 trained this network 2.2x slower "
@@ -391,6 +435,8 @@ def main(argv=None) -> int:
     if args.crop and not 32 <= args.crop <= args.image_size:
         parser.error(f"--crop ({args.crop}) must be from 32 (pool5's cell) to --image-size ({args.image_size}) pixels, "
                      "or 0 for whole scenes")
+    if (args.hues or args.greyscale) and not args.crop:
+        parser.error("--hues and --greyscale need crops (--crop above 0): whole scenes' targets always name colours")
     out = Path(args.out)
     if not out.name.endswith(".weights.h5"):
         parser.error("--out must end in .weights.h5 (Keras' weights-only format)")
@@ -410,8 +456,10 @@ def pretrain(args: argparse.Namespace, out: Path) -> int:
     runtime.keep_freed_memory()
     start = time.perf_counter()
     print(f"Drawing {args.num_images} + {args.num_val} scenes at {args.image_size} px...", flush=True)
-    train_images, train_scenes = make_scenes(args.num_images, args.image_size)
-    val_images, val_scenes = make_scenes(args.num_val, args.image_size, first_seed=args.num_images, progress=False)
+    drawing = {"hues": args.hues, "greyscale": args.greyscale}
+    train_images, train_scenes = make_scenes(args.num_images, args.image_size, **drawing)
+    val_images, val_scenes = make_scenes(args.num_val, args.image_size, first_seed=args.num_images, progress=False,
+                                         **drawing)
     drawn = time.perf_counter()
     keras.utils.set_random_seed(0)
     with runtime.dtype_policy(runtime.training_precision(args.precision)):

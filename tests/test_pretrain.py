@@ -104,6 +104,37 @@ def test_a_crop_shows_what_is_mostly_inside_it_and_leaves_cut_objects_unknown():
     assert said((60, 100, 50)) == {1: set(), -1: set()}  # nothing there: every name is absent
 
 
+def test_an_object_in_a_random_colour_or_a_grey_scene_teaches_its_kind_and_no_colour():
+    names = pretrain.target_names("pairs")
+    said = lambda scene, crop: {value: {n for n, v in zip(names, pretrain.crop_targets(scene, 160, crop)) if v == value}  # noqa: E731
+                                for value in (1, -1)}
+    colours = set(hard.COLORS) | {name for name in names if "-" in name}
+    recoloured = {**SCENE, "objects": [{**SCENE["objects"][0], "rgb": [10, 200, 200]}, SCENE["objects"][1]]}
+    assert said(recoloured, (0, 40, 64)) == {1: {"star"}, -1: colours}
+    # the other object still names its colour and pair; the rest stay unknown
+    assert said(recoloured, (0, 40, 160)) == {1: {"star", "blue", "blue-star"}, -1: colours - {"blue", "blue-star"}}
+    assert said({**SCENE, "greyscale": True}, (0, 40, 160)) == {1: {"star"}, -1: colours}
+
+
+def test_random_colours_and_grey_scenes_are_drawn_on_request_and_keep_the_held_out_pairs_unseen():
+    images, scenes = pretrain.draw_scenes(range(120), 32, hues=0.5, greyscale=0.2)
+    objects = [obj for scene in scenes for obj in scene["objects"]]
+    recoloured = [obj for obj in objects if "rgb" in obj]
+    assert 0.3 < len(recoloured) / len(objects) < 0.7 and 0.1 < np.mean([scene["greyscale"] for scene in scenes]) < 0.3
+    assert not {(pretrain.nearest_color(obj["rgb"]), obj["kind"]) for obj in recoloured} & hard.UNSEEN_PAIRS
+    grey = [index for index, scene in enumerate(scenes) if scene["greyscale"]]
+    assert (images[grey, ..., 0] == images[grey, ..., 1]).all()
+    plain, _ = pretrain.draw_scenes(range(10), 32)
+    np.testing.assert_array_equal(plain, pretrain.draw_scenes(range(10), 32, hues=0.0, greyscale=0.0)[0])
+
+
+def test_recolouring_needs_crops():
+    import pytest
+
+    with pytest.raises(SystemExit):
+        pretrain.main(["--crop", "0", "--hues", "0.5"])
+
+
 def test_crop_batches_cut_fresh_crops_each_epoch_and_the_same_ones_for_validation():
     images, scenes = pretrain.make_scenes(40, 96, progress=False)
     batches = pretrain.CropBatches(images, scenes, 48, 8, "pairs", shuffle=True)
