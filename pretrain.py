@@ -102,9 +102,9 @@ def scene_targets(scenes: list[dict], targets: str = "thirds") -> dict[str, np.n
     return {"where": where, "present": present, "count": counts}
 
 
-def nearest_color(rgb) -> str:
-    """The palette colour (hard.COLORS) nearest to ``rgb``."""
-    return min(hard.COLORS, key=lambda name: sum((a - b) ** 2 for a, b in zip(hard.COLORS[name][0], rgb)))
+def nearest_colors(rgb, count: int = 1) -> list[str]:
+    """The ``count`` palette colours (hard.COLORS) nearest to ``rgb``, nearest first."""
+    return sorted(hard.COLORS, key=lambda name: sum((a - b) ** 2 for a, b in zip(hard.COLORS[name][0], rgb)))[:count]
 
 
 def recolor(scene: dict, rng: np.random.Generator, share: float) -> dict:
@@ -116,7 +116,7 @@ def recolor(scene: dict, rng: np.random.Generator, share: float) -> dict:
     """
     for obj in scene["objects"]:
         if rng.random() < share:
-            while (nearest_color(rgb := [int(v) for v in rng.integers(0, 256, 3)]), obj["kind"]) in hard.UNSEEN_PAIRS:
+            while (nearest_colors(rgb := [int(v) for v in rng.integers(0, 256, 3)])[0], obj["kind"]) in hard.UNSEEN_PAIRS:
                 pass
             obj["rgb"] = rgb
     return scene
@@ -216,11 +216,11 @@ def crop_targets(scene: dict, image_size: int, crop: tuple[int, int, int], targe
     that carries it is inside the crop, absent (0) when no object that carries
     it reaches into the crop; an object cut by the crop's edge makes its names
     unknown, and the loss skips them. In a greyscale scene every colour and
-    pair is unknown; an object drawn in a random colour (``recolor``) makes
-    every colour and pair that no other object shows unknown.
+    pair is unknown. An object drawn in a random colour (``recolor``) shows
+    its kind; the two palette colours nearest to its colour (and their pairs
+    with its kind) are unknown, and it shows no other colour.
     """
     names = {name: index for index, name in enumerate(target_names(targets))}
-    colored = np.array([index for name, index in names.items() if name not in KINDS])
     values = np.zeros(len(names), np.float32)
     left, top, side = crop
     for obj, (x0, y0, x1, y1) in zip(scene["objects"], object_boxes(scene, image_size)):
@@ -228,14 +228,19 @@ def crop_targets(scene: dict, image_size: int, crop: tuple[int, int, int], targe
         shown = inside / max((x1 - x0) * (y1 - y0), 1e-6)
         if shown <= 0:
             continue
-        palette = "rgb" not in obj
-        for name in (obj["color"], obj["kind"], f"{obj['color']}-{obj['kind']}") if palette else (obj["kind"],):
+        if "rgb" in obj:
+            near = [name for color in nearest_colors(obj["rgb"], 2) for name in (color, f"{color}-{obj['kind']}")]
+            for name in near:
+                if name in names and values[names[name]] != 1:
+                    values[names[name]] = -1.0
+            shows = (obj["kind"],)
+        else:
+            shows = (obj["color"], obj["kind"], f"{obj['color']}-{obj['kind']}")
+        for name in shows:
             if name in names:
                 values[names[name]] = 1.0 if shown >= 0.5 or values[names[name]] == 1 else -1.0
-        if not palette:
-            values[colored] = np.where(values[colored] == 1, 1.0, -1.0)
     if scene.get("greyscale"):
-        values[colored] = -1.0
+        values[[index for name, index in names.items() if name not in KINDS]] = -1.0
     return values
 
 

@@ -108,11 +108,13 @@ def test_an_object_in_a_random_colour_or_a_grey_scene_teaches_its_kind_and_no_co
     names = pretrain.target_names("pairs")
     said = lambda scene, crop: {value: {n for n, v in zip(names, pretrain.crop_targets(scene, 160, crop)) if v == value}  # noqa: E731
                                 for value in (1, -1)}
+    teal = {**SCENE, "objects": [{**SCENE["objects"][0], "rgb": [10, 200, 200]}, SCENE["objects"][1]]}
+    assert pretrain.nearest_colors([10, 200, 200], 2) == ["blue", "green"]
+    # the star shows its kind; the palette colours nearest to teal are unknown, and it is not red
+    assert said(teal, (0, 40, 64)) == {1: {"star"}, -1: {"blue", "green", "blue-star", "green-star"}}
+    # the blue star beside it still shows its colour
+    assert said(teal, (0, 40, 160)) == {1: {"star", "blue", "blue-star"}, -1: {"green", "green-star"}}
     colours = set(hard.COLORS) | {name for name in names if "-" in name}
-    recoloured = {**SCENE, "objects": [{**SCENE["objects"][0], "rgb": [10, 200, 200]}, SCENE["objects"][1]]}
-    assert said(recoloured, (0, 40, 64)) == {1: {"star"}, -1: colours}
-    # the other object still names its colour and pair; the rest stay unknown
-    assert said(recoloured, (0, 40, 160)) == {1: {"star", "blue", "blue-star"}, -1: colours - {"blue", "blue-star"}}
     assert said({**SCENE, "greyscale": True}, (0, 40, 160)) == {1: {"star"}, -1: colours}
 
 
@@ -121,7 +123,7 @@ def test_random_colours_and_grey_scenes_are_drawn_on_request_and_keep_the_held_o
     objects = [obj for scene in scenes for obj in scene["objects"]]
     recoloured = [obj for obj in objects if "rgb" in obj]
     assert 0.3 < len(recoloured) / len(objects) < 0.7 and 0.1 < np.mean([scene["greyscale"] for scene in scenes]) < 0.3
-    assert not {(pretrain.nearest_color(obj["rgb"]), obj["kind"]) for obj in recoloured} & hard.UNSEEN_PAIRS
+    assert not {(pretrain.nearest_colors(obj["rgb"])[0], obj["kind"]) for obj in recoloured} & hard.UNSEEN_PAIRS
     grey = [index for index, scene in enumerate(scenes) if scene["greyscale"]]
     assert (images[grey, ..., 0] == images[grey, ..., 1]).all()
     plain, _ = pretrain.draw_scenes(range(10), 32)
