@@ -19,6 +19,11 @@ Greyscale photos and the colour–kind pairs the benchmark holds out
 (hard.UNSEEN_PAIRS) are never drawn; nor are two kinds
 (hard.FEATURE_HELD_OUT_KINDS) and one background, the sky, so that probe.py
 can show whether the features see shapes and scenes they never trained on.
+``--hues`` draws a share of the objects in random colours (their kind is a
+target, their colour is not) and ``--greyscale`` a share of the scenes in
+grey, so that no kind is learnt through the colours it comes in; at the
+default's steps that recipe learns kinds far more slowly
+(docs/hard-benchmark.md).
 
 It trains VGG16 with batch normalisation after each convolution (plain VGG16
 learns slowly from scratch), with Adam and a cosine-decaying learning rate,
