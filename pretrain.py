@@ -15,8 +15,8 @@ its grid. An object cut so that less than half of it is inside the square
 is left out of the loss. Squares show objects as big as the captioner sees
 them, for a fifth of the arithmetic of whole scenes. Its weights are then
 frozen like the ImageNet ones and read by train.py as a local weights file.
-Greyscale photos and the colour–kind pairs the benchmark holds out
-(hard.UNSEEN_PAIRS) are never drawn; nor are two kinds
+By default greyscale photos are never drawn; the colour–kind pairs the
+benchmark holds out (hard.UNSEEN_PAIRS) never are; nor are two kinds
 (hard.FEATURE_HELD_OUT_KINDS) and one background, the sky, so that probe.py
 can show whether the features see shapes and scenes they never trained on.
 ``--hues`` draws a share of the objects in random colours (their kind is a
