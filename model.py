@@ -73,6 +73,10 @@ REFERENCES = ("each", "likeliest")
 SCHEDULES = ("constant", "cosine")
 FINAL_LEARNING_RATE = 0.01
 
+# What the autoregressive models' initial state is made from: the flattened grid (Show and Tell's: a weight per cell
+# and channel), or the grid's mean and maximum over its cells (the probe's view: an object is seen alike in any cell).
+INITIAL_STATES = ("flatten", "pooled")
+
 # Old names of architectures, still read from config.json and --arch.
 ARCHITECTURE_ALIASES = {"seed": "image2text"}
 
@@ -102,6 +106,8 @@ class CaptionerConfig:
     schedule: str = "constant"  # Adam's learning rate over the run: constant or cosine (SCHEDULES)
     flip: bool = False  # training: each caption, at random, of its photo mirrored left to right, ヒダリ and ミギ swapped
     char_dropout: float = 0.0  # autoregressive models, training: the share of previous characters hidden from the decoder
+    initial_state: str = "flatten"  # autoregressive models: the decoder's initial state from the grid (INITIAL_STATES)
+    grid_positions: bool = False  # attention: a learnt vector per grid cell added to what it attends over
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -135,10 +141,16 @@ class CaptionerConfig:
         check("char_dropout", is_number(self.char_dropout) and 0 <= self.char_dropout < 1,
               "a number from 0 to below 1")
         check("schedule", self.schedule in SCHEDULES, " or ".join(SCHEDULES))
+        check("initial_state", self.initial_state in INITIAL_STATES, " or ".join(INITIAL_STATES))
         check("flip", isinstance(self.flip, bool) and not (self.flip and self.references != "each"),
               "true or false (false with references likeliest)")
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
+        check("initial_state", autoregressive or self.initial_state == "flatten",
+              f"flatten for {self.arch} (its layers are the card's)")
+        check("grid_positions", isinstance(self.grid_positions, bool) and (self.arch == "attention"
+                                                                           or not self.grid_positions),
+              f"true or false (false for {self.arch}: only attention attends over the grid)")
         if self.decoding is None:
             self.decoding = "beam" if autoregressive else "ctc-lm" if self.loss == "ctc" else "argmax"
         allowed = ("beam",) if autoregressive else ("ctc-lm", "ctc") if self.loss == "ctc" else ("argmax", "collapse")
@@ -359,6 +371,24 @@ def previous_char_embedding(config: CaptionerConfig, previous):
     return embedded
 
 
+def initial_state(config: CaptionerConfig, grid):
+    """The decoder's initial ``h`` and ``c``, each ``(batch, units)``, from the (normalised) feature grid.
+
+    ``flatten`` (Show and Tell's) gives each cell's channels weights of their
+    own, so an object is learnt anew in every cell it may sit in; ``pooled``
+    reads the grid's mean and maximum over its cells, as probe.py does, so an
+    object is seen alike wherever it is (where it is, the attention finds).
+    """
+    if config.initial_state == "pooled":
+        summary = layers.Concatenate(name="grid_summary")([layers.GlobalAveragePooling2D(name="grid_mean")(grid),
+                                                           layers.GlobalMaxPooling2D(name="grid_max")(grid)])
+    else:
+        summary = layers.Flatten(name="flatten")(grid)  # (batch, cells * 512)
+    initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(summary)
+    initial_c = layers.Dense(config.units, activation="tanh", name="init_c")(summary)
+    return initial_h, initial_c
+
+
 def build_showtell(config: CaptionerConfig) -> keras.Model:
     """Show and Tell: the image initialises an LSTM that reads character t-1 and predicts character t.
 
@@ -369,10 +399,8 @@ def build_showtell(config: CaptionerConfig) -> keras.Model:
     features = keras.Input(shape=config.feature_shape, name="features")  # (batch, 4, 4, 512)
     previous = keras.Input(shape=(config.timesteps,), dtype="int32", name="previous_chars")  # (batch, 50)
     x = layers.Normalization(axis=(1, 2, 3), name=FEATURE_NORM)(features)  # per-feature standardisation
-    x = layers.Flatten(name="flatten")(x)  # (batch, 8192)
     x = layers.Dropout(config.dropout, name="image_dropout")(x)
-    initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(x)  # (batch, units)
-    initial_c = layers.Dense(config.units, activation="tanh", name="init_c")(x)  # (batch, units)
+    initial_h, initial_c = initial_state(config, x)
     embedded = previous_char_embedding(config, previous)  # (batch, 50, E)
     outputs, _, _ = layers.LSTM(config.units, return_sequences=True, return_state=True, name=DECODER,
                                 **runtime.lstm_options())(
@@ -420,6 +448,24 @@ class GridAttention(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="captioner")
+class GridPositions(layers.Layer):
+    """Adds a learnt vector to each cell of a ``(batch, cells, width)`` grid: where the cell is.
+
+    Attention over the grid otherwise sees what is in a cell but not where the
+    cell is (the cells share their projections), so a caption that names
+    objects left to right can only find "the object on the left" through
+    whatever position the features happen to carry.
+    """
+
+    def build(self, input_shape):
+        self.positions = self.add_weight(shape=tuple(input_shape[1:]), name="positions",
+                                         initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+    def call(self, grid):
+        return grid + ops.cast(self.positions, grid.dtype)
+
+
+@keras.saving.register_keras_serializable(package="captioner")
 class AttentionLSTMCell(layers.Layer):
     """One Show-Attend-and-Tell step: attend with h(t-1), then run an LSTM cell on [character, context].
 
@@ -458,9 +504,10 @@ class AttentionLSTMCell(layers.Layer):
 def build_attention(config: CaptionerConfig) -> keras.Model:
     """Show, Attend and Tell: Show and Tell plus soft attention over the pool5 grid at every step.
 
-    The initial state comes from the whole flattened grid, as in showtell, so
-    the model starts from what Show and Tell knows; attention adds a look at
-    one region per character (which ``predict.py --attention`` can draw).
+    The initial state comes from the grid as in showtell (``initial_state``),
+    so the model starts from what Show and Tell knows; attention adds a look at
+    one region per character (which ``predict.py --attention`` can draw). With
+    ``grid_positions`` each cell's projection carries where the cell is.
     """
     rows, cols, channels = config.feature_shape
     cells = rows * cols
@@ -468,11 +515,11 @@ def build_attention(config: CaptionerConfig) -> keras.Model:
     previous = keras.Input(shape=(config.timesteps,), dtype="int32", name="previous_chars")  # (batch, 50)
     x = layers.Normalization(axis=(1, 2, 3), name=FEATURE_NORM)(features)
     x = layers.Dropout(config.dropout, name="image_dropout")(x)
-    flat = layers.Flatten(name="flatten")(x)  # (batch, cells * 512)
-    initial_h = layers.Dense(config.units, activation="tanh", name="init_h")(flat)  # (batch, units)
-    initial_c = layers.Dense(config.units, activation="tanh", name="init_c")(flat)  # (batch, units)
+    initial_h, initial_c = initial_state(config, x)
     grid = layers.Reshape((cells, channels), name="grid")(x)  # (batch, cells, 512)
     values = layers.Dense(config.units, name="grid_values")(grid)  # (batch, cells, units)
+    if config.grid_positions:
+        values = GridPositions(name="grid_positions")(values)  # keys and context then say where, too
     keys = layers.Dense(config.units, name="grid_keys")(values)  # (batch, cells, units)
     values = layers.Flatten(name="grid_values_flat")(values)  # (batch, cells * units): RNN states are flat
     keys = layers.Flatten(name="grid_keys_flat")(keys)

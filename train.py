@@ -31,8 +31,8 @@ from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existi
                  positive_float, positive_int, vgg_weights)
 from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
-from model import (ARCHITECTURES, FINAL_LEARNING_RATE, LIMITS, LOSSES, REFERENCES, SCHEDULES,  # noqa: E402
-                   CaptionerConfig, architecture_name)
+from model import (ARCHITECTURES, FINAL_LEARNING_RATE, INITIAL_STATES, LIMITS, LOSSES, REFERENCES,  # noqa: E402
+                   SCHEDULES, CaptionerConfig, architecture_name)
 
 # Real data: the original's width and ImageNet VGG16, as CaptionerConfig's defaults say.
 DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weights=CaptionerConfig.vgg_weights,
@@ -105,6 +105,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "cut after its last clause that fits. The hard benchmark's captions of three or four "
                             "objects run to 60-120 katakana; the model's time per step grows with it")
     model.add_argument("--units", type=bounded_int(*LIMITS["units"]), help=f"LSTM/Dense width [default: {DEFAULTS['units']}; the demo uses {DEMO_DEFAULTS['units']}]")
+    model.add_argument("--initial-state", choices=INITIAL_STATES, default=CaptionerConfig.initial_state,
+                       help="attention and showtell: the decoder's initial state from the flattened grid (Show and "
+                            "Tell's: weights of its own for each cell) or from the grid's mean and maximum over its "
+                            "cells (pooled: an object is seen alike in any cell)")
+    model.add_argument("--grid-positions", action="store_true",
+                       help="attention: add a learnt vector per grid cell to what it attends over, so its context "
+                            "says where a cell is (captions that name objects left to right)")
+    model.add_argument("--dropout", type=bounded_float(0, 0.9), default=CaptionerConfig.dropout, metavar="SHARE",
+                       help="attention and showtell: dropout on the image features and on the decoder's outputs")
     fitting = parser.add_argument_group("training")
     fitting.add_argument("--epochs", type=bounded_int(1, 100_000),
                          help=f"the total number of epochs [default: {DEFAULTS['epochs']}; the demo uses "
@@ -173,6 +182,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.char_dropout and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell); {args.arch} "
                      f"reads no previous characters")
+    if args.dropout != CaptionerConfig.dropout and not ARCHITECTURES[args.arch].autoregressive:
+        parser.error(f"--dropout is for the autoregressive architectures (attention, showtell); {args.arch} has none")
+    if args.initial_state != "flatten" and not ARCHITECTURES[args.arch].autoregressive:
+        parser.error(f"--initial-state is for the autoregressive architectures (attention, showtell); {args.arch} "
+                     f"keeps the card's layers")
+    if args.grid_positions and args.arch != "attention":
+        parser.error(f"--grid-positions is for --arch attention; {args.arch} attends over no grid")
     if args.flip and args.references != "each":
         parser.error("--flip is for --references each: likeliest-reference training does not mirror its references")
     if args.references != "each" and args.loss != "ctc":
@@ -193,7 +209,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            vgg_precision=args.vgg_precision, precision=args.precision,
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
-                           flip=args.flip, char_dropout=args.char_dropout)
+                           flip=args.flip, char_dropout=args.char_dropout, initial_state=args.initial_state,
+                           dropout=args.dropout, grid_positions=args.grid_positions)
 
 
 def train(args: argparse.Namespace) -> int:

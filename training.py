@@ -160,7 +160,8 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
             f"and feature layer ({config.feature_layer}).")
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
-    for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "char_dropout"):
+    for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "char_dropout",
+                 "initial_state", "dropout", "grid_positions"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config

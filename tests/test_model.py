@@ -370,3 +370,44 @@ def test_char_dropout_hides_whole_previous_characters_in_training_only(arch):
     read = keras.ops.convert_to_numpy(embedded([features, previous], training=False))
     assert not (read == 0).all(axis=-1).any()
     assert "char_dropout" not in [layer.name for layer in build_model(small_config(arch=arch)).layers]
+
+
+@pytest.mark.parametrize("arch", ["attention", "showtell"])
+def test_a_pooled_initial_state_sees_an_object_alike_in_any_cell(arch):
+    """--initial-state pooled: the initial state reads the grid's mean and maximum, so moving what a cell holds to
+    another cell leaves it unchanged; the flattened grid's does not."""
+    def initial_h(initial_state, features):
+        sample = np.random.default_rng(2).normal(size=(16, 1, 1, 512)) * np.ones((1, 4, 4, 1))  # alike in every cell
+        model = build_model(small_config(arch=arch, image_size=150, initial_state=initial_state), sample)
+        return keras.ops.convert_to_numpy(keras.Model(model.inputs, model.get_layer("init_h").output)(
+            [features, np.zeros((2, model.inputs[1].shape[1]), "int32")]))
+
+    grid = np.random.default_rng(0).normal(size=(1, 4, 4, 512)).astype("float32")
+    moved = np.roll(grid, (1, 2), axis=(1, 2))  # every cell's features in another cell
+    features = np.concatenate([grid, moved])
+    pooled = initial_h("pooled", features)
+    np.testing.assert_allclose(pooled[0], pooled[1], atol=1e-5)
+    flat = initial_h("flatten", features)
+    assert np.abs(flat[0] - flat[1]).max() > 1e-2
+    with pytest.raises(ValueError, match="initial_state"):
+        small_config(arch="image2text", initial_state="pooled")
+
+
+def test_grid_positions_tell_the_attention_where_a_cell_is(tmp_path):
+    """--grid-positions: with the same features in every cell, the cells the attention reads differ by where they are
+    (without, they are identical); the learnt positions survive saving."""
+    features = np.random.default_rng(0).normal(size=(2, 1, 1, 512)) * np.ones((1, 4, 4, 1), "float32")
+    previous = np.zeros((2, 50), "int32")
+
+    def cells(model):
+        values = keras.Model(model.inputs, model.get_layer("grid_values_flat").output)([features, previous])
+        return keras.ops.convert_to_numpy(values).reshape(2, 16, -1)
+
+    plain = build_model(small_config(arch="attention", image_size=150), features)
+    assert np.abs(cells(plain) - cells(plain)[:, :1]).max() < 1e-5
+    model = build_model(small_config(arch="attention", image_size=150, grid_positions=True), features)
+    assert np.abs(cells(model) - cells(model)[:, :1]).max() > 1e-2
+    model.save(tmp_path / "model.keras")
+    np.testing.assert_allclose(cells(load_model(tmp_path / "model.keras")), cells(model), atol=1e-6)
+    with pytest.raises(ValueError, match="grid_positions"):
+        small_config(arch="showtell", grid_positions=True)

@@ -67,7 +67,11 @@ def bad_cases(root):
         ("--loss", "bogus"), ("--lm-weight", "-1"), ("--lm-weight", "nan"), ("--weight-average", "1"),
         ("--weight-average", "-0.5"), ("--keep-best", "bleu"), ("--references", "bogus"),
         ("--schedule", "linear"), ("--char-dropout", "1"), ("--char-dropout", "-0.1"),
-        ("--timesteps", "1"), ("--timesteps", "100000")]]
+        ("--timesteps", "1"), ("--timesteps", "100000"), ("--initial-state", "bogus"), ("--dropout", "1"),
+        ("--dropout", "-0.1")]]
+    train_cases += [[*good, "--arch", "image2text", "--initial-state", "pooled"],
+                    [*good, "--arch", "image2text", "--dropout", "0.1"],
+                    [*good, "--arch", "showtell", "--grid-positions"]]
     train_cases += [[*good, "--arch", "image2text", "--char-dropout", "0.2"], [*good, "--arch", "attention", "--loss", "ctc"], [*good, "--references", "likeliest"],
                     [*good, "--arch", "image2text", "--references", "likeliest", "--flip"]]
     train_cases += [["--annotations", missing, "--images", folder], ["--annotations", "", "--images", folder],
@@ -231,6 +235,7 @@ def test_a_run_state_from_the_previous_version_resumes_keeping_the_lowest_loss(t
     ("units", "16"), ("learning_rate", "fast"), ("image_size", True), ("dropout", 2), ("vgg_precision", "auto"),
     ("num_classes", 1), ("vocabulary", 5), ("weight_average", 1), ("references", "likeliest"), ("references", 3),
     ("flip", "yes"), ("schedule", "linear"), ("char_dropout", 1.0), ("char_dropout", "0.2"),
+    ("initial_state", "mean"), ("initial_state", None), ("grid_positions", 1),
 ])
 def test_a_config_field_out_of_range_is_named(tiny_run, tmp_path, field, value):
     out = tmp_path / "run"
