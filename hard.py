@@ -442,11 +442,25 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+BY_OBJECTS = "every object right, "  # then the number of objects: on the photos of that many (``by_objects``)
+
+
+def by_objects(count: int) -> str:
+    """The name of "every object right" on the photos of ``count`` objects, as ``score`` returns it."""
+    return f"{BY_OBJECTS}{count} object{'' if count == 1 else 's'}"
+
+
 def score(captions: list[str], scenes: list[dict]) -> dict[str, float]:
-    """The mean of each attribute's score over the photos it applies to (``score_caption``)."""
-    columns = collections.defaultdict(list)
+    """The mean of each attribute's score over the photos it applies to (``score_caption``), then "every object
+    right" on the photos of each number of objects (``by_objects``): where the length limit and the captioner
+    lose them."""
+    columns, by_count = collections.defaultdict(list), collections.defaultdict(list)
     for caption, scene in zip(captions, scenes):
-        for name, value in score_caption(caption, scene).items():
+        scores = score_caption(caption, scene)
+        for name, value in scores.items():
             if value is not None:
                 columns[name].append(value)
-    return {name: float(np.mean(columns[name])) for name in ATTRIBUTES if columns[name]}
+        by_count[len(scene["objects"])].append(scores["every object right"])
+    result = {name: float(np.mean(columns[name])) for name in ATTRIBUTES if columns[name]}
+    result.update({by_objects(count): float(np.mean(by_count[count])) for count in sorted(by_count)})
+    return result

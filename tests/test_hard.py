@@ -10,6 +10,7 @@ import hard
 import probe
 from dataset import load_caption_files
 from kana import text_to_katakana
+from metrics import format_table
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,15 @@ def test_probe_py_fits_on_the_training_photos_and_scores_a_held_out_set(hard_set
     assert (results["photos fitted"], results["photos scored"]) == (60, 30)
     assert results["test_annotations"].endswith("captions_val-unseen.json")
     assert 0.0 <= results["kind top-k"] <= 1.0 and 0.0 <= results["color AUC"] <= 1.0
+
+
+def test_every_object_right_is_also_given_by_the_number_of_objects():
+    one = {"greyscale": False, "objects": [SCENE["objects"][0]]}
+    captions = [text_to_katakana(c) for c in ("左に赤い丸、青い星が二つあります。", "左に赤い丸があります。",
+                                               "右に赤い丸があります。")]
+    result = hard.score(captions, [SCENE, SCENE, one])
+    assert result["every object right"] == pytest.approx(1 / 3)
+    assert (result[hard.by_objects(1)], result[hard.by_objects(3)]) == (0.0, 0.5)
+    assert hard.by_objects(2) not in result
+    table = format_table({**result, "mean length": 10.0, "mean reference length": 11.0, "images": 3})
+    assert "every object right, 1 object " in table and "every object right, 3 objects" in table
