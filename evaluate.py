@@ -8,8 +8,10 @@ training) and compared with all its reference captions, converted to katakana
 exactly as training converts them. Prints BLEU-1..4, ROUGE-L, CIDEr-D, the
 share of exact matches, mean lengths and the share of captions that never
 ended; for the demo dataset also the share of photos whose caption names every
-shape's colour, shape and position. Writes metrics.json and samples.png (the
-best and worst photos by CIDEr-D) to --out.
+shape's colour, shape and position. Writes metrics.json, captions.json (each
+photo's caption, in the COCO results format plus its file, whether it ended
+and its CIDEr-D) and samples.png (the best and worst photos by CIDEr-D) to
+--out.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from model import LIMITS  # noqa: E402
 from plots import plot_samples  # noqa: E402
 
 SAMPLES_FILE = "samples.png"
+CAPTIONS_FILE = "captions.json"
 
 
 def main(argv=None) -> int:
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
                         help="image2text runs: how captions are read off the model [default: as the run was trained]")
     parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1, help=BEAM_HELP)
     parser.add_argument("--lm-weight", type=bounded_float(0, 10), help=LM_WEIGHT_HELP)
-    parser.add_argument("--out", type=folder_path, help="folder for metrics.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
+    parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
     parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=256, help="photos per model call")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -100,7 +103,8 @@ def human_ceiling(args) -> dict:
 
 
 def evaluate(args) -> dict:
-    """Captions the annotated photos from cached features and scores them; writes metrics.json and samples.png."""
+    """Captions the annotated photos from cached features and scores them; writes metrics.json, captions.json and
+    samples.png."""
     captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size,
                            lm_weight=args.lm_weight)
     records, report = load_caption_files(args.annotations, args.images)
@@ -128,9 +132,12 @@ def evaluate(args) -> dict:
     stem = "-".join(Path(name).stem for name in args.annotations)
     out = Path(args.out or Path(args.model) / f"eval-{stem}")
     write_json(out / METRICS_FILE, result)
+    write_json(out / CAPTIONS_FILE, [
+        {"image_id": records[index].image_id, "file_name": records[index].path.name, "caption": text, "ended": bool(ended),
+         "CIDEr-D": float(cider)} for index, (text, ended), cider in zip(keep, captions, per_image)])
     plot_samples([str(records[index].path) for index in keep], [text for text, _ in captions],
                  kept_references, np.array(per_image), out / SAMPLES_FILE)
-    print(f"Wrote {out / METRICS_FILE} and {out / SAMPLES_FILE}")
+    print(f"Wrote {out / METRICS_FILE}, {out / CAPTIONS_FILE} and {out / SAMPLES_FILE}")
     return result
 
 

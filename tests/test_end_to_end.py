@@ -273,6 +273,11 @@ def test_evaluate_prints_the_table_and_writes_files(tiny_run, tiny_demo, tmp_pat
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["images"] == 6 and 0 <= metrics["scene accuracy"] <= 1
     assert (report / "samples.png").is_file()
+    captions = json.loads((report / "captions.json").read_text(encoding="utf-8"))
+    ids = {image["id"] for image in json.loads((tiny_demo / "captions_val.json").read_text())["images"]}
+    assert len(captions) == 6 and {row["image_id"] for row in captions} == ids
+    assert all(isinstance(row["caption"], str) and isinstance(row["ended"], bool) for row in captions)
+    assert np.mean([row["CIDEr-D"] for row in captions]) == pytest.approx(metrics["CIDEr-D"], abs=1e-6)
 
 
 def test_human_ceiling_scores_references_against_each_other(tiny_demo, capsys):
