@@ -112,8 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--grid-positions", action="store_true",
                        help="attention: add a learnt vector per grid cell to what it attends over, so its context "
                             "says where a cell is (captions that name objects left to right)")
-    model.add_argument("--dropout", type=bounded_float(0, 0.9), default=CaptionerConfig.dropout, metavar="SHARE",
-                       help="attention and showtell: dropout on the image features and on the decoder's outputs")
+    model.add_argument("--dropout", type=bounded_float(0, 0.9), metavar="SHARE",
+                       help=f"attention and showtell: dropout on the image features and on the decoder's outputs "
+                            f"[default: {CaptionerConfig.dropout}]")
     fitting = parser.add_argument_group("training")
     fitting.add_argument("--epochs", type=bounded_int(1, 100_000),
                          help=f"the total number of epochs [default: {DEFAULTS['epochs']}; the demo uses "
@@ -182,7 +183,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.char_dropout and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell); {args.arch} "
                      f"reads no previous characters")
-    if args.dropout != CaptionerConfig.dropout and not ARCHITECTURES[args.arch].autoregressive:
+    if args.dropout is not None and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--dropout is for the autoregressive architectures (attention, showtell); {args.arch} has none")
     if args.initial_state != "flatten" and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--initial-state is for the autoregressive architectures (attention, showtell); {args.arch} "
@@ -210,7 +211,7 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
                            flip=args.flip, char_dropout=args.char_dropout, initial_state=args.initial_state,
-                           dropout=args.dropout, grid_positions=args.grid_positions)
+                           dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout, grid_positions=args.grid_positions)
 
 
 def train(args: argparse.Namespace) -> int:

@@ -70,7 +70,7 @@ def bad_cases(root):
         ("--timesteps", "1"), ("--timesteps", "100000"), ("--initial-state", "bogus"), ("--dropout", "1"),
         ("--dropout", "-0.1")]]
     train_cases += [[*good, "--arch", "image2text", "--initial-state", "pooled"],
-                    [*good, "--arch", "image2text", "--dropout", "0.1"],
+                    [*good, "--arch", "image2text", "--dropout", "0.1"], [*good, "--arch", "image2text", "--dropout", "0.3"],
                     [*good, "--arch", "showtell", "--grid-positions"]]
     train_cases += [[*good, "--arch", "image2text", "--char-dropout", "0.2"], [*good, "--arch", "attention", "--loss", "ctc"], [*good, "--references", "likeliest"],
                     [*good, "--arch", "image2text", "--references", "likeliest", "--flip"]]
