@@ -23,7 +23,10 @@ can show whether the features see shapes and scenes they never trained on.
 target, their colour is not) and ``--greyscale`` a share of the scenes in
 grey, so that no kind is learnt through the colours it comes in; at the
 default's steps that recipe learns kinds far more slowly
-(docs/hard-benchmark.md).
+(docs/hard-benchmark.md). ``--init`` starts from existing VGG16 weights
+instead of from scratch (each normalisation set to undo itself, so training
+starts from what those weights compute): e.g. the default's weights
+fine-tuned with ``--hues``.
 
 It trains VGG16 with batch normalisation after each convolution (plain VGG16
 learns slowly from scratch), with Adam and a cosine-decaying learning rate,
@@ -63,7 +66,8 @@ from tqdm import tqdm  # noqa: E402
 import hard  # noqa: E402
 import runtime  # noqa: E402
 from cli import HelpFormatter, bounded_float, bounded_int, file_path, positive_float, positive_int  # noqa: E402
-from features import CAFFE_MEAN_BGR, SYNTHETIC_WEIGHTS, build_vgg16, letterbox, preprocess  # noqa: E402
+from features import (CAFFE_MEAN_BGR, SYNTHETIC_WEIGHTS, WeightsUnavailable, build_vgg16, letterbox,  # noqa: E402
+                      preprocess, weights_file)
 from fileio import atomic_path, write_json  # noqa: E402
 import probe  # noqa: E402
 from model import LIMITS, CaptionerConfig  # noqa: E402
@@ -340,6 +344,31 @@ def fold_batch_norm(trained: keras.Model, image_size: int) -> keras.Model:
     return plain
 
 
+def unfold_batch_norm(trained: keras.Model, weights: str, calibration: np.ndarray) -> None:
+    """Starts the batch-normalised VGG16 ``trained`` from plain VGG16 ``weights`` (the inverse of ``fold_batch_norm``).
+
+    Each convolution takes the plain one's kernel and bias; each
+    normalisation is set to undo itself on ``calibration`` (uint8 images the
+    size of ``trained``'s input): its statistics are those of the
+    convolution's outputs there, and its scale and shift put them back, so
+    the network computes what the plain one does, and training from there
+    moves it as training from scratch would (with batch statistics).
+    """
+    plain = build_vgg16(weights, trained.input_shape[1])
+    x = preprocess(calibration)
+    for block, widths in enumerate(VGG16_BLOCKS, 1):
+        for index in range(1, len(widths) + 1):
+            conv = trained.get_layer(f"block{block}_conv{index}")
+            conv.set_weights(plain.get_layer(f"block{block}_conv{index}").get_weights())
+            y = np.asarray(conv(x), np.float64)
+            mean, variance = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
+            norm = trained.get_layer(f"block{block}_bn{index}")
+            scale = np.sqrt(variance + norm.epsilon)
+            norm.set_weights([w.astype(np.float32) for w in (scale, mean, mean, variance)])
+            x = np.maximum(y, 0.0).astype(np.float32)
+        x = np.asarray(trained.get_layer(f"block{block}_pool")(x))
+
+
 def save_half(vgg: keras.Model, out: Path) -> None:
     """Writes ``vgg``'s weights in float16 under VGG16's own layer names: 28 MiB instead of 56.
 
@@ -439,6 +468,10 @@ def main(argv=None) -> int:
                         help="the letterbox size the probe reads features at (the captioner's)")
     parser.add_argument("--json", metavar="FILE", type=file_path, help="also write the recipe, timings and probe results here")
     parser.add_argument("--steps", type=positive_int, help="stop each epoch after this many steps (for timing)")
+    parser.add_argument("--init", metavar="WEIGHTS",
+                        help="start from these VGG16 weights (a .weights.h5 file, or synthetic: the default --out, "
+                             "which is replaced only once the new weights are written) instead of from scratch, "
+                             "e.g. to fine-tune them with --hues; --learning-rate 3e-4 suits")
     args = parser.parse_args(argv)
     if args.num_images < args.batch_size:
         parser.error("--num-images must be at least --batch-size (training uses whole batches)")
@@ -447,6 +480,13 @@ def main(argv=None) -> int:
                      "or 0 for whole scenes")
     if (args.hues or args.greyscale) and not args.crop:
         parser.error("--hues and --greyscale need crops (--crop above 0): whole scenes' targets always name colours")
+    if args.init is not None:
+        try:
+            if weights_file(args.init) is None:
+                parser.error("--init takes a weights file or synthetic, not imagenet or none")
+            build_vgg16(args.init, 32)  # loads it: a file that is not VGG16's weights is refused before any drawing
+        except (FileNotFoundError, ValueError, WeightsUnavailable) as error:
+            parser.error("--init: " + " ".join(str(error).split()))  # one line
     out = Path(args.out)
     if not out.name.endswith(".weights.h5"):
         parser.error("--out must end in .weights.h5 (Keras' weights-only format)")
@@ -485,6 +525,9 @@ def pretrain(args: argparse.Namespace, out: Path) -> int:
                                min(64, args.num_val), False)
             trainer, vgg = build_trainer(args.image_size, args.learning_rate,
                                          args.epochs * (args.steps or len(batches)), args.targets, args.presence_head)
+        if args.init is not None:
+            calibration = np.concatenate([batches[index][0] for index in range(min(4, len(batches)))])
+            unfold_batch_norm(vgg, args.init, calibration)
     history = trainer.fit(batches, validation_data=val, epochs=args.epochs, steps_per_epoch=args.steps,
                           verbose=1 if sys.stdout.isatty() else 2)  # a line per epoch in a log
     del train_images

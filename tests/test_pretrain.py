@@ -6,7 +6,7 @@ import numpy as np
 
 import hard
 import pretrain
-from features import build_vgg16
+from features import build_vgg16, preprocess
 
 
 def test_targets_name_each_third_of_the_photo_and_with_pairs_which_colour_each_kind_is():
@@ -68,6 +68,39 @@ def test_folding_batch_norm_gives_plain_vgg16_computing_the_same_features():
     expected = np.asarray(trained(images, training=False))
     folded = np.asarray(pretrain.fold_batch_norm(trained, 32)(images))
     assert np.abs(expected).max() > 1 and np.abs(folded - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_unfolding_starts_the_batch_normalised_network_from_plain_weights_computing_the_same(tmp_path):
+    plain_file = tmp_path / "plain.weights.h5"
+    pretrain.save_half(build_vgg16("none", 32), plain_file)
+    plain = build_vgg16(str(plain_file), 32)
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    trained = pretrain.build_batch_norm_vgg16(32)
+    pretrain.unfold_batch_norm(trained, str(plain_file), images)
+    expected = np.asarray(plain(preprocess(images)))
+    scale = np.abs(expected).max()
+    assert scale > 1
+    for training in (False, True):  # its statistics are the calibration batch's, so batch statistics agree too
+        assert np.abs(np.asarray(trained(preprocess(images), training=training)) - expected).max() < 1e-4 * scale
+    folded = pretrain.fold_batch_norm(trained, 32)  # and folding it back gives the plain weights
+    assert all(np.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(folded.get_weights(), plain.get_weights()))
+
+
+def test_a_crop_run_can_start_from_weights_instead_of_from_scratch(tmp_path):
+    start, out = tmp_path / "start.weights.h5", tmp_path / "out.weights.h5"
+    pretrain.save_half(build_vgg16("none", 32), start)
+    argv = ["--num-images", "32", "--num-val", "8", "--image-size", "64", "--crop", "32", "--epochs", "1",
+            "--probe-scenes", "0", "--learning-rate", "1e-9", "--out", str(out)]
+    images = preprocess(np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8))
+
+    def distance(weights):  # how far its features are from the start's, relative to their size
+        expected = np.asarray(build_vgg16(str(start), 64)(images))
+        return np.abs(np.asarray(build_vgg16(str(weights), 64)(images)) - expected).max() / np.abs(expected).max()
+
+    assert pretrain.main([*argv, "--init", str(start)]) == 0
+    assert distance(out) < 0.1  # a step of 1e-9 leaves it where it started: only the statistics move a little
+    assert pretrain.main(argv) == 0
+    assert distance(out) > 0.5  # from scratch it is another network
 
 
 def test_weights_are_stored_in_half_precision(tmp_path):

@@ -95,7 +95,9 @@ def bad_cases(root):
                       ["--num-images", "1000000000"], ["--learning-rate", "0"], ["--batch-size", "0"],
                       ["--num-val", "0"], ["--steps", "0"], ["--precision", "bogus"], ["--num-images", "8"],
                       ["--targets", "bogus"], ["--probe-scenes", "-1"], ["--probe-size", "8"], ["--json", folder],
-                      ["--crop", "16"], ["--image-size", "64", "--crop", "96"], ["--image-size", "48"]]
+                      ["--crop", "16"], ["--image-size", "64", "--crop", "96"], ["--image-size", "48"],
+                      ["--init", missing], ["--init", "none"], ["--init", "imagenet"], ["--init", file],
+                      ["--init", folder]]
     bench_cases = [["--steps", "0"], ["--rounds", "0"], ["--units", "0"], ["--json", folder], ["--work", file],
                    ["--batch-size", "0"], ["--only", "bogus"], ["--precisions", "bogus"]]
     tools = {"train": train.main, "predict": predict.main, "evaluate": evaluate.main, "demo": demo.main,
