@@ -25,7 +25,7 @@ from decoding import CTC_LM_BEAM, Caption, beam_search, decode_ctc, decode_ctc_l
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
 from lm import LM_FILE, CharNgram
-from model import CaptionerConfig, StepModels, architecture, load_model, save_model
+from model import ATTRIBUTES, CaptionerConfig, StepModels, architecture, load_model, save_model
 
 DEFAULT_RUN = "runs/demo"  # what python train.py makes and predict.py reads when no run is named
 MODEL_FILE = "model.keras"  # the weights of the best epoch (train.py --keep-best)
@@ -89,10 +89,13 @@ class Captioner:
         vocabulary = Vocabulary.load(model_dir / VOCAB_FILE, config.vocabulary, config.num_classes)
         model = load_model(model_dir / MODEL_FILE)
         num_classes = model.output_shape[-1]
-        if (num_classes, tuple(model.inputs[0].shape[1:])) != (config.num_classes, config.feature_shape):
+        attributes = next((layer.units for layer in model.layers if layer.name == ATTRIBUTES), 0)
+        if (num_classes, tuple(model.inputs[0].shape[1:]), attributes) != (
+                config.num_classes, config.feature_shape, config.attributes):
             raise ValueError(
                 f"{model_dir}: the model does not match config.json (classes {num_classes} vs "
-                f"{config.num_classes}, or another image size); these files are not from the same run."
+                f"{config.num_classes}, attributes {attributes} vs {config.attributes}, or another image size); "
+                f"these files are not from the same run."
             )
         if decode is not None and architecture(config).autoregressive:
             raise ValueError(f"--decode is for image2text runs; {model_dir} is {config.arch}, read by beam search.")

@@ -52,11 +52,14 @@ FEATURE_NORM = "feature_norm"
 CHAR_EMBEDDING = "char_embedding"
 DECODER = "decoder_lstm"
 OUTPUT = "next_char"
+ATTRIBUTES = "attributes"  # attention with attributes: the frozen ridge layer that attributes.fit sets
+ATTRIBUTE_SUMMARY = "attribute_summary"  # what it reads: the normalised grid's mean and maximum
 
 # What the code supports, for command-line options and for config.json files (which may come from anywhere).
 # image_size stops at twice ImageNet's 224: VGG16's first block already holds 1.6 GB for a batch of 32 photos there.
 LIMITS = {"units": (1, 4096), "timesteps": (2, 256), "num_classes": (2, 4096), "image_size": (32, 448),
           "embedding_dim": (1, 4096)}
+MAX_ATTRIBUTES = 4096
 VGG_PRECISIONS = ("float32", "bfloat16")
 MODEL_PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -108,6 +111,7 @@ class CaptionerConfig:
     char_dropout: float = 0.0  # autoregressive models, training: the share of previous characters hidden from the decoder
     initial_state: str = "flatten"  # autoregressive models: the decoder's initial state from the grid (INITIAL_STATES)
     grid_positions: bool = False  # attention: a learnt vector per grid cell added to what it attends over
+    attributes: int = 0  # attention: caption n-grams read off the image, fed to every step (attributes.py); 0 = none
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -151,6 +155,9 @@ class CaptionerConfig:
         check("grid_positions", isinstance(self.grid_positions, bool) and (self.arch == "attention"
                                                                            or not self.grid_positions),
               f"true or false (false for {self.arch}: only attention attends over the grid)")
+        check("attributes", isinstance(self.attributes, int) and not isinstance(self.attributes, bool)
+              and 0 <= self.attributes <= MAX_ATTRIBUTES and (self.arch == "attention" or not self.attributes),
+              f"a whole number from 0 to {MAX_ATTRIBUTES} (0 for {self.arch}: attributes are for attention)")
         if self.decoding is None:
             self.decoding = "beam" if autoregressive else "ctc-lm" if self.loss == "ctc" else "argmax"
         allowed = ("beam",) if autoregressive else ("ctc-lm", "ctc") if self.loss == "ctc" else ("argmax", "collapse")
@@ -470,13 +477,15 @@ class AttentionLSTMCell(layers.Layer):
     """One Show-Attend-and-Tell step: attend with h(t-1), then run an LSTM cell on [character, context].
 
     States: ``[h, c, values, keys]``; the last two are the projected grid,
-    passed through unchanged. Output: ``[h(t), context]``.
+    passed through unchanged. With ``attributes``, a fifth state, the photo's
+    attributes (attributes.py), passes through too and joins the LSTM's input
+    at every step. Output: ``[h(t), context]``.
     """
 
-    def __init__(self, units: int, cells: int, **kwargs):
+    def __init__(self, units: int, cells: int, attributes: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.units, self.cells = units, cells
-        self.state_size = [units, units, cells * units, cells * units]
+        self.units, self.cells, self.attributes = units, cells, attributes
+        self.state_size = [units, units, cells * units, cells * units] + ([attributes] if attributes else [])
         self.output_size = 2 * units
         # Sublayers take this layer's dtype policy, so a mixed-precision model loads mixed whatever the global policy.
         self.attention = GridAttention(cells, units, name="attention", dtype=self.dtype_policy)
@@ -484,21 +493,21 @@ class AttentionLSTMCell(layers.Layer):
 
     def build(self, input_shape):
         self.attention.build((None, self.units))
-        self.lstm.build((None, input_shape[-1] + self.units))
+        self.lstm.build((None, input_shape[-1] + self.units + self.attributes))
 
     def attention_weights(self, states):
         """The weights over the grid cells that the next step attends with, given the states before it."""
-        h, _, values, keys = states
+        h, _, values, keys = states[:4]
         return self.attention(h, values, keys)[1]
 
     def call(self, inputs, states, training=False):
-        h, c, values, keys = states
+        h, c, values, keys, *attributes = states
         context, _ = self.attention(h, values, keys)
-        output, (h, c) = self.lstm(ops.concatenate([inputs, context], axis=-1), [h, c], training=training)
-        return ops.concatenate([output, context], axis=-1), [h, c, values, keys]
+        output, (h, c) = self.lstm(ops.concatenate([inputs, context, *attributes], axis=-1), [h, c], training=training)
+        return ops.concatenate([output, context], axis=-1), [h, c, values, keys, *attributes]
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "cells": self.cells}
+        return {**super().get_config(), "units": self.units, "cells": self.cells, "attributes": self.attributes}
 
 
 def build_attention(config: CaptionerConfig) -> keras.Model:
@@ -507,14 +516,16 @@ def build_attention(config: CaptionerConfig) -> keras.Model:
     The initial state comes from the grid as in showtell (``initial_state``),
     so the model starts from what Show and Tell knows; attention adds a look at
     one region per character (which ``predict.py --attention`` can draw). With
-    ``grid_positions`` each cell's projection carries where the cell is.
+    ``grid_positions`` each cell's projection carries where the cell is; with
+    ``attributes``, every step also reads the photo's attributes, a frozen
+    linear read of the grid's mean and maximum that attributes.fit sets.
     """
     rows, cols, channels = config.feature_shape
     cells = rows * cols
     features = keras.Input(shape=config.feature_shape, name="features")  # (batch, rows, cols, 512)
     previous = keras.Input(shape=(config.timesteps,), dtype="int32", name="previous_chars")  # (batch, 50)
-    x = layers.Normalization(axis=(1, 2, 3), name=FEATURE_NORM)(features)
-    x = layers.Dropout(config.dropout, name="image_dropout")(x)
+    normalised = layers.Normalization(axis=(1, 2, 3), name=FEATURE_NORM)(features)
+    x = layers.Dropout(config.dropout, name="image_dropout")(normalised)
     initial_h, initial_c = initial_state(config, x)
     grid = layers.Reshape((cells, channels), name="grid")(x)  # (batch, cells, 512)
     values = layers.Dense(config.units, name="grid_values")(grid)  # (batch, cells, units)
@@ -524,9 +535,16 @@ def build_attention(config: CaptionerConfig) -> keras.Model:
     values = layers.Flatten(name="grid_values_flat")(values)  # (batch, cells * units): RNN states are flat
     keys = layers.Flatten(name="grid_keys_flat")(keys)
     embedded = previous_char_embedding(config, previous)  # (batch, 50, E)
+    states = [initial_h, initial_c, values, keys]
+    if config.attributes:
+        summary = layers.Concatenate(name=ATTRIBUTE_SUMMARY)([
+            layers.GlobalAveragePooling2D(name="attribute_mean")(normalised),
+            layers.GlobalMaxPooling2D(name="attribute_max")(normalised)])
+        states.append(layers.Dense(config.attributes, trainable=False, name=ATTRIBUTES)(summary))  # (batch, attributes)
     outputs, *_ = layers.RNN(
-        AttentionLSTMCell(config.units, cells), return_sequences=True, return_state=True, name=DECODER
-    )(embedded, initial_state=[initial_h, initial_c, values, keys])  # (batch, 50, 2 * units): [h, context]
+        AttentionLSTMCell(config.units, cells, config.attributes), return_sequences=True, return_state=True,
+        name=DECODER,
+    )(embedded, initial_state=states)  # (batch, 50, 2 * units): [h, context]
     outputs = layers.Dropout(config.dropout, name="output_dropout")(outputs)
     probabilities = layers.Dense(config.num_classes, activation="softmax", dtype="float32", name=OUTPUT)(
         outputs
@@ -557,6 +575,11 @@ ARCHITECTURES = {
     "attention": Architecture(build_attention, autoregressive=True,
                               initial_states=("init_h", "init_c", "grid_values_flat", "grid_keys_flat")),
 }
+
+
+def initial_state_layers(config: CaptionerConfig) -> tuple[str, ...]:
+    """The layers whose outputs are an autoregressive model's initial decoder states, in the decoder's order."""
+    return architecture(config).initial_states + ((ATTRIBUTES,) if config.attributes else ())
 
 
 def architecture(config: CaptionerConfig) -> Architecture:
@@ -739,7 +762,7 @@ class StepModels:
     """
 
     def __init__(self, model: keras.Model, config: CaptionerConfig):
-        initial = [model.get_layer(name).output for name in architecture(config).initial_states]
+        initial = [model.get_layer(name).output for name in initial_state_layers(config)]
         token = keras.Input(shape=(1,), dtype="int32", name="token")  # (batch, 1)
         states = [keras.Input(shape=tuple(state.shape[1:]), name=f"state_{i}") for i, state in enumerate(initial)]
         embedded = model.get_layer(CHAR_EMBEDDING)(token)  # (batch, 1, E)

@@ -125,7 +125,7 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
             test_rows = np.flatnonzero([not scene["greyscale"] for scene in test_scenes])
         else:
             fit_rows, test_rows = np.arange(len(x)), np.arange(len(x_test))
-        penalty = _choose_penalty(x[fit_rows], y[fit_rows])
+        penalty = choose_penalty(x[fit_rows], y[fit_rows])
         scores = predict_ridge(fit_ridge(x[fit_rows], y[fit_rows], penalty), x_test[test_rows])
         y_test = y_test[test_rows]
         if name == "count":
@@ -150,7 +150,7 @@ def _mean(values) -> float:
     return float(np.mean(present)) if present else float("nan")
 
 
-def _choose_penalty(x: np.ndarray, y: np.ndarray) -> float:
+def choose_penalty(x: np.ndarray, y: np.ndarray) -> float:
     """The ridge penalty with the least squared error on the last fifth of the fitting photos."""
     split = int(len(x) * 0.8)
     errors = [np.mean((predict_ridge(fit_ridge(x[:split], y[:split], penalty), x[split:]) - y[split:]) ** 2)

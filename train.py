@@ -31,8 +31,8 @@ from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existi
                  positive_float, positive_int, vgg_weights)
 from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
-from model import (ARCHITECTURES, FINAL_LEARNING_RATE, INITIAL_STATES, LIMITS, LOSSES, REFERENCES,  # noqa: E402
-                   SCHEDULES, CaptionerConfig, architecture_name)
+from model import (ARCHITECTURES, FINAL_LEARNING_RATE, INITIAL_STATES, LIMITS, LOSSES, MAX_ATTRIBUTES,  # noqa: E402
+                   REFERENCES, SCHEDULES, CaptionerConfig, architecture_name)
 
 # Real data: the original's width and ImageNet VGG16, as CaptionerConfig's defaults say.
 DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weights=CaptionerConfig.vgg_weights,
@@ -112,6 +112,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--grid-positions", action="store_true",
                        help="attention: add a learnt vector per grid cell to what it attends over, so its context "
                             "says where a cell is (captions that name objects left to right)")
+    model.add_argument("--attributes", type=bounded_int(0, MAX_ATTRIBUTES), default=CaptionerConfig.attributes,
+                       metavar="N",
+                       help="attention: read the N character n-grams that the most training captions use off each "
+                            "photo's features (a ridge regression fitted before training, frozen in the model) and "
+                            "give them to the decoder at every step (semantic attributes); 0: none")
     model.add_argument("--dropout", type=bounded_float(0, 0.9), metavar="SHARE",
                        help=f"attention and showtell: dropout on the image features and on the decoder's outputs "
                             f"[default: {CaptionerConfig.dropout}]")
@@ -190,6 +195,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"keeps the card's layers")
     if args.grid_positions and args.arch != "attention":
         parser.error(f"--grid-positions is for --arch attention; {args.arch} attends over no grid")
+    if args.attributes and args.arch != "attention":
+        parser.error(f"--attributes is for --arch attention; {args.arch} has no input for them")
     if args.flip and args.references != "each":
         parser.error("--flip is for --references each: likeliest-reference training does not mirror its references")
     if args.references != "each" and args.loss != "ctc":
@@ -211,7 +218,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
                            flip=args.flip, char_dropout=args.char_dropout, initial_state=args.initial_state,
-                           dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout, grid_positions=args.grid_positions)
+                           dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,
+                           grid_positions=args.grid_positions, attributes=args.attributes)
 
 
 def train(args: argparse.Namespace) -> int:

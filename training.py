@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+import attributes
 import runtime
 import selfcritical
 from batches import (MAX_REFERENCES, CaptionBatches, CaptionData, encode_captions, feature_sample, split_by_image,
@@ -161,7 +162,7 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
     for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "char_dropout",
-                 "initial_state", "dropout", "grid_positions"):
+                 "initial_state", "dropout", "grid_positions", "attributes"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config
@@ -310,6 +311,8 @@ def build_or_resume(config: CaptionerConfig, data: TrainingData, out: Path, save
     keras.utils.set_random_seed(seed)
     with runtime.dtype_policy(config.precision):  # the layers keep it, and the model file records it
         model = build_model(config, feature_sample(data.cache.features, data.train.rows, seed), decay_steps)
+    if config.attributes:
+        fit_attributes(model, config, data)
     config = dataclasses.replace(config, vocabulary=data.vocabulary.fingerprint())
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / CONFIG_FILE)
@@ -317,6 +320,15 @@ def build_or_resume(config: CaptionerConfig, data: TrainingData, out: Path, save
     log(f"Model {config.arch}: {model.count_params():,} parameters, backend {keras.backend.backend()}, "
         f"{config.precision}.")
     return model, new_state(select_by)
+
+
+def fit_attributes(model: keras.Model, config: CaptionerConfig, data: TrainingData) -> None:
+    """Sets the model's attribute layer (attributes.py) from the training photos, and logs what it reads."""
+    fitted = attributes.fit(model, data.cache.features, data.train, data.val, config.num_classes)
+    characters = ["", *data.vocabulary.characters]
+    commonest = "・".join(attributes.decode(code, characters, config.num_classes) for code in fitted["codes"][:10])
+    log(f"Attributes: {len(fitted['codes'])} caption n-grams (commonest: {commonest}), read off the features by "
+        f"ridge (penalty {fitted['penalty']:g}); their mean AUC on the validation photos: {fitted['auc']:.3f}.")
 
 
 def is_finished(state: dict, epochs: int) -> bool:

@@ -496,3 +496,18 @@ def test_attention_over_the_conv5_grid(tiny_demo, tmp_path, capsys):
     capsys.readouterr()
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--attention", str(tmp_path / "maps")]) == 0
     assert len(list((tmp_path / "maps").glob("*.png"))) == 6
+
+
+def test_attributes_are_fitted_before_training_saved_in_the_model_and_read_when_captioning(tiny_demo, tmp_path, capsys):
+    out = tmp_path / "attributes"
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--attributes", 8)) == 0
+    assert json.loads((out / "config.json").read_text())["attributes"] == 8
+    log = capsys.readouterr().out
+    assert "Attributes: 8 caption n-grams" in log and "mean AUC on the validation photos" in log
+    captioner = Captioner(out)
+    layer = captioner.model.get_layer("attributes")
+    assert not layer.trainable and np.abs(layer.get_weights()[0]).max() > 0  # the ridge, kept through training
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--n-best", "2"]) == 0
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 2, "--resume",
+                                 "--attributes", 4)) == 0
+    assert "Resuming with the run's own attributes (8)" in capsys.readouterr().out

@@ -71,7 +71,8 @@ def bad_cases(root):
         ("--dropout", "-0.1")]]
     train_cases += [[*good, "--arch", "image2text", "--initial-state", "pooled"],
                     [*good, "--arch", "image2text", "--dropout", "0.1"], [*good, "--arch", "image2text", "--dropout", "0.3"],
-                    [*good, "--arch", "showtell", "--grid-positions"]]
+                    [*good, "--arch", "showtell", "--grid-positions"], [*good, "--arch", "showtell", "--attributes", "8"],
+                    [*good, "--attributes", "-1"], [*good, "--attributes", "100000"]]
     train_cases += [[*good, "--arch", "image2text", "--char-dropout", "0.2"], [*good, "--arch", "attention", "--loss", "ctc"], [*good, "--references", "likeliest"],
                     [*good, "--arch", "image2text", "--references", "likeliest", "--flip"]]
     train_cases += [["--annotations", missing, "--images", folder], ["--annotations", "", "--images", folder],
@@ -237,7 +238,8 @@ def test_a_run_state_from_the_previous_version_resumes_keeping_the_lowest_loss(t
     ("units", "16"), ("learning_rate", "fast"), ("image_size", True), ("dropout", 2), ("vgg_precision", "auto"),
     ("num_classes", 1), ("vocabulary", 5), ("weight_average", 1), ("references", "likeliest"), ("references", 3),
     ("flip", "yes"), ("schedule", "linear"), ("char_dropout", 1.0), ("char_dropout", "0.2"),
-    ("initial_state", "mean"), ("initial_state", None), ("grid_positions", 1),
+    ("initial_state", "mean"), ("initial_state", None), ("grid_positions", 1), ("attributes", -1),
+    ("attributes", 1.5), ("attributes", 100000),
 ])
 def test_a_config_field_out_of_range_is_named(tiny_run, tmp_path, field, value):
     out = tmp_path / "run"
@@ -408,3 +410,12 @@ def test_missing_synthetic_weights_say_how_to_make_them_before_any_cache_is_made
     with pytest.raises(features.WeightsUnavailable, match="python pretrain.py"):
         features.cached_features([str(tmp_path / "a.jpg")], "synthetic", 32, tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_config_that_claims_attributes_the_model_lacks_is_refused(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    config = json.loads((out / CONFIG_FILE).read_text())
+    (out / CONFIG_FILE).write_text(json.dumps({**config, "attributes": 8}))
+    with pytest.raises(ValueError, match="attributes 0 vs 8"):
+        Captioner(out, with_vgg=False)
