@@ -71,7 +71,8 @@ def bad_cases(root):
         ("--dropout", "-0.1")]]
     train_cases += [[*good, "--arch", "image2text", "--initial-state", "pooled"],
                     [*good, "--arch", "image2text", "--dropout", "0.1"], [*good, "--arch", "image2text", "--dropout", "0.3"],
-                    [*good, "--arch", "showtell", "--grid-positions"], [*good, "--arch", "showtell", "--attributes", "8"],
+                    [*good, "--arch", "showtell", "--grid-positions"],
+                    [*good, "--arch", "showtell", "--attributes", "8"],
                     [*good, "--attributes", "-1"], [*good, "--attributes", "100000"]]
     train_cases += [[*good, "--arch", "image2text", "--char-dropout", "0.2"], [*good, "--arch", "attention", "--loss", "ctc"], [*good, "--references", "likeliest"],
                     [*good, "--arch", "image2text", "--references", "likeliest", "--flip"]]
