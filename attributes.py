@@ -111,9 +111,10 @@ def fit(model: keras.Model, features, train: CaptionData, val: CaptionData, num_
     images, y = shares(train, codes, num_classes)
     x = summaries(model, features, images)
     mean, spread = x.mean(0), x.std(0) + 1e-6
+    standardised = (x - mean) / spread
     weights = np.zeros((x.shape[1] + 1, layer.units), np.float32)  # columns past the n-grams found read nothing
-    penalty = probe.choose_penalty((x - mean) / spread, y)
-    weights[:, : len(codes)] = probe.fit_ridge((x - mean) / spread, y, penalty)
+    penalty = probe.choose_penalty(standardised, y)
+    weights[:, : len(codes)] = probe.fit_ridge(standardised, y, penalty)
     kernel = weights[:-1] / spread[:, None]  # the standardisation folded in: the layer reads the summary as it is
     bias = weights[-1] - mean @ kernel
     layer.set_weights([kernel, bias])
