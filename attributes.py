@@ -71,18 +71,24 @@ def photo_ngrams(data: CaptionData, num_classes: int) -> tuple[np.ndarray, np.nd
     return images, caption_image, pairs[0], pairs[1]
 
 
-def choose(data: CaptionData, num_classes: int, count: int) -> np.ndarray:
-    """The ``count`` (or fewer) n-grams that the most photos' captions use, among those at most MAX_SHARE of them use."""
-    images, caption_image, caption_of, code_of = photo_ngrams(data, num_classes)
+def choose(ngrams: tuple, count: int) -> np.ndarray:
+    """The ``count`` (or fewer) n-grams that the most photos' captions use, among those at most MAX_SHARE of them use.
+
+    ``ngrams``: ``photo_ngrams`` of the captions.
+    """
+    images, caption_image, caption_of, code_of = ngrams
     photo_pairs = np.unique(np.stack([caption_image[caption_of], code_of]), axis=1)
     codes, photos = np.unique(photo_pairs[1], return_counts=True)
     usable = photos <= MAX_SHARE * len(images)
     return codes[usable][np.lexsort((codes[usable], -photos[usable]))[:count]]  # most photos first, ties by code
 
 
-def shares(data: CaptionData, codes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per photo of ``data`` (``images``, in order), the share of its captions that use each n-gram of ``codes``."""
-    images, caption_image, caption_of, code_of = photo_ngrams(data, num_classes)
+def shares(ngrams: tuple, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per photo (``images``, in order), the share of its captions that use each n-gram of ``codes``.
+
+    ``ngrams``: ``photo_ngrams`` of the captions.
+    """
+    images, caption_image, caption_of, code_of = ngrams
     column = {code: index for index, code in enumerate(np.asarray(codes).tolist())}
     keep = np.isin(code_of, codes)
     counts = np.zeros((len(images), len(column)), np.float32)
@@ -107,8 +113,9 @@ def fit(model: keras.Model, features, train: CaptionData, val: CaptionData, num_
     features show them: the attributes' own ceiling; NaN without validation photos).
     """
     layer = model.get_layer(ATTRIBUTES)
-    codes = choose(train, num_classes, layer.units)
-    images, y = shares(train, codes, num_classes)
+    ngrams = photo_ngrams(train, num_classes)  # counted once, for the choice and the targets
+    codes = choose(ngrams, layer.units)
+    images, y = shares(ngrams, codes)
     x = summaries(model, features, images)
     mean, spread = x.mean(0), x.std(0) + 1e-6
     standardised = (x - mean) / spread
@@ -120,7 +127,7 @@ def fit(model: keras.Model, features, train: CaptionData, val: CaptionData, num_
     layer.set_weights([kernel, bias])
     aucs = []
     if len(val.rows):
-        val_images, present = shares(val, codes, num_classes)
+        val_images, present = shares(photo_ngrams(val, num_classes), codes)
         scores = summaries(model, features, val_images) @ kernel + bias
         aucs = [probe.auc(scores[:, column], present[:, column]) for column in range(len(codes))]
     aucs = [value for value in aucs if value is not None]

@@ -32,11 +32,12 @@ def test_attributes_are_the_commonest_informative_ngrams_and_targets_are_shares_
     # Photo 0: two captions, photo 1: two, photo 2: one. マル is in every photo; アカ, ホシ, シマ in two of three.
     data = CaptionData(rows=np.array([0, 0, 1, 1, 2]),
                        targets=encode(["アカホシマル", "ホシマル", "アカマル", "イホシマル", "マル"]))
-    codes = attributes.choose(data, NUM_CLASSES, 3)
+    ngrams = attributes.photo_ngrams(data, NUM_CLASSES)
+    codes = attributes.choose(ngrams, 3)
     names = [attributes.decode(code, CHARACTERS, NUM_CLASSES) for code in codes]
     assert not {"マル", "アカ", "ホシ"} & set(names)  # in more than half of the photos: they tell little apart
     assert names == ["カホ", "カマ", "イホ"]  # one photo each; ties by code: shorter first, then class by class
-    images, shares = attributes.shares(data, codes, NUM_CLASSES)
+    images, shares = attributes.shares(ngrams, codes)
     np.testing.assert_array_equal(images, [0, 1, 2])
     np.testing.assert_allclose(shares, [[0.5, 0, 0], [0, 0.5, 0.5], [0, 0, 0]])
 
