@@ -390,7 +390,9 @@ def colors_named(katakana: str) -> set[str]:
     return {grammar.colors[match] for match in grammar.color.findall(katakana)}
 
 
-ATTRIBUTES = ("kind", "color", "color and kind", "count", "position", "every object right", "absent colour named")
+UNSEEN_PAIRS_NAMED = "color and kind, unseen pairs"
+ATTRIBUTES = ("kind", "color", "color and kind", UNSEEN_PAIRS_NAMED, "count", "position", "every object right",
+              "absent colour named")
 
 
 def score_caption(katakana: str, scene: dict) -> dict[str, float]:
@@ -403,7 +405,10 @@ def score_caption(katakana: str, scene: dict) -> dict[str, float]:
     two or more), ``position`` on groups of one object. ``every object
     right``: each group named once with its colour, kind, count and position,
     and nothing else named. ``absent colour named``: a colour no object has
-    (any colour, in a greyscale photo).
+    (any colour, in a greyscale photo). ``color and kind, unseen pairs``:
+    ``color and kind`` on the groups whose pair training never drew
+    (``UNSEEN_PAIRS``; None on photos without one): whether the captioner
+    composes a colour and a kind it has only seen apart.
     """
     mentions = parse(katakana)
     scene_groups = groups(scene)
@@ -430,6 +435,8 @@ def score_caption(katakana: str, scene: dict) -> dict[str, float]:
         "kind": float(np.mean([g.kind in named_kinds for g in scene_groups])),
         "color": None if grey else float(np.mean([g.color in named_colors for g in scene_groups])),
         "color and kind": float(np.mean([m is not None for m in matched])),
+        UNSEEN_PAIRS_NAMED: _mean([m is not None for g, m in zip(scene_groups, matched)
+                                   if (g.color, g.kind) in UNSEEN_PAIRS]),
         "count": float(np.mean([m is not None and m.count == g.count for g, m in zip(scene_groups, by_kind)])),
         "position": _mean([m is not None and m.position == g.position
                            for g, m in zip(scene_groups, by_kind) if g.count == 1]),

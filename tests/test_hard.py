@@ -79,6 +79,20 @@ def test_greyscale_photos_are_scored_without_colours():
     assert scores["color"] is None and scores["absent colour named"] == 1.0  # no colour can be seen
 
 
+def test_unseen_pairs_are_scored_on_their_own():
+    scene = {"greyscale": False, "objects": [
+        {"color": "red", "kind": "star", "position": "left", "size": 0.2},  # a pair training never draws
+        {"color": "blue", "kind": "circle", "position": "right", "size": 0.2}]}
+    assert ("red", "star") in hard.UNSEEN_PAIRS and ("blue", "circle") not in hard.UNSEEN_PAIRS
+    composed = hard.score_caption(text_to_katakana("左に赤い星、右に青い丸があります。"), scene)
+    apart = hard.score_caption(text_to_katakana("左に赤い丸、右に青い丸があります。"), scene)
+    assert (composed[hard.UNSEEN_PAIRS_NAMED], apart[hard.UNSEEN_PAIRS_NAMED]) == (1.0, 0.0)
+    assert apart["color and kind"] == 0.5
+    assert hard.score_caption(text_to_katakana("左に赤い丸、青い星が二つあります。"), SCENE)[hard.UNSEEN_PAIRS_NAMED] is None
+    result = hard.score([text_to_katakana("左に赤い星、右に青い丸があります。")] * 2, [scene, SCENE])
+    assert result[hard.UNSEEN_PAIRS_NAMED] == 1.0  # the mean over the photos that have an unseen pair
+
+
 def test_auc_and_top_k_on_hand_made_scores():
     assert probe.auc(np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0])) == 1.0
     assert probe.auc(np.array([0.1, 0.2, 0.9, 0.8]), np.array([1, 1, 0, 0])) == 0.0
