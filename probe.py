@@ -20,6 +20,9 @@ among them):
     count          the share of photos whose number of objects the probe gets exactly
     held-out       AUC on what pretrain.py never draws (hard.FEATURE_HELD_OUT_KINDS; sky backgrounds):
                    whether a synthetic VGG16's features generalise beyond its own scenes
+    unseen pairs   kind top-k on the colour–kind pairs training never drew (hard.UNSEEN_PAIRS), when the
+                   held-out set has some: what the features hold of the kind in evaluate.py's
+                   "color and kind, unseen pairs"
 
 A captioner that reads these features can do better than a linear probe, so
 this is a floor on what the features hold; a captioner far below it is
@@ -100,6 +103,19 @@ def top_k_share(scores: np.ndarray, labels: np.ndarray) -> float:
     return hits / total if total else 0.0
 
 
+def unseen_pair_kinds_ranked(scores: np.ndarray, labels: np.ndarray, scenes: list[dict]) -> float | None:
+    """The share of colour photos' unseen colour–kind pairs (hard.UNSEEN_PAIRS) whose kind is among the photo's k
+    best-scored kinds (k = how many kinds it has); None when no photo has one."""
+    kinds = list(hard.KINDS)
+    hits = []
+    for row_scores, row_labels, scene in zip(scores, labels, scenes):
+        pairs = {(obj["color"], obj["kind"]) for obj in scene["objects"]} & hard.UNSEEN_PAIRS
+        if pairs and not scene["greyscale"]:
+            best = np.argsort(-row_scores)[: int(row_labels.sum())]
+            hits += [kinds.index(kind) in best for _, kind in pairs]
+    return float(np.mean(hits)) if hits else None
+
+
 def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
           test_features: np.ndarray | None = None, test_scenes: list[dict] | None = None) -> dict:
     """The probe's scores per attribute (see the module docstring).
@@ -137,6 +153,9 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
         if name == "kind":  # the kinds and the background pretrain.py never draws: do its features generalise?
             held = [list(hard.KINDS).index(kind) for kind in hard.FEATURE_HELD_OUT_KINDS]
             results["kind AUC, held-out kinds"] = _mean([aucs[column] for column in held])
+            unseen = unseen_pair_kinds_ranked(scores, y_test, test_scenes)
+            if unseen is not None:
+                results["kind top-k, unseen pairs"] = unseen
         if name in ("color", "kind"):
             sky = np.array([test_scenes[row]["background"] in hard.FEATURE_HELD_OUT_BACKGROUNDS for row in test_rows])
             results[f"{name} AUC, held-out bg"] = _mean(

@@ -139,6 +139,26 @@ def test_the_probe_scores_a_held_out_set_as_fitted_on_all_the_photos():
     assert 0.35 < shuffled["color AUC"] < 0.65
 
 
+def test_the_probe_ranks_the_kinds_of_unseen_pairs_on_their_own():
+    kinds = list(hard.KINDS)
+
+    def scene(*pairs, greyscale=False):
+        return {"greyscale": greyscale, "objects": [{"color": color, "kind": kind, "position": "left"}
+                                                for color, kind in pairs]}
+
+    def scores(*best):  # the kinds given, ranked first
+        row = np.zeros(len(kinds))
+        row[[kinds.index(kind) for kind in best]] = [len(best) - rank for rank in range(len(best))]
+        return row
+
+    scenes = [scene(("red", "star"), ("blue", "circle")), scene(("red", "star")),
+              scene(("red", "star"), greyscale=True), scene(("blue", "circle"))]
+    labels = probe.targets(scenes)["kind"]
+    ranked = np.stack([scores("circle", "star"), scores("heart"), scores("star"), scores("circle")])
+    assert probe.unseen_pair_kinds_ranked(ranked, labels, scenes) == 0.5  # found in the first, not the second
+    assert probe.unseen_pair_kinds_ranked(ranked[3:], labels[3:], scenes[3:]) is None
+
+
 def test_pretraining_never_draws_the_held_out_kinds_or_backgrounds():
     import pretrain
 
