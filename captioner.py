@@ -25,7 +25,7 @@ from decoding import CTC_LM_BEAM, Caption, beam_search, decode_ctc, decode_ctc_l
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
 from lm import LM_FILE, CharNgram
-from model import ATTRIBUTES, CaptionerConfig, StepModels, architecture, load_model, save_model
+from model import ATTRIBUTES, CaptionerConfig, architecture, load_model, save_model, step_models
 
 DEFAULT_RUN = "runs/demo"  # what python train.py makes and predict.py reads when no run is named
 MODEL_FILE = "model.keras"  # the weights of the best epoch (train.py --keep-best)
@@ -126,7 +126,7 @@ class Captioner:
         self.lm_weight = config.lm_weight if lm_weight is None else lm_weight
         if self.decode == "ctc-lm" and language_model is None:
             raise ValueError("ctc-lm decoding needs the run's language model.")
-        self.steps = StepModels(model, config) if architecture(config).autoregressive else None
+        self.steps = step_models(model, config) if architecture(config).autoregressive else None
 
     @property
     def has_attention(self) -> bool:
@@ -165,7 +165,7 @@ class Captioner:
     def attention_maps(self, features: np.ndarray, texts: list[str]) -> list[np.ndarray]:
         """Attention models: per caption, the weights over the VGG16 grid behind each character ``(len(text), rows, cols)``."""
         if not self.has_attention:
-            raise ValueError(f"The model is {self.config.arch!r}, which has no attention; train with --arch attention.")
+            raise ValueError(f"The model is {self.config.arch!r}, which draws no attention maps; train with --arch attention.")
         indices = [self.vocabulary.encode(text, len(text) + 1)[0][: len(text)].tolist() for text in texts]
         rows, cols, _ = self.config.feature_shape
         maps = self.steps.attention_maps(np.asarray(features, dtype=np.float32), indices)

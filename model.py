@@ -45,7 +45,7 @@ from keras import layers, ops
 import runtime
 from features import FEATURE_LAYERS, feature_shape
 from fileio import atomic_path, read_json, write_json
-from kana import NUM_CLASSES, TIMESTEPS
+from kana import END, NUM_CLASSES, TIMESTEPS
 
 # Names of the layers that StepModels and the input standardisation reach by name.
 FEATURE_NORM = "feature_norm"
@@ -58,7 +58,7 @@ ATTRIBUTE_SUMMARY = "attribute_summary"  # what it reads: the normalised grid's 
 # What the code supports, for command-line options and for config.json files (which may come from anywhere).
 # image_size stops at twice ImageNet's 224: VGG16's first block already holds 1.6 GB for a batch of 32 photos there.
 LIMITS = {"units": (1, 4096), "timesteps": (2, 256), "num_classes": (2, 4096), "image_size": (32, 448),
-          "embedding_dim": (1, 4096)}
+          "embedding_dim": (1, 4096), "blocks": (1, 24), "heads": (1, 64)}
 MAX_ATTRIBUTES = 4096
 VGG_PRECISIONS = ("float32", "bfloat16")
 MODEL_PRECISIONS = ("float32", "mixed_bfloat16")
@@ -112,6 +112,8 @@ class CaptionerConfig:
     initial_state: str = "flatten"  # autoregressive models: the decoder's initial state from the grid (INITIAL_STATES)
     grid_positions: bool = False  # attention: a learnt vector per grid cell added to what it attends over
     attributes: int = 0  # attention: caption n-grams read off the image, fed to every step (attributes.py); 0 = none
+    blocks: int = 2  # transformer: decoder blocks (self-attention over the characters, attention over the grid)
+    heads: int = 4  # transformer: attention heads in each block; units must be a multiple of it
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -150,8 +152,10 @@ class CaptionerConfig:
               "true or false (false with references likeliest)")
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
-        check("initial_state", autoregressive or self.initial_state == "flatten",
-              f"flatten for {self.arch} (its layers are the card's)")
+        check("initial_state", (autoregressive and self.arch != "transformer") or self.initial_state == "flatten",
+              f"flatten for {self.arch} (" + ("it has no initial state)" if autoregressive else "its layers are the card's)"))
+        check("heads", self.arch != "transformer" or self.units % self.heads == 0,
+              f"a divisor of units ({self.units}) for transformer: each head reads units / heads channels")
         check("grid_positions", isinstance(self.grid_positions, bool) and (self.arch == "attention"
                                                                            or not self.grid_positions),
               f"true or false (false for {self.arch}: only attention attends over the grid)")
@@ -456,7 +460,8 @@ class GridAttention(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="captioner")
 class GridPositions(layers.Layer):
-    """Adds a learnt vector to each cell of a ``(batch, cells, width)`` grid: where the cell is.
+    """Adds a learnt vector to each cell of a ``(batch, cells, width)`` grid: where the cell is (or, in the
+    transformer, to each character of ``(batch, timesteps, width)``: where in the caption it is).
 
     Attention over the grid otherwise sees what is in a cell but not where the
     cell is (the cells share their projections), so a caption that names
@@ -552,6 +557,49 @@ def build_attention(config: CaptionerConfig) -> keras.Model:
     return keras.Model([features, previous], probabilities, name="attention")
 
 
+def build_transformer(config: CaptionerConfig) -> keras.Model:
+    """A Transformer decoder (Vaswani et al. 2017) over the characters, attending over the feature grid's cells.
+
+    Each of ``blocks`` pre-normalised blocks lets every character look back
+    at the ones before it (causal self-attention) and at the grid's cells,
+    each with ``heads`` heads, then a feed-forward layer. The cells and the
+    characters carry learnt positions. Where attention's one LSTM state must
+    remember what it has named, here each character can look at every one
+    written before it, and each head at other cells.
+    """
+    rows, cols, channels = config.feature_shape
+    features = keras.Input(shape=config.feature_shape, name="features")  # (batch, rows, cols, 512)
+    previous = keras.Input(shape=(config.timesteps,), dtype="int32", name="previous_chars")  # (batch, 50)
+    x = layers.Normalization(axis=(1, 2, 3), name=FEATURE_NORM)(features)
+    x = layers.Dropout(config.dropout, name="image_dropout")(x)
+    grid = layers.Reshape((rows * cols, channels), name="grid")(x)  # (batch, cells, 512)
+    memory = GridPositions(name="grid_positions")(layers.Dense(config.units, name="grid_values")(grid))
+    memory = layers.LayerNormalization(name="grid_norm")(memory)  # (batch, cells, units)
+    chars = layers.Dense(config.units, name="char_projection")(previous_char_embedding(config, previous))
+    chars = GridPositions(name="char_positions")(chars)  # (batch, 50, units)
+    chars = layers.Dropout(config.dropout, name="char_input_dropout")(chars)
+    key_dim = config.units // config.heads
+    for block in range(config.blocks):
+        def residual(name, inner, inputs):
+            """inputs + dropout(inner(layer-normalised inputs))"""
+            normalised = layers.LayerNormalization(name=f"block{block}_{name}_norm")(inputs)
+            return layers.Add(name=f"block{block}_{name}")(
+                [inputs, layers.Dropout(config.dropout, name=f"block{block}_{name}_dropout")(inner(normalised))])
+
+        self_attention = layers.MultiHeadAttention(config.heads, key_dim, name=f"block{block}_self_attention")
+        grid_attention = layers.MultiHeadAttention(config.heads, key_dim, name=f"block{block}_grid_attention")
+        hidden = layers.Dense(4 * config.units, activation="gelu", name=f"block{block}_hidden")
+        back = layers.Dense(config.units, name=f"block{block}_back")
+        chars = residual("self", lambda h: self_attention(h, h, use_causal_mask=True), chars)
+        chars = residual("look", lambda h: grid_attention(h, memory), chars)
+        chars = residual("mix", lambda h: back(hidden(h)), chars)
+    chars = layers.LayerNormalization(name="final_norm")(chars)
+    probabilities = layers.Dense(config.num_classes, activation="softmax", dtype="float32", name=OUTPUT)(
+        chars
+    )  # (batch, 50, 128), float32 under mixed precision too
+    return keras.Model([features, previous], probabilities, name="transformer")
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """One entry of ARCHITECTURES.
@@ -574,6 +622,7 @@ ARCHITECTURES = {
     "showtell": Architecture(build_showtell, autoregressive=True, initial_states=("init_h", "init_c")),
     "attention": Architecture(build_attention, autoregressive=True,
                               initial_states=("init_h", "init_c", "grid_values_flat", "grid_keys_flat")),
+    "transformer": Architecture(build_transformer, autoregressive=True),  # decoded by PrefixSteps
 }
 
 
@@ -801,3 +850,39 @@ class StepModels:
             _, states = self.next(padded[:, step], states)
         stacked = np.stack(maps, axis=1) if maps else np.zeros((len(captions), 0, 0))  # (batch, longest, cells)
         return [stacked[row, : len(caption)] for row, caption in enumerate(captions)]
+
+
+class PrefixSteps:
+    """``StepModels``' interface for a model that reads the whole caption so far (the transformer).
+
+    Its state per beam is the features, the characters fed so far (END
+    first, the start token; END-padded after) and how many there are;
+    ``next`` runs the model on them and reads the next character at that
+    position. Every step recomputes the prefix (timesteps model calls per
+    caption), which at 50 characters costs little beside a cache's bookkeeping.
+    """
+
+    attention = None  # no single map per character: predict.py --attention refuses it
+
+    def __init__(self, model: keras.Model, config: CaptionerConfig):
+        self.model, self.timesteps = model, config.timesteps
+
+    def start(self, features: np.ndarray) -> list[np.ndarray]:
+        features = np.asarray(features, dtype=np.float32)
+        prefix = np.full((len(features), self.timesteps), END, dtype=np.int32)
+        return [features, prefix, np.zeros(len(features), dtype=np.int32)]
+
+    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
+        features, prefix, written = states
+        position = int(written[0]) if len(written) else 0  # every beam has written as many
+        if position >= self.timesteps:
+            raise ValueError(f"the model writes at most {self.timesteps} characters, end class included")
+        prefix = prefix.copy()
+        prefix[:, position] = tokens
+        probabilities = np.asarray(self.model.predict_on_batch([features, prefix]))[:, position]
+        return probabilities, [features, prefix, written + 1]
+
+
+def step_models(model: keras.Model, config: CaptionerConfig):
+    """What beam search and sampling call for an autoregressive model: ``StepModels``, or ``PrefixSteps``."""
+    return PrefixSteps(model, config) if config.arch == "transformer" else StepModels(model, config)

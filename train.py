@@ -40,7 +40,7 @@ DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weigh
 # The demo fits a laptop CPU: a random VGG16 (no download) and a narrower model.
 DEMO_DEFAULTS = dict(epochs=15, batch_size=128, units=256, vgg_weights="none", out=DEFAULT_RUN)
 # The loss each architecture trains with unless --loss says otherwise (image2text: the one measured best).
-DEFAULT_LOSS = {"image2text": "ctc", "showtell": "crossentropy", "attention": "crossentropy"}
+DEFAULT_LOSS = {"image2text": "ctc", "showtell": "crossentropy", "attention": "crossentropy", "transformer": "crossentropy"}
 # How the kept model is chosen unless --keep-best / --weight-average say otherwise: the validation loss, and the
 # weights as they are, except for image2text with CTC, where the validation captions' CIDEr-D picks the epoch and
 # the weights are averaged over steps (measured best, docs/image2text.md: its captions vary a lot from step to step).
@@ -84,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="image2text: the original keras-image2text design, all 50 characters at once "
                             "(formerly 'seed'); showtell: Show and Tell, one character at a time from the "
                             "image-initialised LSTM; attention: Show, Attend and Tell, showtell plus attention "
-                            "over the VGG16 grid")
+                            "over the VGG16 grid; transformer: a Transformer decoder over the characters written so "
+                            "far and the grid's cells")
     model.add_argument("--loss", choices=LOSSES,
                        help="image2text: ctc = connectionist temporal classification, the end class as the blank "
                             "(a character may sit a step earlier or later); crossentropy = the original's per-step "
@@ -117,6 +118,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="attention: read the N character n-grams that the most training captions use off each "
                             "photo's features (a ridge regression fitted before training, frozen in the model) and "
                             "give them to the decoder at every step (semantic attributes); 0: none")
+    model.add_argument("--blocks", type=bounded_int(*LIMITS["blocks"]),
+                       help=f"transformer: decoder blocks [default: {CaptionerConfig.blocks}]")
+    model.add_argument("--heads", type=bounded_int(*LIMITS["heads"]),
+                       help=f"transformer: attention heads per block, a divisor of --units "
+                            f"[default: {CaptionerConfig.heads}]")
     model.add_argument("--dropout", type=bounded_float(0, 0.9), metavar="SHARE",
                        help=f"attention and showtell: dropout on the image features and on the decoder's outputs "
                             f"[default: {CaptionerConfig.dropout}]")
@@ -183,16 +189,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"trains with crossentropy")
     args.loss = args.loss or DEFAULT_LOSS[args.arch]
     if args.self_critical and not ARCHITECTURES[args.arch].autoregressive:
-        parser.error(f"--self-critical is for the autoregressive architectures (attention, showtell); {args.arch} "
+        parser.error(f"--self-critical is for the autoregressive architectures (attention, showtell, transformer); {args.arch} "
                      f"writes every character at once")
     if args.char_dropout and not ARCHITECTURES[args.arch].autoregressive:
-        parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell); {args.arch} "
+        parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell, transformer); {args.arch} "
                      f"reads no previous characters")
     if args.dropout is not None and not ARCHITECTURES[args.arch].autoregressive:
-        parser.error(f"--dropout is for the autoregressive architectures (attention, showtell); {args.arch} has none")
+        parser.error(f"--dropout is for the autoregressive architectures (attention, showtell, transformer); {args.arch} has none")
     if args.initial_state != "flatten" and not ARCHITECTURES[args.arch].autoregressive:
-        parser.error(f"--initial-state is for the autoregressive architectures (attention, showtell); {args.arch} "
+        parser.error(f"--initial-state is for the autoregressive architectures (attention, showtell, transformer); {args.arch} "
                      f"keeps the card's layers")
+    if args.arch == "transformer" and args.initial_state != "flatten":
+        parser.error("--initial-state is for --arch attention and showtell; the transformer has no initial state")
+    for name in ("blocks", "heads"):
+        if getattr(args, name) is not None and args.arch != "transformer":
+            parser.error(f"--{name} is for --arch transformer; {args.arch} has no Transformer blocks")
     if args.grid_positions and args.arch != "attention":
         parser.error(f"--grid-positions is for --arch attention; {args.arch} attends over no grid")
     if args.attributes and args.arch != "attention":
@@ -219,7 +230,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
                            flip=args.flip, char_dropout=args.char_dropout, initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,
-                           grid_positions=args.grid_positions, attributes=args.attributes)
+                           grid_positions=args.grid_positions, attributes=args.attributes,
+                           blocks=args.blocks or CaptionerConfig.blocks, heads=args.heads or CaptionerConfig.heads)
 
 
 def train(args: argparse.Namespace) -> int:

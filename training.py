@@ -39,7 +39,7 @@ from fileio import lock_folder, read_json, remove_stale_temporaries, write_json,
 from kana import LEFT, RIGHT, Vocabulary, convert_captions, mirror_reading
 from lm import LM_FILE, CharNgram
 from metrics import caption_metrics, format_table, score
-from model import CaptionerConfig, StepModels, build_model, ctc_fits, load_model, save_model
+from model import CaptionerConfig, build_model, ctc_fits, load_model, save_model, step_models
 from plots import plot_loss
 
 # Files a fresh run replaces; anything else in --out is left alone.
@@ -390,7 +390,7 @@ def self_critical(config: CaptionerConfig, data: TrainingData, out: Path, state:
         log(f"Self-critical training from the kept epoch {state['best_epoch']} (validation CIDEr-D "
             f"{stage['best_cider']:.3f}), learning rate {learning_rate:g}, baseline {baseline}.")
     state["self_critical"] = stage
-    photos, steps = np.unique(data.train.rows), StepModels(model, config)
+    photos, steps = np.unique(data.train.rows), step_models(model, config)
     for epoch in range(stage["epoch"], epochs):
         result = selfcritical.run_epoch(model, steps, config, data.vocabulary, data.cache.features, photos,
                                         data.references, seed + epoch, progress, stage.get("baseline", "greedy"))

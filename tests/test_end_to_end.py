@@ -233,15 +233,27 @@ def test_attention_maps_are_drawn_per_photo(tiny_run, tiny_demo, tmp_path, capsy
         assert one_panel.size == (128, 144) and six_panels.size == (6 * 128, 144)
 
 
-def test_showtell_trains_and_has_no_attention_maps(tiny_demo, tmp_path, capsys):
-    out = tmp_path / "showtell"
-    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", "showtell")) == 0
+@pytest.mark.parametrize("arch, options", [("showtell", ()), ("transformer", ("--blocks", 1, "--heads", 2))])
+def test_the_other_autoregressive_models_train_and_draw_no_attention_maps(tiny_demo, tmp_path, capsys, arch, options):
+    out = tmp_path / arch
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", arch, *options)) == 0
     capsys.readouterr()  # the training log
     photo = tiny_demo / "val2014" / "COCO_val2014_000000000001.jpg"
     assert predict.main([str(photo), "--model", str(out), "--n-best", "2"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert predict.main([str(photo), "--model", str(out), "--attention", str(tmp_path / "maps")]) == 2
     assert "needs an attention model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "attention", "--blocks", "3"], "--blocks is for --arch transformer"),
+    (["--heads", "8"], "--heads is for --arch transformer"),
+    (["--arch", "transformer", "--initial-state", "pooled"], "the transformer has no initial state"),
+])
+def test_transformer_options_are_refused_elsewhere(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_predict_with_a_missing_model_is_a_clear_error(tiny_demo, tmp_path, capsys):

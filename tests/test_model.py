@@ -6,7 +6,7 @@ import pytest
 import keras
 
 import runtime
-from model import ARCHITECTURES, CaptionerConfig, StepModels, build_model, load_model, model_inputs
+from model import ARCHITECTURES, CaptionerConfig, StepModels, build_model, load_model, model_inputs, step_models
 from runtime import dtype_policy
 
 
@@ -127,8 +127,18 @@ def test_an_old_config_loads(tmp_path):
 
 
 def test_unknown_architecture_is_a_clear_error():
-    with pytest.raises(ValueError, match="arch is 'transformer'; expected one of"):
-        build_model(small_config(arch="transformer"))
+    with pytest.raises(ValueError, match="arch is 'perceiver'; expected one of"):
+        build_model(small_config(arch="perceiver"))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"units": 30, "heads": 4}, "heads is 4; expected a divisor of units"),
+    ({"initial_state": "pooled"}, "it has no initial state"),
+    ({"blocks": 0}, "blocks is 0; expected a whole number from 1"),
+])
+def test_transformer_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        CaptionerConfig(arch="transformer", **settings)
 
 
 @pytest.mark.parametrize("arch, loss", [(arch, "crossentropy") for arch in sorted(ARCHITECTURES)]
@@ -147,7 +157,7 @@ def test_each_architecture_memorises_a_few_captions(arch, loss):
     model = build_model(config, feature_sample=features)
     model.fit(model_inputs(config, features, targets), targets, epochs=300, batch_size=4, verbose=0)
     if ARCHITECTURES[arch].autoregressive:
-        decoded = beam_search(StepModels(model, config), features, vocabulary, beam_size=2, max_length=11)
+        decoded = beam_search(step_models(model, config), features, vocabulary, beam_size=2, max_length=11)
     elif loss == "ctc":
         decoded = decode_ctc(model.predict(features, verbose=0), vocabulary)
     else:
@@ -212,7 +222,7 @@ def test_the_decoding_follows_the_architecture_and_loss():
     assert CaptionerConfig(arch="attention").decoding == "beam"
 
 
-@pytest.mark.parametrize("arch", ["showtell", "attention"])
+@pytest.mark.parametrize("arch", ["showtell", "attention", "transformer"])
 def test_step_models_match_the_training_graph(arch):
     """Beam search's one-step models must give the teacher-forced model's probabilities, step by step."""
     config = small_config(arch=arch, image_size=64, timesteps=6, dropout=0.0)
@@ -221,7 +231,7 @@ def test_step_models_match_the_training_graph(arch):
     targets = rng.integers(1, 128, size=(3, 6))
     model = build_model(config, feature_sample=features)
     expected = model.predict(model_inputs(config, features, targets), verbose=0)  # (3, 6, 128)
-    steps = StepModels(model, config)
+    steps = step_models(model, config)
     states, tokens = steps.start(features), np.zeros(3, dtype=np.int64)
     for t in range(6):
         probabilities, states = steps.next(tokens, states)
