@@ -114,6 +114,7 @@ class CaptionerConfig:
     attributes: int = 0  # attention: caption n-grams read off the image, fed to every step (attributes.py); 0 = none
     blocks: int = 2  # transformer: decoder blocks (self-attention over the characters, attention over the grid)
     heads: int = 4  # transformer: attention heads in each block; units must be a multiple of it
+    summary_token: bool = False  # transformer: one more cell to attend over, read off the whole flattened grid
 
     def __post_init__(self):
         """Checks every setting's type and range: a config.json may come from anywhere."""
@@ -154,6 +155,9 @@ class CaptionerConfig:
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
         check("initial_state", (autoregressive and self.arch != "transformer") or self.initial_state == "flatten",
               f"flatten for {self.arch} (" + ("it has no initial state)" if autoregressive else "its layers are the card's)"))
+        check("summary_token", isinstance(self.summary_token, bool) and (self.arch == "transformer"
+                                                                         or not self.summary_token),
+              f"true or false (false for {self.arch}: it is a transformer's extra cell)")
         check("heads", self.arch != "transformer" or self.units % self.heads == 0,
               f"a divisor of units ({self.units}) for transformer: each head reads units / heads channels")
         check("grid_positions", isinstance(self.grid_positions, bool) and (self.arch == "attention"
@@ -565,7 +569,10 @@ def build_transformer(config: CaptionerConfig) -> keras.Model:
     each with ``heads`` heads, then a feed-forward layer. The cells and the
     characters carry learnt positions. Where attention's one LSTM state must
     remember what it has named, here each character can look at every one
-    written before it, and each head at other cells.
+    written before it, and each head at other cells. With ``summary_token``
+    the cells are joined by one read off the whole flattened grid (a weight
+    per cell and channel, like attention's initial state), so that what is
+    true of the whole photo (in colour or grey) is one look away.
     """
     rows, cols, channels = config.feature_shape
     features = keras.Input(shape=config.feature_shape, name="features")  # (batch, rows, cols, 512)
@@ -573,7 +580,12 @@ def build_transformer(config: CaptionerConfig) -> keras.Model:
     x = layers.Normalization(axis=(1, 2, 3), name=FEATURE_NORM)(features)
     x = layers.Dropout(config.dropout, name="image_dropout")(x)
     grid = layers.Reshape((rows * cols, channels), name="grid")(x)  # (batch, cells, 512)
-    memory = GridPositions(name="grid_positions")(layers.Dense(config.units, name="grid_values")(grid))
+    memory = layers.Dense(config.units, name="grid_values")(grid)  # (batch, cells, units)
+    if config.summary_token:  # what attention's initial state reads, as one more cell
+        summary = layers.Dense(config.units, name="grid_summary")(layers.Flatten(name="flatten")(x))
+        memory = layers.Concatenate(axis=1, name="cells_and_summary")([layers.Reshape((1, config.units))(summary),
+                                                                       memory])  # (batch, 1 + cells, units)
+    memory = GridPositions(name="grid_positions")(memory)
     memory = layers.LayerNormalization(name="grid_norm")(memory)  # (batch, cells, units)
     chars = layers.Dense(config.units, name="char_projection")(previous_char_embedding(config, previous))
     chars = GridPositions(name="char_positions")(chars)  # (batch, 50, units)

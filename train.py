@@ -123,6 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--heads", type=bounded_int(*LIMITS["heads"]),
                        help=f"transformer: attention heads per block, a divisor of --units "
                             f"[default: {CaptionerConfig.heads}]")
+    model.add_argument("--summary-token", action="store_true",
+                       help="transformer: attend over one more cell, read off the whole flattened grid (what "
+                            "attention's initial state reads), beside the grid's cells")
     model.add_argument("--dropout", type=bounded_float(0, 0.9), metavar="SHARE",
                        help=f"attention and showtell: dropout on the image features and on the decoder's outputs "
                             f"[default: {CaptionerConfig.dropout}]")
@@ -201,9 +204,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"keeps the card's layers")
     if args.arch == "transformer" and args.initial_state != "flatten":
         parser.error("--initial-state is for --arch attention and showtell; the transformer has no initial state")
-    for name in ("blocks", "heads"):
-        if getattr(args, name) is not None and args.arch != "transformer":
-            parser.error(f"--{name} is for --arch transformer; {args.arch} has no Transformer blocks")
+    for name in ("blocks", "heads", "summary_token"):
+        if getattr(args, name) not in (None, False) and args.arch != "transformer":
+            parser.error(f"--{name.replace('_', '-')} is for --arch transformer; {args.arch} has no Transformer blocks")
     if args.grid_positions and args.arch != "attention":
         parser.error(f"--grid-positions is for --arch attention; {args.arch} attends over no grid")
     if args.attributes and args.arch != "attention":
@@ -231,7 +234,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            flip=args.flip, char_dropout=args.char_dropout, initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,
                            grid_positions=args.grid_positions, attributes=args.attributes,
-                           blocks=args.blocks or CaptionerConfig.blocks, heads=args.heads or CaptionerConfig.heads)
+                           blocks=args.blocks or CaptionerConfig.blocks, heads=args.heads or CaptionerConfig.heads,
+                           summary_token=args.summary_token)
 
 
 def train(args: argparse.Namespace) -> int:

@@ -233,7 +233,7 @@ def test_attention_maps_are_drawn_per_photo(tiny_run, tiny_demo, tmp_path, capsy
         assert one_panel.size == (128, 144) and six_panels.size == (6 * 128, 144)
 
 
-@pytest.mark.parametrize("arch, options", [("showtell", ()), ("transformer", ("--blocks", 1, "--heads", 2))])
+@pytest.mark.parametrize("arch, options", [("showtell", ()), ("transformer", ("--blocks", 1, "--heads", 2, "--summary-token"))])
 def test_the_other_autoregressive_models_train_and_draw_no_attention_maps(tiny_demo, tmp_path, capsys, arch, options):
     out = tmp_path / arch
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--arch", arch, *options)) == 0
@@ -248,6 +248,7 @@ def test_the_other_autoregressive_models_train_and_draw_no_attention_maps(tiny_d
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "attention", "--blocks", "3"], "--blocks is for --arch transformer"),
     (["--heads", "8"], "--heads is for --arch transformer"),
+    (["--summary-token"], "--summary-token is for --arch transformer"),
     (["--arch", "transformer", "--initial-state", "pooled"], "the transformer has no initial state"),
 ])
 def test_transformer_options_are_refused_elsewhere(argv, message, capsys):

@@ -135,10 +135,11 @@ def test_unknown_architecture_is_a_clear_error():
     ({"units": 30, "heads": 4}, "heads is 4; expected a divisor of units"),
     ({"initial_state": "pooled"}, "it has no initial state"),
     ({"blocks": 0}, "blocks is 0; expected a whole number from 1"),
+    ({"arch": "attention", "summary_token": True}, "false for attention"),
 ])
 def test_transformer_settings_are_checked(settings, message):
     with pytest.raises(ValueError, match=message):
-        CaptionerConfig(arch="transformer", **settings)
+        CaptionerConfig(**{"arch": "transformer", **settings})
 
 
 @pytest.mark.parametrize("arch, loss", [(arch, "crossentropy") for arch in sorted(ARCHITECTURES)]
@@ -222,10 +223,11 @@ def test_the_decoding_follows_the_architecture_and_loss():
     assert CaptionerConfig(arch="attention").decoding == "beam"
 
 
-@pytest.mark.parametrize("arch", ["showtell", "attention", "transformer"])
-def test_step_models_match_the_training_graph(arch):
+@pytest.mark.parametrize("arch, options", [("showtell", {}), ("attention", {}), ("transformer", {}),
+                                           ("transformer", {"summary_token": True})])
+def test_step_models_match_the_training_graph(arch, options):
     """Beam search's one-step models must give the teacher-forced model's probabilities, step by step."""
-    config = small_config(arch=arch, image_size=64, timesteps=6, dropout=0.0)
+    config = small_config(arch=arch, image_size=64, timesteps=6, dropout=0.0, **options)
     rng = np.random.default_rng(0)
     features = rng.normal(size=(3, 2, 2, 512)).astype("float32")
     targets = rng.integers(1, 128, size=(3, 6))
