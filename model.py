@@ -27,7 +27,10 @@ et al., Show, Attend and Tell) starts the same way, and at every step also
 looks at the pool5 grid (4×4 cells at 150 px, 7×7 at 224 px): an additive
 attention over the cells, queried with the LSTM's previous state, feeds a
 context vector into the LSTM with the previous character, and into the output
-layer.
+layer. ``--arch transformer`` (Vaswani et al.) replaces that LSTM with
+Transformer blocks: each character attends to the characters before it and
+to the grid's cells; beam search runs it on the caption so far at every step
+(``PrefixSteps``).
 """
 
 from __future__ import annotations
@@ -586,7 +589,7 @@ def build_transformer(config: CaptionerConfig) -> keras.Model:
         memory = layers.Concatenate(axis=1, name="cells_and_summary")([layers.Reshape((1, config.units))(summary),
                                                                        memory])  # (batch, 1 + cells, units)
     memory = GridPositions(name="grid_positions")(memory)
-    memory = layers.LayerNormalization(name="grid_norm")(memory)  # (batch, cells, units)
+    memory = layers.LayerNormalization(name="grid_norm")(memory)  # (batch, [1 +] cells, units)
     chars = layers.Dense(config.units, name="char_projection")(previous_char_embedding(config, previous))
     chars = GridPositions(name="char_positions")(chars)  # (batch, 50, units)
     chars = layers.Dropout(config.dropout, name="char_input_dropout")(chars)
@@ -870,8 +873,8 @@ class PrefixSteps:
     Its state per beam is the features, the characters fed so far (END
     first, the start token; END-padded after) and how many there are;
     ``next`` runs the model on them and reads the next character at that
-    position. Every step recomputes the prefix (timesteps model calls per
-    caption), which at 50 characters costs little beside a cache's bookkeeping.
+    position. Every step recomputes the whole prefix (no cache of keys and
+    values): a caption of n characters costs n calls over all timesteps.
     """
 
     attention = None  # no single map per character: predict.py --attention refuses it
