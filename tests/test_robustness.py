@@ -235,12 +235,12 @@ def test_a_run_state_from_the_previous_version_resumes_keeping_the_lowest_loss(t
 
 
 @pytest.mark.parametrize("field, value", [
-    ("image_size", 100000), ("timesteps", 100000), ("timesteps", 0), ("units", -4), ("arch", "transformer"),
+    ("image_size", 100000), ("timesteps", 100000), ("timesteps", 0), ("units", -4), ("arch", "perceiver"),
     ("units", "16"), ("learning_rate", "fast"), ("image_size", True), ("dropout", 2), ("vgg_precision", "auto"),
     ("num_classes", 1), ("vocabulary", 5), ("weight_average", 1), ("references", "likeliest"), ("references", 3),
     ("flip", "yes"), ("schedule", "linear"), ("char_dropout", 1.0), ("char_dropout", "0.2"),
     ("initial_state", "mean"), ("initial_state", None), ("grid_positions", 1), ("attributes", -1),
-    ("attributes", 1.5), ("attributes", 100000),
+    ("attributes", 1.5), ("attributes", 100000), ("blocks", 0), ("heads", "4"), ("summary_token", 1),
 ])
 def test_a_config_field_out_of_range_is_named(tiny_run, tmp_path, field, value):
     out = tmp_path / "run"

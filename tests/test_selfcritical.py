@@ -12,7 +12,7 @@ import train
 from conftest import train_argv
 from kana import END, Vocabulary
 from metrics import cider_scores
-from model import CaptionerConfig, StepModels, build_model, model_inputs
+from model import CaptionerConfig, build_model, model_inputs, step_models
 
 
 class ScriptedSteps:
@@ -63,14 +63,15 @@ def test_cider_scores_rank_the_right_caption_first():
     assert right > wrong >= 0
 
 
+@pytest.mark.parametrize("arch", ["attention", "transformer"])
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_a_rewarded_sample_becomes_likelier_and_a_penalised_one_less_likely(sign):
-    config = CaptionerConfig(arch="attention", units=16, image_size=32, dropout=0.0)
+def test_a_rewarded_sample_becomes_likelier_and_a_penalised_one_less_likely(sign, arch):
+    config = CaptionerConfig(arch=arch, units=16, image_size=32, dropout=0.0)
     keras.utils.set_random_seed(0)
     model = selfcritical.compile_for(build_model(config), 1e-3)  # one small step: a large one overshoots
     rng = np.random.default_rng(0)
     features = rng.normal(size=(1, *config.feature_shape)).astype("float32")
-    samples = selfcritical.sample_captions(StepModels(model, config), features, 1, config.timesteps, rng)
+    samples = selfcritical.sample_captions(step_models(model, config), features, 1, config.timesteps, rng)
 
     def log_likelihood():
         probabilities = np.asarray(model.predict_on_batch(model_inputs(config, features, samples.targets)))
