@@ -165,7 +165,8 @@ class Captioner:
     def attention_maps(self, features: np.ndarray, texts: list[str]) -> list[np.ndarray]:
         """Attention models: per caption, the weights over the VGG16 grid behind each character ``(len(text), rows, cols)``."""
         if not self.has_attention:
-            raise ValueError(f"The model is {self.config.arch!r}, which draws no attention maps; train with --arch attention.")
+            raise ValueError(f"The model is {self.config.arch!r}, which draws no attention maps; "
+                             f"train with --arch attention.")
         indices = [self.vocabulary.encode(text, len(text) + 1)[0][: len(text)].tolist() for text in texts]
         rows, cols, _ = self.config.feature_shape
         maps = self.steps.attention_maps(np.asarray(features, dtype=np.float32), indices)

@@ -157,7 +157,8 @@ class CaptionerConfig:
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
         check("initial_state", (autoregressive and self.arch != "transformer") or self.initial_state == "flatten",
-              f"flatten for {self.arch} (" + ("it has no initial state)" if autoregressive else "its layers are the card's)"))
+              f"flatten for {self.arch} ("
+              + ("it has no initial state)" if autoregressive else "its layers are the card's)"))
         check("summary_token", isinstance(self.summary_token, bool) and (self.arch == "transformer"
                                                                          or not self.summary_token),
               f"true or false (false for {self.arch}: it is a transformer's extra cell)")

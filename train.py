@@ -40,7 +40,8 @@ DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weigh
 # The demo fits a laptop CPU: a random VGG16 (no download) and a narrower model.
 DEMO_DEFAULTS = dict(epochs=15, batch_size=128, units=256, vgg_weights="none", out=DEFAULT_RUN)
 # The loss each architecture trains with unless --loss says otherwise (image2text: the one measured best).
-DEFAULT_LOSS = {"image2text": "ctc", "showtell": "crossentropy", "attention": "crossentropy", "transformer": "crossentropy"}
+DEFAULT_LOSS = {"image2text": "ctc", "showtell": "crossentropy", "attention": "crossentropy",
+                "transformer": "crossentropy"}
 # How the kept model is chosen unless --keep-best / --weight-average say otherwise: the validation loss, and the
 # weights as they are, except for image2text with CTC, where the validation captions' CIDEr-D picks the epoch and
 # the weights are averaged over steps (measured best, docs/image2text.md: its captions vary a lot from step to step).
@@ -127,8 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="transformer: attend over one more cell, read off the whole flattened grid (what "
                             "attention's initial state reads), beside the grid's cells")
     model.add_argument("--dropout", type=bounded_float(0, 0.9), metavar="SHARE",
-                       help=f"attention and showtell: dropout on the image features and on the decoder's outputs "
-                            f"[default: {CaptionerConfig.dropout}]")
+                       help=f"attention, showtell and transformer: dropout on the image features and on the decoder's "
+                            f"outputs (transformer: after each block's layers) [default: {CaptionerConfig.dropout}]")
     fitting = parser.add_argument_group("training")
     fitting.add_argument("--epochs", type=bounded_int(1, 100_000),
                          help=f"the total number of epochs [default: {DEFAULTS['epochs']}; the demo uses "
@@ -192,16 +193,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"trains with crossentropy")
     args.loss = args.loss or DEFAULT_LOSS[args.arch]
     if args.self_critical and not ARCHITECTURES[args.arch].autoregressive:
-        parser.error(f"--self-critical is for the autoregressive architectures (attention, showtell, transformer); {args.arch} "
-                     f"writes every character at once")
+        parser.error(f"--self-critical is for the autoregressive architectures (attention, showtell, transformer); "
+                     f"{args.arch} writes every character at once")
     if args.char_dropout and not ARCHITECTURES[args.arch].autoregressive:
-        parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell, transformer); {args.arch} "
-                     f"reads no previous characters")
+        parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell, transformer); "
+                     f"{args.arch} reads no previous characters")
     if args.dropout is not None and not ARCHITECTURES[args.arch].autoregressive:
-        parser.error(f"--dropout is for the autoregressive architectures (attention, showtell, transformer); {args.arch} has none")
+        parser.error(f"--dropout is for the autoregressive architectures (attention, showtell, transformer); "
+                     f"{args.arch} has none")
     if args.initial_state != "flatten" and not ARCHITECTURES[args.arch].autoregressive:
-        parser.error(f"--initial-state is for the autoregressive architectures (attention, showtell, transformer); {args.arch} "
-                     f"keeps the card's layers")
+        parser.error(f"--initial-state is for --arch attention and showtell; {args.arch} keeps the card's layers")
     if args.arch == "transformer" and args.initial_state != "flatten":
         parser.error("--initial-state is for --arch attention and showtell; the transformer has no initial state")
     for name in ("blocks", "heads", "summary_token"):
