@@ -391,8 +391,9 @@ def colors_named(katakana: str) -> set[str]:
 
 
 UNSEEN_PAIRS_NAMED = "color and kind, unseen pairs"
-ATTRIBUTES = ("kind", "color", "color and kind", UNSEEN_PAIRS_NAMED, "count", "position", "every object right",
-              "absent colour named")
+POSITION_KIND_NAMED = "position, kind named"
+ATTRIBUTES = ("kind", "color", "color and kind", UNSEEN_PAIRS_NAMED, "count", "position", POSITION_KIND_NAMED,
+              "every object right", "absent colour named")
 
 
 def score_caption(katakana: str, scene: dict) -> dict[str, float]:
@@ -402,7 +403,9 @@ def score_caption(katakana: str, scene: dict) -> dict[str, float]:
     ``count`` and ``position`` are read from the mention of the group's kind
     (whatever colour it names), so that each attribute is scored on its own:
     ``count`` on every group (a single object must not be given a count of
-    two or more), ``position`` on groups of one object. ``every object
+    two or more), ``position`` on groups of one object (``position, kind
+    named``: on those whose kind the caption names, as the probe's
+    ``position of each kind`` is given the kinds present). ``every object
     right``: each group named once with its colour, kind, count and position,
     and nothing else named. ``absent colour named``: a colour no object has
     (any colour, in a greyscale photo). ``color and kind, unseen pairs``:
@@ -440,6 +443,8 @@ def score_caption(katakana: str, scene: dict) -> dict[str, float]:
         "count": float(np.mean([m is not None and m.count == g.count for g, m in zip(scene_groups, by_kind)])),
         "position": _mean([m is not None and m.position == g.position
                            for g, m in zip(scene_groups, by_kind) if g.count == 1]),
+        POSITION_KIND_NAMED: _mean([m.position == g.position
+                                    for g, m in zip(scene_groups, by_kind) if g.count == 1 and m is not None]),
         "every object right": float(all(right) and len(mentions) == len(scene_groups)),
         "absent colour named": float(bool(named_colors if grey else named_colors - present)),
     }

@@ -18,6 +18,12 @@ among them):
     top-k          the share of present colours (kinds, positions) among the probe's k best guesses,
                    k being how many the photo has: comparable with the captioner's per-group scores
     count          the share of photos whose number of objects the probe gets exactly
+    position of each kind
+                   read off the whole grid, not pooled (pooling loses where things are): for each
+                   object alone in its group, whether its third is among the k thirds the probe
+                   scores best for its kind (k: how many thirds that kind holds). The ceiling of the
+                   captioner's "position, kind named" (position top-k above only says which thirds
+                   hold something, whatever it is)
     held-out       AUC on what pretrain.py never draws (hard.FEATURE_HELD_OUT_KINDS; sky backgrounds):
                    whether a synthetic VGG16's features generalise beyond its own scenes
     unseen pairs   kind top-k on the colour–kind pairs training never drew (hard.UNSEEN_PAIRS), when the
@@ -49,6 +55,7 @@ from fileio import write_json  # noqa: E402
 from model import LIMITS, CaptionerConfig  # noqa: E402
 
 RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0)  # tried on a held-out part of the fitting photos
+GRID_RIDGE_PENALTIES = (1.0, 10.0, 100.0, 1000.0, 10000.0)  # the same for the whole grid (many more features)
 
 
 def pooled(features: np.ndarray) -> np.ndarray:
@@ -67,6 +74,47 @@ def targets(scenes: list[dict]) -> dict[str, np.ndarray]:
     return {"color": indicator(list(hard.COLORS), "color"), "kind": indicator(list(hard.KINDS), "kind"),
             "position": indicator(list(hard.POSITIONS), "position"),
             "count": (counts[:, None] == np.arange(1, 5)[None, :]).astype(np.float32)}
+
+
+def kind_positions(scenes: list[dict]) -> np.ndarray:
+    """A 0/1 matrix ``(photos, kinds, thirds)``: which thirds hold an object of which kind."""
+    kinds, thirds = list(hard.KINDS), list(hard.POSITIONS)
+    y = np.zeros((len(scenes), len(kinds), len(thirds)), np.float32)
+    for row, scene in enumerate(scenes):
+        for obj in scene["objects"]:
+            y[row, kinds.index(obj["kind"]), thirds.index(obj["position"])] = 1.0
+    return y
+
+
+def kind_position_share(scores: np.ndarray, scenes: list[dict]) -> float | None:
+    """The share of objects alone in their group (hard.groups) whose third is among the k best-scored thirds
+    for their kind (``scores`` shaped as ``kind_positions``; k: how many thirds hold that kind); None without one."""
+    labels, kinds = kind_positions(scenes), list(hard.KINDS)
+    hits = []
+    for row_scores, row_labels, scene in zip(scores, labels, scenes):
+        for group in hard.groups(scene):
+            if group.count == 1:
+                kind = kinds.index(group.kind)
+                best = np.argsort(-row_scores[kind])[: int(row_labels[kind].sum())]
+                hits.append(list(hard.POSITIONS).index(group.position) in best)
+    return float(np.mean(hits)) if hits else None
+
+
+def grid_ridge_scores(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """Ridge regression from many features (a whole grid, flattened) in its dual form, the penalty chosen as
+    ``choose_penalty`` does: ``x`` standardised ``(photos, features)``, ``y`` ``(photos, outputs)``."""
+    def fit_predict(x_fit, y_fit, x_new, penalty):
+        mean_x, mean_y = x_fit.mean(0), y_fit.mean(0)
+        centred = x_fit - mean_x
+        gram = centred @ centred.T
+        coefficients = np.linalg.solve(gram + penalty * len(x_fit) * np.eye(len(x_fit), dtype=gram.dtype),
+                                       y_fit - mean_y)
+        return (x_new - mean_x) @ (centred.T @ coefficients) + mean_y
+
+    split = int(len(x) * 0.8)
+    errors = [np.mean((fit_predict(x[:split], y[:split], x[split:], penalty) - y[split:]) ** 2)
+              for penalty in GRID_RIDGE_PENALTIES]
+    return fit_predict(x, y, x_test, GRID_RIDGE_PENALTIES[int(np.argmin(errors))])
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
@@ -124,12 +172,13 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
     given ``test_features`` and ``test_scenes`` (a held-out set), fitted on all
     the photos and scored on those.
     """
-    x = pooled(features)
+    x, grid = pooled(features), _flattened(features)
     if test_features is None:
         split = int(len(x) * fit_share)
         x, scenes, x_test, test_scenes = x[:split], scenes[:split], x[split:], scenes[split:]
+        grid, grid_test = grid[:split], grid[split:]
     else:
-        x_test = pooled(test_features)
+        x_test, grid_test = pooled(test_features), _flattened(test_features)
     mean, spread = x.mean(0), x.std(0) + 1e-6
     x, x_test = (x - mean) / spread, (x_test - mean) / spread
     results = {"photos fitted": len(x), "photos scored": len(x_test)}
@@ -160,7 +209,18 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
             sky = np.array([test_scenes[row]["background"] in hard.FEATURE_HELD_OUT_BACKGROUNDS for row in test_rows])
             results[f"{name} AUC, held-out bg"] = _mean(
                 [auc(scores[sky, column], y_test[sky, column]) for column in range(y.shape[1])])
+    mean, spread = grid.mean(0), grid.std(0) + 1e-6
+    y = kind_positions(scenes)
+    scores = grid_ridge_scores((grid - mean) / spread, y.reshape(len(y), -1), (grid_test - mean) / spread)
+    share = kind_position_share(scores.reshape(len(scores), *y.shape[1:]), test_scenes)
+    if share is not None:
+        results["position of each kind"] = share
     return results
+
+
+def _flattened(features: np.ndarray) -> np.ndarray:
+    """The whole grid as one row per photo: ``(n, rows, cols, channels)`` -> ``(n, rows * cols * channels)``."""
+    return np.asarray(features, dtype=np.float32).reshape(len(features), -1)
 
 
 def _mean(values) -> float:

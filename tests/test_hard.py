@@ -59,11 +59,12 @@ SCENE = {"greyscale": False, "objects": [
 @pytest.mark.parametrize("caption, expected", [
     ("左に赤い丸、青い星が二つあります。", {"every object right": 1.0, "count": 1.0, "absent colour named": 0.0}),
     ("左に赤い丸、青い星が三つあります。", {"every object right": 0.0, "count": 0.5}),
-    ("右に赤い丸、青い星が二つあります。", {"every object right": 0.0, "position": 0.0}),
+    ("右に赤い丸、青い星が二つあります。", {"every object right": 0.0, "position": 0.0, hard.POSITION_KIND_NAMED: 0.0}),
     ("左に緑の丸、青い星が二つあります。", {"every object right": 0.0, "color": 0.5, "absent colour named": 1.0,
                                       "position": 1.0, "count": 1.0}),  # the kind's position and count, all the same
     ("左に赤い丸があります。", {"every object right": 0.0, "kind": 0.5, "color and kind": 0.5}),
-    ("左に赤い三角、青い星が二つあります。", {"kind": 0.5, "color": 1.0}),
+    ("左に赤い三角、青い星が二つあります。", {"kind": 0.5, "color": 1.0, "position": 0.0,
+                                      hard.POSITION_KIND_NAMED: None}),  # no position of a kind not named
     ("左に赤い丸、青い星が二つ、右に黄色い星があります。", {"every object right": 0.0, "absent colour named": 1.0}),
 ])
 def test_the_scorer_catches_each_kind_of_mistake(caption, expected):
@@ -115,6 +116,28 @@ def test_the_probe_reads_what_the_features_hold():
     assert 0.4 < results["kind AUC"] < 0.6  # chance
     assert results["color AUC, held-out bg"] > 0.9  # the sky photos among the scored ones
     assert 0.3 < results["kind AUC, held-out kinds"] < 0.7
+
+
+def test_the_probe_reads_each_kinds_position_off_the_grid_not_the_pooled_features():
+    """Each object's kind in a channel of the cell of its third: the grid tells where each kind is; the same
+    kinds in a cell drawn at random do not."""
+    rng = np.random.default_rng(2)
+    scenes = [hard.random_scene(rng) for _ in range(300)]
+
+    def features_of(where):
+        features = rng.normal(size=(len(scenes), 1, 3, 12)).astype(np.float32)
+        for row, scene in enumerate(scenes):
+            for obj in scene["objects"]:
+                features[row, 0, where(obj), list(hard.KINDS).index(obj["kind"])] += 5.0
+        return features
+
+    placed = probe.probe(features_of(lambda obj: list(hard.POSITIONS).index(obj["position"])), scenes)
+    scattered = probe.probe(features_of(lambda obj: rng.integers(3)), scenes)
+    assert placed["position of each kind"] > 0.9
+    assert scattered["position of each kind"] < 0.65
+    labels = probe.kind_positions(scenes[:1])
+    assert labels.shape == (1, len(hard.KINDS), len(hard.POSITIONS))
+    assert labels.sum() == len({(obj["kind"], obj["position"]) for obj in scenes[0]["objects"]})
 
 
 def test_the_probe_scores_a_held_out_set_as_fitted_on_all_the_photos():
