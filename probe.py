@@ -56,6 +56,7 @@ from model import LIMITS, CaptionerConfig  # noqa: E402
 
 RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0)  # tried on a held-out part of the fitting photos
 GRID_RIDGE_PENALTIES = (1.0, 10.0, 100.0, 1000.0, 10000.0)  # the same for the whole grid (many more features)
+GRID_PHOTOS = 6000  # the grid probe fits on at most this many photos: its system is photos × photos (or features²)
 
 
 def pooled(features: np.ndarray) -> np.ndarray:
@@ -101,9 +102,12 @@ def kind_position_share(scores: np.ndarray, scenes: list[dict]) -> float | None:
 
 
 def grid_ridge_scores(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np.ndarray:
-    """Ridge regression from many features (a whole grid, flattened) in its dual form, the penalty chosen as
-    ``choose_penalty`` does: ``x`` standardised ``(photos, features)``, ``y`` ``(photos, outputs)``."""
+    """Ridge regression from many features (a whole grid, flattened), in its dual form when there are more features
+    than photos, the penalty chosen as ``choose_penalty`` does: ``x`` standardised ``(photos, features)``, ``y``
+    ``(photos, outputs)``."""
     def fit_predict(x_fit, y_fit, x_new, penalty):
+        if len(x_fit) > x_fit.shape[1]:
+            return predict_ridge(fit_ridge(x_fit, y_fit, penalty), x_new)
         mean_x, mean_y = x_fit.mean(0), y_fit.mean(0)
         centred = x_fit - mean_x
         gram = centred @ centred.T
@@ -209,6 +213,9 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
             sky = np.array([test_scenes[row]["background"] in hard.FEATURE_HELD_OUT_BACKGROUNDS for row in test_rows])
             results[f"{name} AUC, held-out bg"] = _mean(
                 [auc(scores[sky, column], y_test[sky, column]) for column in range(y.shape[1])])
+    if len(grid) > GRID_PHOTOS:
+        grid, scenes = grid[:GRID_PHOTOS], scenes[:GRID_PHOTOS]
+        results["photos fitted, grid"] = GRID_PHOTOS
     mean, spread = grid.mean(0), grid.std(0) + 1e-6
     y = kind_positions(scenes)
     scores = grid_ridge_scores((grid - mean) / spread, y.reshape(len(y), -1), (grid_test - mean) / spread)

@@ -140,6 +140,15 @@ def test_the_probe_reads_each_kinds_position_off_the_grid_not_the_pooled_feature
     assert labels.sum() == len({(obj["kind"], obj["position"]) for obj in scenes[0]["objects"]})
 
 
+@pytest.mark.parametrize("features", [40, 10])  # more features than photos (the dual form), and fewer
+def test_the_grid_probe_is_ridge_regression_in_either_form(monkeypatch, features):
+    rng = np.random.default_rng(3)
+    x, x_new, y = rng.normal(size=(30, features)), rng.normal(size=(5, features)), rng.normal(size=(30, 2))
+    monkeypatch.setattr(probe, "GRID_RIDGE_PENALTIES", (0.5,))
+    expected = probe.predict_ridge(probe.fit_ridge(x, y, 0.5), x_new)
+    np.testing.assert_allclose(probe.grid_ridge_scores(x, y, x_new), expected, rtol=1e-6, atol=1e-8)
+
+
 def test_the_probe_scores_a_held_out_set_as_fitted_on_all_the_photos():
     """Fitted on every photo and scored on another set: a set whose colour channels are shuffled reads at chance."""
     rng = np.random.default_rng(1)
