@@ -36,7 +36,8 @@ VGG16_NOTOP_URL = (
 )
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent / "cache"  # train.py's and evaluate.py's --cache-dir
-SYNTHETIC_WEIGHTS = Path(__file__).resolve().parent / "weights" / "vgg16-synthetic.weights.h5"  # --vgg-weights synthetic
+# --vgg-weights synthetic: shipped in the repository (float16, 28 MiB), made by pretrain.py's three-step recipe
+SYNTHETIC_WEIGHTS = Path(__file__).resolve().parent / "weights" / "vgg16-synthetic.weights.h5"
 RANDOM_VGG16_SEED = 1234  # --vgg-weights none: the same random network everywhere
 # Images are bounded by the pixels decoded, not by the pixels in the header: a JPEG is decoded at up to 1/8 scale
 # (draft mode), so a 200-megapixel phone photo is read at 3 megapixels; any other image is decoded whole.
@@ -154,7 +155,7 @@ def weights_file(weights: str) -> Path | None:
     """The local file a ``--vgg-weights`` value names (``synthetic`` names pretrain.py's), or None for imagenet/none.
 
     Raises:
-        WeightsUnavailable: ``synthetic``, and pretrain.py has not made the file yet.
+        WeightsUnavailable: ``synthetic``, and its file is missing (deleted, or not checked out).
         FileNotFoundError: a weights path that does not exist.
     """
     if weights in ("imagenet", "none"):
@@ -163,7 +164,8 @@ def weights_file(weights: str) -> Path | None:
     if weights == "synthetic" and not path.is_file():
         raise WeightsUnavailable(
             f"The project's synthetic VGG16 weights are not at {path}.\n"
-            f"Make them once with: python pretrain.py   (trains VGG16 on the project's own scenes)")
+            f"They come with the repository: git checkout -- weights/{path.name}\n"
+            f"or make them again with the three python pretrain.py commands in docs/hard-benchmark.md")
     if not path.is_file():
         raise FileNotFoundError(f"VGG16 weights file not found: {weights}")
     return path
