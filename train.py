@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR),
                       help="where VGG16 features are cached, reused across epochs and runs")
     data.add_argument("--vgg-weights", metavar="WEIGHTS", type=vgg_weights,
-                      help=f"'imagenet' (Keras download/cache), 'synthetic' (the project's own, made by pretrain.py), "
+                      help=f"'imagenet' (Keras download/cache), 'synthetic' (the project's own, shipped in weights/; pretrain.py makes it), "
                            f"a local .h5 file, or 'none' for a randomly initialised "
                            f"frozen VGG16 [default: {DEFAULTS['vgg_weights']}; the demo uses {DEMO_DEFAULTS['vgg_weights']}]")
     data.add_argument("--vgg-precision", choices=runtime.EXTRACTION_PRECISIONS, default="auto",
