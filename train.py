@@ -155,9 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                               "are cached once beside the others")
     fitting.add_argument("--char-dropout", type=bounded_float(0, 0.9), default=CaptionerConfig.char_dropout,
                          metavar="SHARE",
-                         help="attention and showtell: hide this share of the previous characters from the decoder "
-                              "in training (word dropout), so that it reads the photo rather than guessing from what "
-                              "it has written")
+                         help="attention, showtell and transformer: hide this share of the previous characters "
+                              "from the decoder in training (word dropout), so that it reads the photo rather than "
+                              "guessing from what it has written")
     fitting.add_argument("--self-critical", type=bounded_int(0, 10_000), default=0, metavar="EPOCHS",
                          help="after the cross-entropy epochs, this many epochs of self-critical sequence training "
                               "(attention and showtell): the model's sampled captions, rewarded by their CIDEr-D "
