@@ -5,7 +5,8 @@ A run folder holds:
     model.keras       the model of the best epoch (by validation loss, or its captions' CIDEr-D: train.py --keep-best)
     config.json       the CaptionerConfig it was built from
     vocab.json        the classes it writes, end class first
-    lm.json           CTC runs: the language model of the training captions that decoding reads (lm.py)
+    lm.json           the language model of the training captions (lm.py): CTC runs' decoding reads it beside
+                      the model; autoregressive runs' can take it out of the model's steps (--prior-weight)
     checkpoint.keras  the last epoch with optimizer state (training only, for --resume)
     state.json        epochs done, early-stopping counters, history (training only)
     metrics.json, history.csv, loss.png
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from decoding import CTC_LM_BEAM, Caption, beam_search, decode_ctc, decode_ctc_lm, decode_parallel
+from decoding import CTC_LM_BEAM, Caption, PriorSubtracted, beam_search, decode_ctc, decode_ctc_lm, decode_parallel
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
 from lm import LM_FILE, CharNgram
@@ -71,6 +72,8 @@ class Captioner:
         beam_size: beams per image for autoregressive models and CTC decoding (1 = greedy;
             with the language model, CTC decoding searches at least decoding.CTC_LM_BEAM).
         lm_weight: overrides the language model's weight (ctc-lm decoding; 0 = CTC alone).
+        prior_weight: overrides the share of the language model taken out of an autoregressive
+            model's steps (decoding.PriorSubtracted; 0 = the model's own probabilities).
 
     Raises:
         FileNotFoundError: a file of the run is missing.
@@ -78,7 +81,7 @@ class Captioner:
     """
 
     def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str | None = None,
-                 beam_size: int = 1, lm_weight: float | None = None):
+                 beam_size: int = 1, lm_weight: float | None = None, prior_weight: float | None = None):
         model_dir = Path(model_dir)
         for name in RUN_FILES:
             if not (model_dir / name).is_file():
@@ -99,6 +102,9 @@ class Captioner:
             )
         if decode is not None and architecture(config).autoregressive:
             raise ValueError(f"--decode is for image2text runs; {model_dir} is {config.arch}, read by beam search.")
+        if prior_weight and not architecture(config).autoregressive:
+            raise ValueError(f"--prior-weight is for autoregressive runs; {model_dir} is {config.arch}, whose "
+                             f"steps are written all at once ({config.decoding} decoding).")
         language_model = None
         if (decode or config.decoding) == "ctc-lm":
             if not (model_dir / LM_FILE).is_file():
@@ -106,7 +112,14 @@ class Captioner:
                     f"{model_dir / LM_FILE} not found: ctc-lm decoding reads the run's language model of its "
                     f"training captions, which train.py writes for CTC runs; --decode ctc reads the run without it.")
             language_model = CharNgram.load(model_dir / LM_FILE)
-        self._bind(model, config, vocabulary, language_model, decode, beam_size, lm_weight)
+        if (config.prior_weight if prior_weight is None else prior_weight) and architecture(config).autoregressive:
+            if not (model_dir / LM_FILE).is_file():
+                raise FileNotFoundError(
+                    f"{model_dir / LM_FILE} not found: --prior-weight reads the run's language model of its training "
+                    f"captions, which train.py writes with every run it starts (and with --resume, if missing); "
+                    f"--prior-weight 0 reads the run without it.")
+            language_model = CharNgram.load(model_dir / LM_FILE)
+        self._bind(model, config, vocabulary, language_model, decode, beam_size, lm_weight, prior_weight)
         self.vgg = build_vgg16(vgg_weights or config.vgg_weights, config.image_size,
                                config.vgg_precision, config.feature_layer) if with_vgg else None
 
@@ -120,13 +133,20 @@ class Captioner:
         return captioner
 
     def _bind(self, model, config: CaptionerConfig, vocabulary: Vocabulary, language_model: CharNgram | None,
-              decode: str | None = None, beam_size: int = 1, lm_weight: float | None = None) -> None:
+              decode: str | None = None, beam_size: int = 1, lm_weight: float | None = None,
+              prior_weight: float | None = None) -> None:
         self.model, self.config, self.vocabulary, self.language_model = model, config, vocabulary, language_model
         self.decode, self.beam_size = decode or config.decoding, beam_size
         self.lm_weight = config.lm_weight if lm_weight is None else lm_weight
+        autoregressive = architecture(config).autoregressive
+        self.prior_weight = (config.prior_weight if prior_weight is None else prior_weight) if autoregressive else 0.0
         if self.decode == "ctc-lm" and language_model is None:
             raise ValueError("ctc-lm decoding needs the run's language model.")
-        self.steps = step_models(model, config) if architecture(config).autoregressive else None
+        if self.prior_weight and language_model is None:
+            raise ValueError("--prior-weight needs the run's language model.")
+        self.steps = step_models(model, config) if autoregressive else None
+        if self.prior_weight:
+            self.steps = PriorSubtracted(self.steps, language_model, vocabulary, self.prior_weight)
 
     @property
     def has_attention(self) -> bool:

@@ -8,12 +8,15 @@ blank (``decode_ctc``: ``keras.ops.ctc_decode``, greedy or beam search), or
 the same with the run's language model of the training captions beside it
 (``decode_ctc_lm``: a prefix beam search, lm.py).
 
-Autoregressive models (``showtell``, ``attention``) are run one character at
-a time (``model.StepModels``) with a batched beam search: every image keeps
-``beam_size`` partial captions, each extended by its likeliest next
-characters; a caption is finished when it writes the end class, and finished
-captions are ranked by log-probability per character (length-normalised, so
-short captions are not favoured).
+Autoregressive models (``showtell``, ``attention``, ``transformer``) are run
+one character at a time (``model.StepModels``, ``model.PrefixSteps``) with a
+batched beam search: every image keeps ``beam_size`` partial captions, each
+extended by its likeliest next characters; a caption is finished when it
+writes the end class, and finished captions are ranked by log-probability per
+character (length-normalised, so short captions are not favoured). With a
+prior weight, the steps' probabilities are first divided by the training
+captions' own (``PriorSubtracted``): what the photo adds to what is usually
+written next.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ CTC_LM_FLOOR = 1e-3  # ctc-lm extends a partial caption only by characters at le
 BEAM_HELP = f"beams per image, for autoregressive runs and CTC decoding (1 = greedy; ctc-lm searches at least {CTC_LM_BEAM})"
 LM_WEIGHT_HELP = ("ctc-lm decoding: the weight of the run's language model beside CTC's (0 = CTC alone) "
                   "[default: the run's, from train.py --lm-weight]")
+PRIOR_PLAUSIBLE = 0.1  # prior subtraction chooses among the characters at least this share as likely as the likeliest
+PRIOR_WEIGHT_HELP = ("autoregressive runs: divide each next character's probability by the run's language model's "
+                     "(lm.json, the training captions' characters) to this power, among the characters at least "
+                     f"{PRIOR_PLAUSIBLE:g}× as likely as the likeliest, so that the photo rather than the usual "
+                     "wording decides; 0 = the model's own probabilities")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +160,66 @@ def _log_add(a: float, b: float) -> float:
     if a < b:
         a, b = b, a
     return a if b == -math.inf else a + math.log1p(math.exp(b - a))
+
+
+class PriorSubtracted:
+    """Step models whose next-character distribution has the captions' prior taken out (contrastive decoding).
+
+    A captioner trained on photos where red goes with stars writes a star
+    after "red" even when the photo shows a red heart: its next-character
+    probability mixes what the photo shows with what the captions usually
+    say next. This divides that probability by the language model's (lm.py,
+    of the training captions alone) to the power ``weight``:
+
+        log P(next | photo, caption so far) - weight * log P_lm(next | caption so far)
+
+    but only among the characters at least ``plausible`` times as likely as
+    the model's likeliest, so that a character the photo does not support is
+    never chosen for being rare (the adaptive plausibility constraint of
+    Li et al. 2023, "Contrastive Decoding"). The result is renormalised and
+    handed to beam search as the step's probabilities; a caption's
+    ``probability`` is then of these corrected steps.
+
+    The wrapper keeps each beam's characters as one more state (beam search
+    reorders it with the others) and reads the wrapped steps' attention.
+    """
+
+    def __init__(self, steps, language_model, vocabulary: Vocabulary, weight: float,
+                 plausible: float = PRIOR_PLAUSIBLE):
+        self.steps, self.language_model, self.weight, self.plausible = steps, language_model, weight, plausible
+        self.vocabulary, self.symbols = vocabulary, []
+        self.context = max(language_model.order - 1, 1)  # the characters the language model reads
+
+    @property
+    def attention(self):
+        return self.steps.attention
+
+    def attention_maps(self, features: np.ndarray, captions: list[list[int]]) -> list[np.ndarray]:
+        return self.steps.attention_maps(features, captions)
+
+    def start(self, features: np.ndarray) -> list[np.ndarray]:
+        return [*self.steps.start(features), np.zeros((len(features), 0), dtype=np.int64)]
+
+    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
+        *states, written = states
+        written = np.concatenate([written, np.asarray(tokens, dtype=np.int64)[:, None]], axis=1)  # END first
+        probabilities, states = self.steps.next(tokens, states)
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if len(self.symbols) != probabilities.shape[1]:  # what each class writes: a character, the end, or nothing
+            self.symbols = [END_MARK if index == END else self.vocabulary.index_to_char.get(index, "")
+                            for index in range(probabilities.shape[1])]
+        known = np.array([bool(symbol) for symbol in self.symbols])
+        plausible = known & (probabilities >= self.plausible * probabilities.max(axis=1, keepdims=True))
+        log_prior = np.zeros_like(probabilities)
+        texts: dict[int, str] = {}
+        for row, index in zip(*np.nonzero(plausible)):
+            if row not in texts:
+                texts[row] = "".join(self.symbols[token] for token in written[row, 1:][-self.context :])
+            log_prior[row, index] = self.language_model.log_probability(texts[row], self.symbols[index])
+        scores = np.where(plausible, np.log(np.maximum(probabilities, 1e-30)) - self.weight * log_prior, -np.inf)
+        scores[~plausible.any(axis=1)] = np.log(np.maximum(probabilities[~plausible.any(axis=1)], 1e-30))
+        corrected = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return corrected / corrected.sum(axis=1, keepdims=True), [*states, written]
 
 
 def beam_search(

@@ -31,7 +31,7 @@ from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
 from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existing_file, folder_path,  # noqa: E402
                  nonempty_path, positive_int)
 from dataset import load_caption_files  # noqa: E402
-from decoding import BEAM_HELP, DECODE_METHODS, LM_WEIGHT_HELP, MAX_BEAM  # noqa: E402
+from decoding import BEAM_HELP, DECODE_METHODS, LM_WEIGHT_HELP, MAX_BEAM, PRIOR_WEIGHT_HELP  # noqa: E402
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import clause_cut, convert_captions  # noqa: E402
@@ -57,6 +57,8 @@ def main(argv=None) -> int:
                         help="image2text runs: how captions are read off the model [default: as the run was trained]")
     parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1, help=BEAM_HELP)
     parser.add_argument("--lm-weight", type=bounded_float(0, 10), help=LM_WEIGHT_HELP)
+    parser.add_argument("--prior-weight", type=bounded_float(0, 10),
+                        help=PRIOR_WEIGHT_HELP + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
     parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=256, help="photos per model call")
@@ -106,7 +108,7 @@ def evaluate(args) -> dict:
     """Captions the annotated photos from cached features and scores them; writes metrics.json, captions.json and
     samples.png."""
     captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size,
-                           lm_weight=args.lm_weight)
+                           lm_weight=args.lm_weight, prior_weight=args.prior_weight)
     records, report = load_caption_files(args.annotations, args.images)
     records = records[: args.limit] if args.limit else records
     for line in report.lines():
@@ -125,7 +127,8 @@ def evaluate(args) -> dict:
     result = score(captions, kept_references, [records[index].scene for index in keep])
     per_image = result.pop("CIDEr-D per image")
     result.update(model=str(args.model), annotations=args.annotations, decode=captioner.decode, beam_size=args.beam_size,
-                  lm_weight=captioner.lm_weight if captioner.language_model else None,
+                  lm_weight=captioner.lm_weight if captioner.decode == "ctc-lm" else None,
+                  prior_weight=captioner.prior_weight if captioner.steps is not None else None,
                   arch=captioner.config.arch)
     print(format_table(result))
 

@@ -107,6 +107,7 @@ class CaptionerConfig:
     loss: str = "crossentropy"  # crossentropy (per step, against the caption's exact positions) or ctc (image2text)
     decoding: str | None = None  # beam, argmax, collapse, ctc or ctc-lm; None: what the architecture and loss imply
     lm_weight: float = 0.5  # ctc-lm: the language model's weight beside CTC's (lm.py)
+    prior_weight: float = 0.0  # autoregressive models, decoding: the language model's share taken out (PriorSubtracted)
     references: str = "each"  # CTC: each human caption a target, or per photo the likeliest of them (REFERENCES)
     weight_average: float = 0.0  # the kept model's weights: an average over training steps with this momentum; 0 = the last step's
     schedule: str = "constant"  # Adam's learning rate over the run: constant or cosine (SCHEDULES)
@@ -146,6 +147,7 @@ class CaptionerConfig:
         check("references", self.references in REFERENCES and (self.references == "each" or self.loss == "ctc"),
               f"{' or '.join(REFERENCES)} (likeliest with loss ctc)")
         check("lm_weight", is_number(self.lm_weight) and 0 <= self.lm_weight <= 10, "a number from 0 to 10")
+        check("prior_weight", is_number(self.prior_weight) and 0 <= self.prior_weight <= 10, "a number from 0 to 10")
         check("weight_average", is_number(self.weight_average) and 0 <= self.weight_average < 1,
               "a number from 0 to below 1")
         check("char_dropout", is_number(self.char_dropout) and 0 <= self.char_dropout < 1,
@@ -156,6 +158,8 @@ class CaptionerConfig:
               "true or false (false with references likeliest)")
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
+        check("prior_weight", autoregressive or not self.prior_weight,
+              f"0 for {self.arch} (the prior is taken out of an autoregressive model's steps)")
         check("initial_state", (autoregressive and self.arch != "transformer") or self.initial_state == "flatten",
               f"flatten for {self.arch} ("
               + ("it has no initial state)" if autoregressive else "its layers are the card's)"))

@@ -25,7 +25,7 @@ from captioner import DEFAULT_RUN, Captioner  # noqa: E402
 from cli import (HelpFormatter, bounded_float, bounded_int, file_path, folder_path, nonempty_path,  # noqa: E402
                  vgg_weights)
 from dataset import find_images  # noqa: E402
-from decoding import BEAM_HELP, DECODE_METHODS, LM_WEIGHT_HELP, MAX_BEAM  # noqa: E402
+from decoding import BEAM_HELP, DECODE_METHODS, LM_WEIGHT_HELP, MAX_BEAM, PRIOR_WEIGHT_HELP  # noqa: E402
 from features import WeightsUnavailable  # noqa: E402
 from plots import plot_attention, plot_captions  # noqa: E402
 
@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "language model of its training captions [default: as the run was trained]")
     parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1, help=BEAM_HELP)
     parser.add_argument("--lm-weight", type=bounded_float(0, 10), help=LM_WEIGHT_HELP)
+    parser.add_argument("--prior-weight", type=bounded_float(0, 10),
+                        help=PRIOR_WEIGHT_HELP + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1,
                         help="print this many captions per image, with probabilities (autoregressive runs and CTC decoding)")
     return parser.parse_args(argv)
@@ -84,7 +86,8 @@ def main(argv=None) -> int:
         return 1
     try:
         captioner = Captioner(args.model, args.vgg_weights, decode=args.decode,
-                              beam_size=max(args.beam_size, args.n_best), lm_weight=args.lm_weight)
+                              beam_size=max(args.beam_size, args.n_best), lm_weight=args.lm_weight,
+                              prior_weight=args.prior_weight)
         if args.attention and not captioner.has_attention:
             raise ValueError(f"--attention needs an attention model; {args.model} is {captioner.config.arch!r}")
         return 1 if caption_all(captioner, paths, args) or problems else 0

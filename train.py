@@ -29,6 +29,7 @@ from captioner import (CONFIG_FILE, DEFAULT_RUN, HISTORY_FILE, LOSS_PLOT_FILE, M
                        VOCAB_FILE)
 from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existing_file, folder_path, fraction,  # noqa: E402
                  positive_float, positive_int, vgg_weights)
+from decoding import PRIOR_WEIGHT_HELP  # noqa: E402
 from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
 from model import (ARCHITECTURES, FINAL_LEARNING_RATE, INITIAL_STATES, LIMITS, LOSSES, MAX_ATTRIBUTES,  # noqa: E402
@@ -99,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--lm-weight", type=bounded_float(0, 10), default=CaptionerConfig.lm_weight,
                        help="CTC runs are read by a beam search beside a language model of the training captions "
                             "(lm.json, written with the run): its weight, kept in config.json")
+    model.add_argument("--prior-weight", type=bounded_float(0, 10), default=CaptionerConfig.prior_weight,
+                       help="autoregressive runs: how decoding reads the model, kept in config.json (predict.py and "
+                            "evaluate.py --prior-weight override it): " + PRIOR_WEIGHT_HELP)
     model.add_argument("--distill-from", metavar="RUN", type=existing_dir,
                        help="train on the captions a trained (autoregressive) run writes for each photo instead of "
                             "the human captions: sequence-level distillation, one consistent target per photo")
@@ -198,6 +202,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.char_dropout and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell, transformer); "
                      f"{args.arch} reads no previous characters")
+    if args.prior_weight and not ARCHITECTURES[args.arch].autoregressive:
+        parser.error(f"--prior-weight is for the autoregressive architectures (attention, showtell, transformer); "
+                     f"{args.arch} writes every character at once")
     if args.dropout is not None and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--dropout is for the autoregressive architectures (attention, showtell, transformer); "
                      f"{args.arch} has none")
@@ -231,6 +238,7 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            feature_layer=args.feature_layer, vgg_weights=args.vgg_weights,
                            vgg_precision=args.vgg_precision, precision=args.precision,
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
+                           prior_weight=args.prior_weight,
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
                            flip=args.flip, char_dropout=args.char_dropout, initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,

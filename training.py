@@ -39,7 +39,7 @@ from fileio import lock_folder, read_json, remove_stale_temporaries, write_json,
 from kana import LEFT, RIGHT, Vocabulary, convert_captions, mirror_reading
 from lm import LM_FILE, CharNgram
 from metrics import caption_metrics, format_table, score
-from model import CaptionerConfig, build_model, ctc_fits, load_model, save_model, step_models
+from model import CaptionerConfig, architecture, build_model, ctc_fits, load_model, save_model, step_models
 from plots import plot_loss
 
 # Files a fresh run replaces; anything else in --out is left alone.
@@ -162,7 +162,7 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
     for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "char_dropout",
-                 "initial_state", "dropout", "grid_positions", "attributes"):
+                 "initial_state", "dropout", "grid_positions", "attributes", "prior_weight"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config
@@ -179,7 +179,7 @@ class TrainingData:
     val_images: np.ndarray  # cache rows of the validation photos
     train: CaptionData
     val: CaptionData
-    language_model: CharNgram | None = None  # ctc-lm runs: of the training photos' human captions
+    language_model: CharNgram | None = None  # ctc-lm and autoregressive runs: of the training photos' human captions
     mirrored_cache: FeatureCache | None = None  # --flip: per photo, the features of it mirrored left to right
 
 
@@ -256,7 +256,8 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
             + (f" ({dropped_train + dropped_val} captions past the first {MAX_REFERENCES} of a photo are not)."
                if dropped_train + dropped_val else "."))
     language_model = None
-    if config.decoding == "ctc-lm":  # the human captions of the training photos only: validation stays unseen
+    # CTC runs read it beside the model; autoregressive runs may take it out of theirs (decoding.PriorSubtracted).
+    if config.decoding == "ctc-lm" or architecture(config).autoregressive:  # of the training photos only
         language_model = CharNgram.fit(
             "".join(char for char in caption if char in vocabulary.char_to_index)
             for image in train_images for caption in references[image])

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from decoding import beam_search, decode_ctc, decode_parallel
+import lm
+from decoding import PriorSubtracted, beam_search, decode_ctc, decode_parallel
 from kana import END, Vocabulary
 
 VOCABULARY = Vocabulary(("ア", "イ", "ウ"))  # classes 1, 2, 3; 0 is the end
@@ -82,6 +83,55 @@ def test_captions_without_end_are_cut_and_marked():
 
     (best,) = beam_search(Babbler(), np.zeros((1, 1)), VOCABULARY, beam_size=2, max_length=5)[0]
     assert best.text == "アアアアア" and not best.ended
+
+
+class OneCharacter(FakeSteps):
+    """A photo that is more likely ア than イ, hardly ウ, then the end."""
+
+    TABLE = {"": {"ア": 0.55, "イ": 0.44, "ウ": 0.01}}
+
+
+# Captions where ア is usual, イ rare and ウ never written: the prior a captioner learns alongside the photo.
+USUAL_A = lm.CharNgram.fit(["ア"] * 17 + ["イ"] * 3, 3)
+
+
+def test_taking_the_prior_out_writes_what_the_photo_adds_among_the_plausible_characters():
+    def best(weight, plausible=0.1):
+        steps = PriorSubtracted(OneCharacter(), USUAL_A, VOCABULARY, weight, plausible) \
+            if weight is not None else OneCharacter()
+        return beam_search(steps, np.zeros((1, 1)), VOCABULARY, beam_size=3)[0][0].text
+
+    assert best(None) == best(0.0) == "ア"
+    assert best(1.0) == "イ"  # 0.44 against a prior of about 3/20 beats 0.55 against about 17/20
+    # ウ is rarer still, but the photo makes it under 0.1× as likely as ア: it is written only without that bound,
+    # and then again and again, however unlikely the model finds it (the babble the bound prevents).
+    assert best(10.0) == "イ"
+    assert best(10.0, plausible=0.0).startswith("ウウウ")
+
+
+def test_the_prior_reads_each_beams_own_characters_as_beams_are_reordered():
+    """Beam search with the prior against the same correction worked out caption by caption."""
+    model = lm.CharNgram.fit(["アア", "アア", "イウ", "ア"], 2)
+
+    def corrected(prefix):  # the FakeSteps table's distribution after prefix, corrected as PriorSubtracted does
+        table = FakeSteps.TABLE.get(prefix, {"": 1.0})
+        top = max(table.values())
+        scores = {char: np.log(p) - 0.7 * model.log_probability(prefix, char or lm.END_MARK)
+                  for char, p in table.items() if p >= 0.1 * top}
+        total = sum(np.exp(list(scores.values())))
+        return {char: np.exp(score) / total for char, score in scores.items()}
+
+    def probability(caption):
+        result = 1.0
+        for index, char in enumerate([*caption, ""]):
+            result *= corrected(caption[:index]).get(char, 0.0)
+        return result
+
+    captions = beam_search(PriorSubtracted(FakeSteps(), model, VOCABULARY, 0.7), np.zeros((2, 1)), VOCABULARY,
+                           beam_size=3, n_best=3)
+    for ranked in captions:
+        assert [c.probability for c in ranked] == pytest.approx([probability(c.text) for c in ranked])
+        assert {c.text for c in ranked} == {"ア", "アア", "イウ"}
 
 
 def ctc_probabilities(steps):

@@ -293,6 +293,34 @@ def test_evaluate_prints_the_table_and_writes_files(tiny_run, tiny_demo, tmp_pat
     assert np.mean([row["CIDEr-D"] for row in captions]) == pytest.approx(metrics["CIDEr-D"], abs=1e-6)
 
 
+def test_the_prior_is_taken_out_when_asked_and_needs_the_runs_language_model(tiny_run, tiny_demo, tmp_path, capsys):
+    out, cache = tiny_run
+    assert lm.CharNgram.load(out / "lm.json").order == lm.DEFAULT_ORDER  # every autoregressive run writes it
+    assert json.loads((out / "config.json").read_text())["prior_weight"] == 0.0
+    photos = str(tiny_demo / "val2014")
+    assert predict.main([photos, "--model", str(out), "--json", "--prior-weight", "0.5"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 6 and all(is_katakana(row["caption"]) for row in rows)
+    report = tmp_path / "report"
+    assert evaluate.main(["--model", str(out), "--annotations", str(tiny_demo / "captions_val.json"), "--images",
+                          photos, "--out", str(report), "--cache-dir", str(cache), "--quiet",
+                          "--prior-weight", "0.5"]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert (metrics["prior_weight"], metrics["lm_weight"]) == (0.5, None)
+    (out / "lm.json").rename(tmp_path / "lm.json")  # a run folder without its language model (an older run's)
+    try:
+        capsys.readouterr()
+        assert predict.main([photos, "--model", str(out), "--prior-weight", "0.5"]) == 2
+        error = capsys.readouterr().err
+        assert "lm.json not found" in error and "--prior-weight 0" in error
+        assert predict.main([photos, "--model", str(out)]) == 0  # the run's own weight, 0, needs none
+    finally:
+        (tmp_path / "lm.json").replace(out / "lm.json")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--arch", "image2text", "--prior-weight", "0.5"])
+    assert "--prior-weight is for the autoregressive architectures" in capsys.readouterr().err
+
+
 def test_human_ceiling_scores_references_against_each_other(tiny_demo, capsys):
     code = evaluate.main(["--human", "--annotations", str(tiny_demo / "captions_val.json"),
                           "--images", str(tiny_demo / "val2014")])

@@ -208,6 +208,8 @@ def test_ctc_targets_are_cut_to_what_the_steps_can_align():
     ({"loss": "hinge"}, "loss is 'hinge'; expected crossentropy or ctc"),
     ({"loss": "ctc", "decoding": "argmax"}, "decoding is 'argmax'; expected ctc-lm or ctc for image2text trained with ctc"),
     ({"loss": "ctc", "lm_weight": -1}, "lm_weight is -1; expected a number from 0 to 10"),
+    ({"arch": "attention", "prior_weight": 11}, "prior_weight is 11; expected a number from 0 to 10"),
+    ({"prior_weight": 0.5}, "prior_weight is 0.5; expected 0 for image2text"),
     ({"feature_layer": "fc7"}, "feature_layer is 'fc7'; expected pool5 or conv5"),
     ({"feature_layer": ["pool5"]}, "feature_layer is \\['pool5'\\]; expected pool5 or conv5"),
     ({"arch": "showtell", "decoding": "ctc"}, "decoding is 'ctc'; expected beam"),
