@@ -63,10 +63,14 @@ class CharNgram:
         alphabet = len({symbol for following in counts.values() for symbol in following} | {END_MARK})
         return cls(order, counts, alphabet)
 
-    def log_probability(self, history: str, symbol: str) -> float:
-        """log P(``symbol`` | the caption so far, ``history``: its last ``order - 1`` characters); or of END_MARK."""
+    def log_probability(self, history: str, symbol: str, context: int | None = None) -> float:
+        """log P(``symbol`` | the caption so far, ``history``: its last ``order - 1`` characters); or of END_MARK.
+
+        ``context``: read at most this many of them (a shorter model from the same counts).
+        """
         history = START_MARK + history
-        key = (history[len(history) - self.order + 1 :] if self.order > 1 else "", symbol)
+        length = self.order - 1 if context is None else max(min(context, self.order - 1), 0)
+        key = (history[len(history) - length :] if length else "", symbol)
         cached = self._cache.get(key)
         if cached is None:
             if len(self._cache) >= MAX_CACHED:

@@ -110,8 +110,12 @@ def test_taking_the_prior_out_writes_what_the_photo_adds_among_the_plausible_cha
 
 
 def test_the_prior_reads_each_beams_own_characters_as_beams_are_reordered():
-    """Beam search with the prior against the same correction worked out caption by caption."""
-    model = lm.CharNgram.fit(["アア", "アア", "イウ", "ア"], 2)
+    """Beam search with the prior against the same correction worked out caption by caption.
+
+    The prior reads one character of context from a trigram model: the bigram model of the same captions.
+    """
+    captions = ["アア", "アア", "イウ", "ア", "イア"]
+    model = lm.CharNgram.fit(captions, 2)
 
     def corrected(prefix):  # the FakeSteps table's distribution after prefix, corrected as PriorSubtracted does
         table = FakeSteps.TABLE.get(prefix, {"": 1.0})
@@ -127,8 +131,8 @@ def test_the_prior_reads_each_beams_own_characters_as_beams_are_reordered():
             result *= corrected(caption[:index]).get(char, 0.0)
         return result
 
-    captions = beam_search(PriorSubtracted(FakeSteps(), model, VOCABULARY, 0.7), np.zeros((2, 1)), VOCABULARY,
-                           beam_size=3, n_best=3)
+    steps = PriorSubtracted(FakeSteps(), lm.CharNgram.fit(captions, 3), VOCABULARY, 0.7, plausible=0.1, context=1)
+    captions = beam_search(steps, np.zeros((2, 1)), VOCABULARY, beam_size=3, n_best=3)
     for ranked in captions:
         assert [c.probability for c in ranked] == pytest.approx([probability(c.text) for c in ranked])
         assert {c.text for c in ranked} == {"ア", "アア", "イウ"}

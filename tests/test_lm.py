@@ -82,3 +82,13 @@ def test_the_language_model_settles_a_character_the_photo_leaves_open():
     # The probability reported is CTC's alone: the caption's paths, as keras.ops.ctc_loss sums them.
     loss = keras.ops.ctc_loss(np.array([[1, 2]]), np.log(probabilities), np.array([2]), np.array([3]), mask_index=END)
     assert fused.probability == pytest.approx(float(np.exp(-keras.ops.convert_to_numpy(loss)[0])), rel=1e-3)
+
+
+def test_a_shorter_context_reads_the_lower_order_model_from_the_same_counts():
+    trigram, bigram = lm.CharNgram.fit(CAPTIONS, 3), lm.CharNgram.fit(CAPTIONS, 2)
+    for history in ("", "ア", "アイ", "イウア"):
+        for symbol in ("ア", "イ", "ウ", lm.END_MARK):
+            assert trigram.log_probability(history, symbol, context=1) == pytest.approx(
+                bigram.log_probability(history, symbol))
+            assert trigram.log_probability(history, symbol, context=9) == trigram.log_probability(history, symbol)
+    assert trigram.log_probability("アイ", "ウ", context=1) != trigram.log_probability("アイ", "ウ")
