@@ -43,11 +43,11 @@ LM_WEIGHT_HELP = ("ctc-lm decoding: the weight of the run's language model besid
 # (docs/hard-benchmark.md), where longer contexts also take out the order of the clauses, and cost seen photos more.
 PRIOR_PLAUSIBLE = 0.01
 PRIOR_CONTEXT = 4
-PRIOR_WEIGHT_HELP = ("autoregressive runs: divide each next character's probability by that of the run's language "
-                     f"model (lm.json, the training captions' characters; after the last {PRIOR_CONTEXT}) to this "
-                     f"power, among the characters at least {PRIOR_PLAUSIBLE:g}× as likely as the likeliest, so "
-                     "that the photo rather than the usual wording decides what comes next (0.3 measured best on "
-                     "new colour–kind pairs); 0 = the model's own probabilities")
+PRIOR_WEIGHT_HELP = ("divide each next character's probability by that of the run's language model (lm.json, the "
+                     f"training captions' characters; after the last {PRIOR_CONTEXT}) to this power, among the "
+                     f"characters at least {PRIOR_PLAUSIBLE:g}× as likely as the likeliest, so that the photo rather "
+                     "than the usual wording decides what comes next (0.3 measured best on new colour–kind pairs, "
+                     "at a cost on seen ones: docs/hard-benchmark.md); 0 = the model's own probabilities")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,8 +57,9 @@ def main(argv=None) -> int:
                         help="image2text runs: how captions are read off the model [default: as the run was trained]")
     parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1, help=BEAM_HELP)
     parser.add_argument("--lm-weight", type=bounded_float(0, 10), help=LM_WEIGHT_HELP)
-    parser.add_argument("--prior-weight", type=bounded_float(0, 10),
-                        help=PRIOR_WEIGHT_HELP + " [default: the run's, from train.py --prior-weight]")
+    parser.add_argument("--prior-weight", type=bounded_float(0, 10), metavar="W",
+                        help="autoregressive runs: " + PRIOR_WEIGHT_HELP
+                             + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
     parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=256, help="photos per model call")

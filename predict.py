@@ -54,8 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "language model of its training captions [default: as the run was trained]")
     parser.add_argument("--beam-size", type=bounded_int(1, MAX_BEAM), default=1, help=BEAM_HELP)
     parser.add_argument("--lm-weight", type=bounded_float(0, 10), help=LM_WEIGHT_HELP)
-    parser.add_argument("--prior-weight", type=bounded_float(0, 10),
-                        help=PRIOR_WEIGHT_HELP + " [default: the run's, from train.py --prior-weight]")
+    parser.add_argument("--prior-weight", type=bounded_float(0, 10), metavar="W",
+                        help="autoregressive runs: " + PRIOR_WEIGHT_HELP
+                             + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1,
                         help="print this many captions per image, with probabilities (autoregressive runs and CTC decoding)")
     return parser.parse_args(argv)

@@ -101,8 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="CTC runs are read by a beam search beside a language model of the training captions "
                             "(lm.json, written with the run): its weight, kept in config.json")
     model.add_argument("--prior-weight", type=bounded_float(0, 10), default=CaptionerConfig.prior_weight,
-                       help="autoregressive runs: how decoding reads the model, kept in config.json (predict.py and "
-                            "evaluate.py --prior-weight override it): " + PRIOR_WEIGHT_HELP)
+                       metavar="W",
+                       help="autoregressive runs, decoding (kept in config.json; predict.py and evaluate.py "
+                            "--prior-weight override it): " + PRIOR_WEIGHT_HELP)
     model.add_argument("--distill-from", metavar="RUN", type=existing_dir,
                        help="train on the captions a trained (autoregressive) run writes for each photo instead of "
                             "the human captions: sequence-level distillation, one consistent target per photo")
