@@ -195,7 +195,8 @@ class PriorSubtracted:
     def __init__(self, steps, language_model, vocabulary: Vocabulary, weight: float,
                  plausible: float = PRIOR_PLAUSIBLE, context: int = PRIOR_CONTEXT):
         self.steps, self.language_model, self.weight, self.plausible = steps, language_model, weight, plausible
-        self.vocabulary, self.symbols, self.context = vocabulary, [], context
+        self.vocabulary, self.context = vocabulary, context
+        self.symbols, self.known = [], np.zeros(0, dtype=bool)  # per class, once the model's width is seen
 
     @property
     def attention(self):
@@ -215,8 +216,8 @@ class PriorSubtracted:
         if len(self.symbols) != probabilities.shape[1]:  # what each class writes: a character, the end, or nothing
             self.symbols = [END_MARK if index == END else self.vocabulary.index_to_char.get(index, "")
                             for index in range(probabilities.shape[1])]
-        known = np.array([bool(symbol) for symbol in self.symbols])
-        plausible = known & (probabilities >= self.plausible * probabilities.max(axis=1, keepdims=True))
+            self.known = np.array([bool(symbol) for symbol in self.symbols])
+        plausible = self.known & (probabilities >= self.plausible * probabilities.max(axis=1, keepdims=True))
         log_prior = np.zeros_like(probabilities)
         texts: dict[int, str] = {}
         for row, index in zip(*np.nonzero(plausible)):
