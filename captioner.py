@@ -49,6 +49,14 @@ def save_run(folder, model, config: CaptionerConfig, vocabulary: Vocabulary) -> 
     save_model(model, folder / MODEL_FILE)
 
 
+def _language_model(model_dir: Path, reader: str, remedy: str) -> CharNgram:
+    """The run's lm.json, or a FileNotFoundError saying what reads it and how to do without it."""
+    if not (model_dir / LM_FILE).is_file():
+        raise FileNotFoundError(f"{model_dir / LM_FILE} not found: {reader} reads the run's language model of its "
+                                f"training captions, {remedy}.")
+    return CharNgram.load(model_dir / LM_FILE)
+
+
 @dataclasses.dataclass
 class Captioned:
     """One photo's result from ``Captioner.caption_photo``."""
@@ -107,18 +115,12 @@ class Captioner:
                              f"steps are written all at once ({config.decoding} decoding).")
         language_model = None
         if (decode or config.decoding) == "ctc-lm":
-            if not (model_dir / LM_FILE).is_file():
-                raise FileNotFoundError(
-                    f"{model_dir / LM_FILE} not found: ctc-lm decoding reads the run's language model of its "
-                    f"training captions, which train.py writes for CTC runs; --decode ctc reads the run without it.")
-            language_model = CharNgram.load(model_dir / LM_FILE)
-        if (config.prior_weight if prior_weight is None else prior_weight) and architecture(config).autoregressive:
-            if not (model_dir / LM_FILE).is_file():
-                raise FileNotFoundError(
-                    f"{model_dir / LM_FILE} not found: --prior-weight reads the run's language model of its training "
-                    f"captions, which train.py writes with every run it starts (and with --resume, if missing); "
-                    f"--prior-weight 0 reads the run without it.")
-            language_model = CharNgram.load(model_dir / LM_FILE)
+            language_model = _language_model(model_dir, "ctc-lm decoding", "which train.py writes for CTC runs; "
+                                             "--decode ctc reads the run without it")
+        elif (config.prior_weight if prior_weight is None else prior_weight) and architecture(config).autoregressive:
+            language_model = _language_model(model_dir, "--prior-weight", "which train.py writes with every run it "
+                                             "starts (and with --resume, if missing); --prior-weight 0 reads the "
+                                             "run without it")
         self._bind(model, config, vocabulary, language_model, decode, beam_size, lm_weight, prior_weight)
         self.vgg = build_vgg16(vgg_weights or config.vgg_weights, config.image_size,
                                config.vgg_precision, config.feature_layer) if with_vgg else None
