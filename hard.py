@@ -233,8 +233,11 @@ def _clauses(scene: dict, rng, where: str, count_form: str) -> list[str]:
     return clauses
 
 
+GREYSCALE_PHOTO = "灰色の写真"  # how a greyscale photo's every caption opens: "a grey photo"
+
+
 def _photo_prefix(scene: dict) -> str:
-    return "灰色の写真で、" if scene["greyscale"] else ""
+    return f"{GREYSCALE_PHOTO}で、" if scene["greyscale"] else ""
 
 
 def _style_list(scene, rng):  # 左に赤い丸、右に青い星があります。
@@ -334,6 +337,7 @@ class _Grammar:
     positions: dict[str, str]
     counts: dict[str, int]
     mention: re.Pattern  # (size) (colour) (size) kind: groups 1 and 2 are the colour and kind readings
+    greyscale: str  # the reading of GREYSCALE_PHOTO
     color: re.Pattern
     position: re.Pattern
     count: re.Pattern
@@ -347,7 +351,8 @@ def _grammar() -> _Grammar:
     counts = {text_to_katakana(word): count for count, word in COUNTS.items()}
     size = _alternation(text_to_katakana(word) for word in SIZE_WORDS.values())
     mention = re.compile(f"(?:{size})?({_alternation(colors)})?(?:{size})?({_alternation(kinds)})")
-    return _Grammar(colors, kinds, positions, counts, mention, re.compile(_alternation(colors)),
+    return _Grammar(colors, kinds, positions, counts, mention, text_to_katakana(GREYSCALE_PHOTO),
+                    re.compile(_alternation(colors)),
                     re.compile(_alternation(positions)), re.compile(_alternation(counts)))
 
 
@@ -392,8 +397,10 @@ def colors_named(katakana: str) -> set[str]:
 
 UNSEEN_PAIRS_NAMED = "color and kind, unseen pairs"
 POSITION_KIND_NAMED = "position, kind named"
+EVERY_COLOR_AND_KIND = "every colour and kind"
+GREYSCALE_TOLD = "greyscale told"
 ATTRIBUTES = ("kind", "color", "color and kind", UNSEEN_PAIRS_NAMED, "count", "position", POSITION_KIND_NAMED,
-              "every object right", "absent colour named")
+              EVERY_COLOR_AND_KIND, GREYSCALE_TOLD, "every object right", "absent colour named")
 
 
 def score_caption(katakana: str, scene: dict) -> dict[str, float]:
@@ -411,7 +418,12 @@ def score_caption(katakana: str, scene: dict) -> dict[str, float]:
     (any colour, in a greyscale photo). ``color and kind, unseen pairs``:
     ``color and kind`` on the groups whose pair training never drew
     (``UNSEEN_PAIRS``; None on photos without one): whether the captioner
-    composes a colour and a kind it has only seen apart.
+    composes a colour and a kind it has only seen apart. ``every colour and
+    kind``: the kinds named are the photo's kinds, and (in a colour photo)
+    the colours named its colours, however they are paired, counted or
+    placed: what the probe's ``every colour and kind`` reads off the
+    features. ``greyscale told``: the caption calls the photo grey
+    (``GREYSCALE_PHOTO``) if and only if it is greyscale.
     """
     mentions = parse(katakana)
     scene_groups = groups(scene)
@@ -445,6 +457,9 @@ def score_caption(katakana: str, scene: dict) -> dict[str, float]:
                            for g, m in zip(scene_groups, by_kind) if g.count == 1]),
         POSITION_KIND_NAMED: _mean([m.position == g.position
                                     for g, m in zip(scene_groups, by_kind) if g.count == 1 and m is not None]),
+        EVERY_COLOR_AND_KIND: float(named_kinds == {g.kind for g in scene_groups}
+                                    and (grey or named_colors == present)),
+        GREYSCALE_TOLD: float((_grammar().greyscale in katakana) == grey),
         "every object right": float(all(right) and len(mentions) == len(scene_groups)),
         "absent colour named": float(bool(named_colors if grey else named_colors - present)),
     }

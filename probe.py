@@ -29,6 +29,12 @@ among them):
     unseen pairs   kind top-k on the colour–kind pairs training never drew (hard.UNSEEN_PAIRS), when the
                    held-out set has some: what the features hold of the kind in evaluate.py's
                    "color and kind, unseen pairs"
+    every colour and kind
+                   the share of photos whose k best-scored kinds are exactly their kinds and (colour
+                   photos) whose k best-scored colours are exactly their colours: the ceiling of the
+                   captioner's photo-level score of the same name, and a ceiling (paired, counted and
+                   placed aside) of its "every object right"
+    greyscale told the share of photos the probe tells greyscale or colour right
 
 A captioner that reads these features can do better than a linear probe, so
 this is a floor on what the features hold; a captioner far below it is
@@ -66,7 +72,8 @@ def pooled(features: np.ndarray) -> np.ndarray:
 
 
 def targets(scenes: list[dict]) -> dict[str, np.ndarray]:
-    """Per attribute, a 0/1 matrix ``(photos, values)``; ``count`` is one-hot over 1..4 objects."""
+    """Per attribute, a 0/1 matrix ``(photos, values)``; ``count`` is one-hot over 1..4 objects, ``greyscale`` one
+    column."""
     def indicator(values, key):
         return np.array([[any(obj[key] == value for obj in scene["objects"]) for value in values] for scene in scenes],
                         dtype=np.float32)
@@ -74,7 +81,22 @@ def targets(scenes: list[dict]) -> dict[str, np.ndarray]:
     counts = np.array([len(scene["objects"]) for scene in scenes])
     return {"color": indicator(list(hard.COLORS), "color"), "kind": indicator(list(hard.KINDS), "kind"),
             "position": indicator(list(hard.POSITIONS), "position"),
-            "count": (counts[:, None] == np.arange(1, 5)[None, :]).astype(np.float32)}
+            "count": (counts[:, None] == np.arange(1, 5)[None, :]).astype(np.float32),
+            "greyscale": np.array([[scene["greyscale"]] for scene in scenes], dtype=np.float32)}
+
+
+def every_color_and_kind(kind_scores: np.ndarray, color_scores: np.ndarray, scenes: list[dict]) -> float:
+    """The share of photos whose kinds are exactly the k best-scored kinds and, in colour photos, whose colours are
+    exactly the k best-scored colours (k: how many each photo has; ``color_scores`` for every photo, greyscale ones
+    ignored): the ceiling of the captioner's ``hard.EVERY_COLOR_AND_KIND``, told how many to name."""
+    labels = targets(scenes)
+
+    def exact(row, present):
+        return set(np.argsort(-row)[: int(present.sum())]) == set(np.flatnonzero(present))
+
+    return float(np.mean([exact(kind_row, kind_labels) and (scene["greyscale"] or exact(color_row, color_labels))
+                          for kind_row, kind_labels, color_row, color_labels, scene
+                          in zip(kind_scores, labels["kind"], color_scores, labels["color"], scenes)]))
 
 
 def kind_positions(scenes: list[dict]) -> np.ndarray:
@@ -187,6 +209,7 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
     x, x_test = (x - mean) / spread, (x_test - mean) / spread
     results = {"photos fitted": len(x), "photos scored": len(x_test)}
     fit_targets, test_targets = targets(scenes), targets(test_scenes)
+    every_photo = {}  # each attribute's scores on every test photo
     for name, y in fit_targets.items():
         y_test = test_targets[name]
         if name == "color":  # colours are not in greyscale photos
@@ -195,10 +218,17 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
         else:
             fit_rows, test_rows = np.arange(len(x)), np.arange(len(x_test))
         penalty = choose_penalty(x[fit_rows], y[fit_rows])
-        scores = predict_ridge(fit_ridge(x[fit_rows], y[fit_rows], penalty), x_test[test_rows])
-        y_test = y_test[test_rows]
+        weights = fit_ridge(x[fit_rows], y[fit_rows], penalty)
+        every_photo[name] = predict_ridge(weights, x_test)
+        scores, y_test = every_photo[name][test_rows], y_test[test_rows]
         if name == "count":
             results["count"] = float(np.mean(scores.argmax(1) == y_test.argmax(1)))
+            continue
+        if name == "greyscale":  # told apart at the midpoint of the two kinds of fitted photos' mean scores
+            fitted, grey = predict_ridge(weights, x[fit_rows])[:, 0], y[fit_rows, 0] > 0
+            if grey.any() and not grey.all():
+                threshold = (fitted[grey].mean() + fitted[~grey].mean()) / 2
+                results[hard.GREYSCALE_TOLD] = float(np.mean((scores[:, 0] > threshold) == (y_test[:, 0] > 0)))
             continue
         aucs = [auc(scores[:, column], y_test[:, column]) for column in range(y.shape[1])]
         results[f"{name} AUC"] = _mean(aucs)
@@ -213,6 +243,7 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
             sky = np.array([test_scenes[row]["background"] in hard.FEATURE_HELD_OUT_BACKGROUNDS for row in test_rows])
             results[f"{name} AUC, held-out bg"] = _mean(
                 [auc(scores[sky, column], y_test[sky, column]) for column in range(y.shape[1])])
+    results[hard.EVERY_COLOR_AND_KIND] = every_color_and_kind(every_photo["kind"], every_photo["color"], test_scenes)
     if len(grid) > GRID_PHOTOS:
         grid, scenes = grid[:GRID_PHOTOS], scenes[:GRID_PHOTOS]
         results["photos fitted, grid"] = GRID_PHOTOS

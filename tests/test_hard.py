@@ -34,6 +34,7 @@ def test_every_caption_scores_full_marks_against_its_own_scene(hard_set):
         for annotation in data["annotations"]:
             scores = hard.score_caption(text_to_katakana(annotation["caption"]), scenes[annotation["image_id"]])
             assert scores["every object right"] == 1.0 and scores["absent colour named"] == 0.0, annotation
+            assert scores[hard.EVERY_COLOR_AND_KIND] == scores[hard.GREYSCALE_TOLD] == 1.0, annotation
 
 
 def test_unseen_pairs_and_styles_are_held_out(hard_set):
@@ -57,15 +58,22 @@ SCENE = {"greyscale": False, "objects": [
 
 
 @pytest.mark.parametrize("caption, expected", [
-    ("左に赤い丸、青い星が二つあります。", {"every object right": 1.0, "count": 1.0, "absent colour named": 0.0}),
-    ("左に赤い丸、青い星が三つあります。", {"every object right": 0.0, "count": 0.5}),
-    ("右に赤い丸、青い星が二つあります。", {"every object right": 0.0, "position": 0.0, hard.POSITION_KIND_NAMED: 0.0}),
+    ("左に赤い丸、青い星が二つあります。", {"every object right": 1.0, "count": 1.0, "absent colour named": 0.0,
+                                      hard.EVERY_COLOR_AND_KIND: 1.0, hard.GREYSCALE_TOLD: 1.0}),
+    ("左に赤い丸、青い星が三つあります。", {"every object right": 0.0, "count": 0.5, hard.EVERY_COLOR_AND_KIND: 1.0}),
+    ("右に赤い丸、青い星が二つあります。", {"every object right": 0.0, "position": 0.0, hard.POSITION_KIND_NAMED: 0.0,
+                                      hard.EVERY_COLOR_AND_KIND: 1.0}),  # however they are placed
+    ("左に青い丸、赤い星が二つあります。", {"every object right": 0.0, "color and kind": 0.0,
+                                      hard.EVERY_COLOR_AND_KIND: 1.0}),  # or paired
+    ("灰色の写真で、左に赤い丸、青い星が二つあります。", {"every object right": 1.0, hard.GREYSCALE_TOLD: 0.0}),
     ("左に緑の丸、青い星が二つあります。", {"every object right": 0.0, "color": 0.5, "absent colour named": 1.0,
                                       "position": 1.0, "count": 1.0}),  # the kind's position and count, all the same
-    ("左に赤い丸があります。", {"every object right": 0.0, "kind": 0.5, "color and kind": 0.5}),
+    ("左に赤い丸があります。", {"every object right": 0.0, "kind": 0.5, "color and kind": 0.5,
+                            hard.EVERY_COLOR_AND_KIND: 0.0}),
     ("左に赤い三角、青い星が二つあります。", {"kind": 0.5, "color": 1.0, "position": 0.0,
                                       hard.POSITION_KIND_NAMED: None}),  # no position of a kind not named
-    ("左に赤い丸、青い星が二つ、右に黄色い星があります。", {"every object right": 0.0, "absent colour named": 1.0}),
+    ("左に赤い丸、青い星が二つ、右に黄色い星があります。", {"every object right": 0.0, "absent colour named": 1.0,
+                                               hard.EVERY_COLOR_AND_KIND: 0.0}),
 ])
 def test_the_scorer_catches_each_kind_of_mistake(caption, expected):
     scores = hard.score_caption(text_to_katakana(caption), SCENE)
@@ -78,6 +86,9 @@ def test_greyscale_photos_are_scored_without_colours():
     assert hard.score_caption(text_to_katakana("左に丸、星が二つあります。"), scene)["every object right"] == 1.0
     scores = hard.score_caption(text_to_katakana("左に赤い丸、星が二つあります。"), scene)
     assert scores["color"] is None and scores["absent colour named"] == 1.0  # no colour can be seen
+    assert scores[hard.EVERY_COLOR_AND_KIND] == 1.0 and scores[hard.GREYSCALE_TOLD] == 0.0  # not called grey
+    told = hard.score_caption(text_to_katakana("灰色の写真で、左に丸、星が二つあります。"), scene)
+    assert told[hard.GREYSCALE_TOLD] == 1.0
 
 
 def test_unseen_pairs_are_scored_on_their_own():
@@ -102,6 +113,17 @@ def test_auc_and_top_k_on_hand_made_scores():
     assert probe.top_k_share(np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]]), np.array([[1, 0, 1], [1, 0, 0]])) == 2 / 3
 
 
+def test_every_colour_and_kind_asks_for_exactly_the_photos_kinds_and_colours():
+    scenes = [SCENE, {**SCENE, "greyscale": True}]  # a red circle and two blue stars
+    kinds, colors = probe.targets(scenes)["kind"], probe.targets(scenes)["color"]
+    assert probe.every_color_and_kind(kinds, colors, scenes) == 1.0
+    swapped = colors.copy()
+    swapped[:, [list(hard.COLORS).index("red"), list(hard.COLORS).index("green")]] = swapped[
+        :, [list(hard.COLORS).index("green"), list(hard.COLORS).index("red")]]  # green ranked where red is
+    assert probe.every_color_and_kind(kinds, swapped, scenes) == 0.5  # the greyscale photo's colours are not asked
+    assert probe.every_color_and_kind(kinds[:, ::-1], colors, scenes) == 0.0  # other kinds ranked first
+
+
 def test_the_probe_reads_what_the_features_hold():
     """Features that carry each colour in a channel of their own: the probe finds the colours, not the kinds."""
     rng = np.random.default_rng(0)
@@ -116,6 +138,17 @@ def test_the_probe_reads_what_the_features_hold():
     assert 0.4 < results["kind AUC"] < 0.6  # chance
     assert results["color AUC, held-out bg"] > 0.9  # the sky photos among the scored ones
     assert 0.3 < results["kind AUC, held-out kinds"] < 0.7
+    assert results[hard.EVERY_COLOR_AND_KIND] < 0.3  # the colours, but not the kinds
+
+
+def test_the_probe_tells_greyscale_photos_when_the_features_hold_it():
+    rng = np.random.default_rng(3)
+    scenes = [hard.random_scene(rng) for _ in range(400)]
+    noise = rng.normal(size=(len(scenes), 2, 2, 8)).astype(np.float32)
+    marked = noise.copy()
+    marked[[scene["greyscale"] for scene in scenes], 1, 1, 0] += 5.0
+    assert probe.probe(marked, scenes)[hard.GREYSCALE_TOLD] > 0.95
+    assert probe.probe(noise, scenes)[hard.GREYSCALE_TOLD] < 0.8  # about as often right as a coin
 
 
 def test_the_probe_reads_each_kinds_position_off_the_grid_not_the_pooled_features():
