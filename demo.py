@@ -234,11 +234,17 @@ def main(argv=None) -> int:
     parser.add_argument("--num-train", type=bounded_int(0, 1_000_000), help="training photos (default: 2000; --hard: 3000)")
     parser.add_argument("--num-val", type=bounded_int(0, 1_000_000), help="held-out photos per set (default: 200; --hard: 300)")
     parser.add_argument("--templates", choices=sorted(TEMPLATES), default="standard", help="caption wording (demo only)")
+    parser.add_argument("--every-pair", action="store_true",
+                        help="--hard only: the training photos draw every colour–kind pair, the held-out ones among "
+                             "them, for probe.py to fit on (what the features hold of pairs the benchmark's training "
+                             "never shows); not for training a captioner measured on val-unseen")
     args = parser.parse_args(argv)
+    if args.every_pair and not args.hard:
+        parser.error("--every-pair goes with --hard")
     try:
         if args.hard:
             num_train, num_val = _given(args.num_train, 3000), _given(args.num_val, 300)
-            out = hard.generate(args.out or hard.HARD_DIR, args.seed, num_train, num_val)
+            out = hard.generate(args.out or hard.HARD_DIR, args.seed, num_train, num_val, args.every_pair)
         else:
             num_train, num_val = _given(args.num_train, 2000), _given(args.num_val, 200)
             out = generate(args.out or DEMO_DIR, args.seed, num_train, num_val, args.templates)

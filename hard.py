@@ -78,7 +78,7 @@ def random_scene(rng: np.random.Generator, pairs: str = "seen", kinds=tuple(KIND
     """One to four objects that do not overlap, their sizes a tenth to half the photo's width.
 
     ``pairs``: "seen" never draws an UNSEEN_PAIRS colour–kind pair; "unseen"
-    makes the first object one of them. ``kinds`` and ``backgrounds``: the
+    makes the first object one of them; "every" draws every pair alike. ``kinds`` and ``backgrounds``: the
     ones to draw from (pretrain.py leaves some out).
     """
     width, height = SIZES[int(rng.integers(len(SIZES)))]
@@ -104,7 +104,7 @@ def _pick_pair(rng, pairs: str, first: bool, kinds=tuple(KINDS)) -> tuple[str, s
         return sorted(UNSEEN_PAIRS)[int(rng.integers(len(UNSEEN_PAIRS)))]
     while True:
         pair = str(rng.choice(list(COLORS))), str(rng.choice(list(kinds)))
-        if pairs == "unseen" or pair not in UNSEEN_PAIRS:
+        if pairs != "seen" or pair not in UNSEEN_PAIRS:
             return pair
 
 
@@ -291,10 +291,17 @@ SPLITS = {  # name: (pairs, styles)
 }
 
 
-def generate(out_dir=HARD_DIR, seed: int = 0, num_train: int = 3000, num_val: int = 300) -> Path:
-    """Writes captions_{train,val,val-unseen}.json and the photos in {split}2014/ folders; returns ``out_dir``."""
+def generate(out_dir=HARD_DIR, seed: int = 0, num_train: int = 3000, num_val: int = 300,
+             every_pair: bool = False) -> Path:
+    """Writes captions_{train,val,val-unseen}.json and the photos in {split}2014/ folders; returns ``out_dir``.
+
+    ``every_pair``: the training photos draw every colour–kind pair, UNSEEN_PAIRS among them: a set to fit the
+    probe on, to see what the features hold of pairs the benchmark's training photos never show (a captioner
+    trained on it is not measuring generalisation on ``val-unseen``).
+    """
     out_dir = Path(out_dir)
     for split, (pairs, styles) in SPLITS.items():
+        pairs = "every" if every_pair and split == "train" else pairs
         rng = np.random.default_rng([seed, list(SPLITS).index(split)])
         count = num_train if split == "train" else num_val
         folder = out_dir / f"{split}2014"

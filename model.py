@@ -61,7 +61,7 @@ ATTRIBUTE_SUMMARY = "attribute_summary"  # what it reads: the normalised grid's 
 # What the code supports, for command-line options and for config.json files (which may come from anywhere).
 # image_size stops at twice ImageNet's 224: VGG16's first block already holds 1.6 GB for a batch of 32 photos there.
 LIMITS = {"units": (1, 4096), "timesteps": (2, 256), "num_classes": (2, 4096), "image_size": (32, 448),
-          "embedding_dim": (1, 4096), "blocks": (1, 24), "heads": (1, 64)}
+          "embedding_dim": (1, 4096), "blocks": (1, 24), "heads": (1, 64), "char_dropout_span": (1, 16)}
 MAX_ATTRIBUTES = 4096
 VGG_PRECISIONS = ("float32", "bfloat16")
 MODEL_PRECISIONS = ("float32", "mixed_bfloat16")
@@ -113,6 +113,7 @@ class CaptionerConfig:
     schedule: str = "constant"  # Adam's learning rate over the run: constant or cosine (SCHEDULES)
     flip: bool = False  # training: each caption, at random, of its photo mirrored left to right, ヒダリ and ミギ swapped
     char_dropout: float = 0.0  # autoregressive models, training: the share of previous characters hidden from the decoder
+    char_dropout_span: int = 1  # ... hidden in runs of this many characters (SpanDropout), so whole words are hidden
     initial_state: str = "flatten"  # autoregressive models: the decoder's initial state from the grid (INITIAL_STATES)
     grid_positions: bool = False  # attention: a learnt vector per grid cell added to what it attends over
     attributes: int = 0  # attention: caption n-grams read off the image, fed to every step (attributes.py); 0 = none
@@ -388,10 +389,46 @@ def previous_char_embedding(config: CaptionerConfig, previous):
     Decoding (decoding.StepModels) reads the embedding layer directly.
     """
     embedded = layers.Embedding(config.num_classes, config.embedding_dim, name=CHAR_EMBEDDING)(previous)
-    if config.char_dropout:
+    if config.char_dropout and config.char_dropout_span > 1:
+        embedded = SpanDropout(config.char_dropout, config.char_dropout_span, name="char_dropout")(embedded)
+    elif config.char_dropout:
         embedded = layers.Dropout(config.char_dropout, noise_shape=(None, config.timesteps, 1), name="char_dropout")(
             embedded)
     return embedded
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class SpanDropout(layers.Layer):
+    """In training, zeroes runs of ``span`` consecutive steps of a ``(batch, steps, width)`` sequence, about
+    ``rate`` of the steps in all; the identity otherwise.
+
+    Character by character, word dropout seldom hides a whole word (each of
+    キイロイ's four characters hidden at 0.3: 1 time in 120), so the colour
+    just written still decides the kind written after it. Hiding runs hides
+    words, as span masking does (SpanBERT, Joshi et al. 2020). Runs start at
+    each step with the probability that leaves a step unhidden ``1 - rate``
+    of the time; the kept steps are not rescaled (a hidden character is an
+    unknown one, not noise around the mean).
+    """
+
+    def __init__(self, rate: float, span: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.span, self.seed = float(rate), int(span), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or not self.rate:
+            return inputs
+        start_rate = 1.0 - (1.0 - self.rate) ** (1.0 / self.span)
+        starts = ops.cast(keras.random.uniform(ops.shape(inputs)[:2], seed=self.seed_generator) < start_rate,
+                          "int32")
+        started = ops.cumsum(starts, axis=1)  # runs started up to each step
+        before = ops.pad(started, [[0, 0], [self.span, 0]])[:, : ops.shape(inputs)[1]]  # ... up to span steps ago
+        kept = ops.cast(ops.equal(started, before), inputs.dtype)  # no run started in the last span steps
+        return inputs * ops.expand_dims(kept, -1)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "span": self.span, "seed": self.seed}
 
 
 def initial_state(config: CaptionerConfig, grid):

@@ -163,6 +163,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="attention, showtell and transformer: hide this share of the previous characters "
                               "from the decoder in training (word dropout), so that it reads the photo rather than "
                               "guessing from what it has written")
+    fitting.add_argument("--char-dropout-span", type=bounded_int(*LIMITS["char_dropout_span"]),
+                         default=CaptionerConfig.char_dropout_span, metavar="CHARACTERS",
+                         help="with --char-dropout: hide the characters in runs of this many, so that whole words "
+                              "are hidden (a colour just written cannot decide the kind written next)")
     fitting.add_argument("--self-critical", type=bounded_int(0, 10_000), default=0, metavar="EPOCHS",
                          help="after the cross-entropy epochs, this many epochs of self-critical sequence training "
                               "(attention and showtell): the model's sampled captions, rewarded by their CIDEr-D "
@@ -203,6 +207,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.char_dropout and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell, transformer); "
                      f"{args.arch} reads no previous characters")
+    if args.char_dropout_span > 1 and not args.char_dropout:
+        parser.error("--char-dropout-span hides runs of the characters --char-dropout hides; give --char-dropout too")
     if args.prior_weight and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--prior-weight is for the autoregressive architectures (attention, showtell, transformer); "
                      f"{args.arch} writes every character at once")
@@ -241,7 +247,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
                            prior_weight=args.prior_weight,
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
-                           flip=args.flip, char_dropout=args.char_dropout, initial_state=args.initial_state,
+                           flip=args.flip, char_dropout=args.char_dropout,
+                           char_dropout_span=args.char_dropout_span, initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,
                            grid_positions=args.grid_positions, attributes=args.attributes,
                            blocks=args.blocks or CaptionerConfig.blocks, heads=args.heads or CaptionerConfig.heads,

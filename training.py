@@ -162,7 +162,7 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
     for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "char_dropout",
-                 "initial_state", "dropout", "grid_positions", "attributes", "prior_weight"):
+                 "char_dropout_span", "initial_state", "dropout", "grid_positions", "attributes", "prior_weight"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config

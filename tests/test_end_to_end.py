@@ -159,9 +159,9 @@ def test_flip_caches_the_mirrored_photos_and_is_recorded(tiny_demo, tmp_path, ca
 def test_timesteps_and_char_dropout_are_recorded_and_kept_on_resume(tiny_demo, tmp_path, capsys):
     out = tmp_path / "short"
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--timesteps", 12,
-                                 "--char-dropout", 0.3)) == 0
+                                 "--char-dropout", 0.3, "--char-dropout-span", 3)) == 0
     config = json.loads((out / "config.json").read_text())
-    assert (config["timesteps"], config["char_dropout"]) == (12, 0.3)
+    assert (config["timesteps"], config["char_dropout"], config["char_dropout_span"]) == (12, 0.3, 3)
     assert "Captions longer than 11 characters were truncated" in capsys.readouterr().out
     captioner = Captioner(out)
     assert captioner.model.inputs[1].shape[1] == 12

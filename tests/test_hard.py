@@ -266,3 +266,20 @@ def test_every_object_right_is_also_given_by_the_number_of_objects():
     assert hard.by_objects(2) not in result
     table = format_table({**result, "mean length": 10.0, "mean reference length": 11.0, "images": 3})
     assert "every object right, 1 object " in table and "every object right, 3 objects" in table
+
+
+def test_every_pair_puts_the_held_out_pairs_in_the_training_photos_only_when_asked(tmp_path):
+    """`demo.py --hard --every-pair`: a set to fit the probe on, never the benchmark's own training photos."""
+    import demo
+
+    def training_pairs(folder):
+        data = json.loads((folder / "captions_train.json").read_text(encoding="utf-8"))
+        return {(obj["color"], obj["kind"]) for image in data["images"] for obj in image["scene"]["objects"]}
+
+    assert demo.main(["--hard", "--every-pair", "--num-train", "120", "--num-val", "0", "--out", str(tmp_path / "e")]) == 0
+    assert training_pairs(tmp_path / "e") & hard.UNSEEN_PAIRS
+    hard.generate(tmp_path / "s", num_train=120, num_val=0)
+    assert not training_pairs(tmp_path / "s") & hard.UNSEEN_PAIRS
+    with pytest.raises(SystemExit):
+        demo.main(["--every-pair", "--out", str(tmp_path / "d")])
+    assert not (tmp_path / "d").exists()

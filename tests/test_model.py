@@ -386,6 +386,28 @@ def test_char_dropout_hides_whole_previous_characters_in_training_only(arch):
     assert "char_dropout" not in [layer.name for layer in build_model(small_config(arch=arch)).layers]
 
 
+@pytest.mark.parametrize("arch", ["attention", "transformer"])
+def test_char_dropout_spans_hide_runs_of_characters_in_training_only(arch):
+    config = small_config(arch=arch, timesteps=60, char_dropout=0.4, char_dropout_span=4)
+    model = build_model(config)
+    embedded = keras.Model(model.inputs, model.get_layer("char_dropout").output)
+    features = np.random.default_rng(0).random((64, *config.feature_shape), dtype=np.float32)
+    previous = np.random.default_rng(1).integers(1, 60, size=(64, config.timesteps))
+    trained = keras.ops.convert_to_numpy(embedded([features, previous], training=True))
+    hidden = (trained == 0).all(axis=-1)
+    assert 0.3 < hidden.mean() < 0.5  # about the share asked for
+    assert not ((trained == 0) & ~hidden[..., None]).any()  # whole characters, nothing else zeroed
+    rows = ["".join("1" if step else "0" for step in row) for row in hidden]
+    runs = [len(run) for row in rows for run in row.rstrip("1").split("0") if run]  # not cut short by the end
+    assert min(runs) >= 4 and np.mean(runs) > 4  # runs of the span at least, overlapping ones longer
+    whole_words = np.mean([row[t : t + 4].all() for row in hidden for t in range(0, 56, 4)])
+    assert whole_words > 0.15  # a four-character word hidden whole: about 1 time in 40 with one character at a time
+    kept = keras.ops.convert_to_numpy(model.get_layer("char_embedding")(previous))
+    np.testing.assert_allclose(trained[~hidden], kept[~hidden], rtol=1e-6)  # the kept ones not rescaled
+    read = keras.ops.convert_to_numpy(embedded([features, previous], training=False))
+    np.testing.assert_allclose(read, kept, rtol=1e-6)
+
+
 @pytest.mark.parametrize("arch", ["attention", "showtell"])
 def test_a_pooled_initial_state_sees_an_object_alike_in_any_cell(arch):
     """--initial-state pooled: the initial state reads the grid's mean and maximum, so moving what a cell holds to
