@@ -370,18 +370,23 @@ def test_batches_are_float16_and_threads_keep_their_order():
         np.testing.assert_array_equal(x1, features[data.rows[single.order[index * 16 : (index + 1) * 16]]])
 
 
-@pytest.mark.parametrize("arch", ["attention", "showtell"])
-def test_char_dropout_hides_whole_previous_characters_in_training_only(arch):
-    config = small_config(arch=arch, timesteps=40, char_dropout=0.5)
+def char_dropout_outputs(config, photos: int):
+    """The previous characters' embeddings after char dropout, in training and in reading, and without it."""
     model = build_model(config)
     embedded = keras.Model(model.inputs, model.get_layer("char_dropout").output)
-    features = np.random.default_rng(0).random((8, *config.feature_shape), dtype=np.float32)
-    previous = np.random.default_rng(1).integers(1, 60, size=(8, config.timesteps))
-    trained = keras.ops.convert_to_numpy(embedded([features, previous], training=True))
+    features = np.random.default_rng(0).random((photos, *config.feature_shape), dtype=np.float32)
+    previous = np.random.default_rng(1).integers(1, 60, size=(photos, config.timesteps))
+    trained, read = (keras.ops.convert_to_numpy(embedded([features, previous], training=training))
+                     for training in (True, False))
+    return trained, read, keras.ops.convert_to_numpy(model.get_layer("char_embedding")(previous))
+
+
+@pytest.mark.parametrize("arch", ["attention", "showtell"])
+def test_char_dropout_hides_whole_previous_characters_in_training_only(arch):
+    trained, read, _ = char_dropout_outputs(small_config(arch=arch, timesteps=40, char_dropout=0.5), photos=8)
     hidden = (trained == 0).all(axis=-1)
     assert 0.3 < hidden.mean() < 0.7  # whole characters, about half of them
     assert not ((trained == 0) & ~hidden[..., None]).any()  # nothing else zeroed
-    read = keras.ops.convert_to_numpy(embedded([features, previous], training=False))
     assert not (read == 0).all(axis=-1).any()
     assert "char_dropout" not in [layer.name for layer in build_model(small_config(arch=arch)).layers]
 
@@ -389,11 +394,7 @@ def test_char_dropout_hides_whole_previous_characters_in_training_only(arch):
 @pytest.mark.parametrize("arch", ["attention", "transformer"])
 def test_char_dropout_spans_hide_runs_of_characters_in_training_only(arch):
     config = small_config(arch=arch, timesteps=60, char_dropout=0.4, char_dropout_span=4)
-    model = build_model(config)
-    embedded = keras.Model(model.inputs, model.get_layer("char_dropout").output)
-    features = np.random.default_rng(0).random((64, *config.feature_shape), dtype=np.float32)
-    previous = np.random.default_rng(1).integers(1, 60, size=(64, config.timesteps))
-    trained = keras.ops.convert_to_numpy(embedded([features, previous], training=True))
+    trained, read, kept = char_dropout_outputs(config, photos=64)
     hidden = (trained == 0).all(axis=-1)
     assert 0.3 < hidden.mean() < 0.5  # about the share asked for
     assert not ((trained == 0) & ~hidden[..., None]).any()  # whole characters, nothing else zeroed
@@ -402,9 +403,7 @@ def test_char_dropout_spans_hide_runs_of_characters_in_training_only(arch):
     assert min(runs) >= 4 and np.mean(runs) > 4  # runs of the span at least, overlapping ones longer
     whole_words = np.mean([row[t : t + 4].all() for row in hidden for t in range(0, 56, 4)])
     assert whole_words > 0.15  # a four-character word hidden whole: about 1 time in 40 with one character at a time
-    kept = keras.ops.convert_to_numpy(model.get_layer("char_embedding")(previous))
     np.testing.assert_allclose(trained[~hidden], kept[~hidden], rtol=1e-6)  # the kept ones not rescaled
-    read = keras.ops.convert_to_numpy(embedded([features, previous], training=False))
     np.testing.assert_allclose(read, kept, rtol=1e-6)
 
 
