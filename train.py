@@ -32,6 +32,7 @@ from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existi
 from decoding import PRIOR_WEIGHT_HELP  # noqa: E402
 from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
+from lm import LM_FILE  # noqa: E402
 from model import (ARCHITECTURES, FINAL_LEARNING_RATE, INITIAL_STATES, LIMITS, LOSSES, MAX_ATTRIBUTES,  # noqa: E402
                    REFERENCES, SCHEDULES, CaptionerConfig, architecture_name)
 
@@ -308,7 +309,8 @@ def prepare(args: argparse.Namespace, out: Path, saved_state: dict | None):
     config = training.resolve_config(requested_config(args), out if saved_state is not None else None)
     data = training.prepare_data(config, annotations, images, args.cache_dir, args.val_fraction, args.seed,
                                  vocabulary_file=out / VOCAB_FILE if saved_state is not None else None,
-                                 distill_from=args.distill_from, progress=not args.quiet)
+                                 distill_from=args.distill_from, progress=not args.quiet,
+                                 language_model_file=out / LM_FILE if saved_state is not None else None)
     return config, data
 
 

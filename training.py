@@ -185,7 +185,7 @@ class TrainingData:
 
 def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fraction: float, seed: int,
                  vocabulary_file: Path | None = None, distill_from: str | None = None,
-                 progress: bool = True) -> TrainingData:
+                 progress: bool = True, language_model_file: Path | None = None) -> TrainingData:
     """Captions -> katakana; photos -> cached features (once per photo); split by photo; vocabulary; encoding.
 
     Args:
@@ -197,6 +197,7 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         vocabulary_file: a resumed run's vocabulary; None builds one from the training captions.
         distill_from: a trained run whose captions replace the human ones as targets.
         progress: show progress bars.
+        language_model_file: a resumed run's lm.json, read (and checked) instead of fitted again when it is there.
     """
     records, report = load_caption_files(annotations, images)
     log(f"Read {report.num_annotations} annotations: {sum(len(r.captions) for r in records)} captions "
@@ -257,7 +258,14 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
                if dropped_train + dropped_val else "."))
     language_model = None
     # CTC runs read it beside the model; autoregressive runs may take it out of theirs (decoding.PriorSubtracted).
-    if config.decoding == "ctc-lm" or architecture(config).autoregressive:  # of the training photos only
+    if (config.decoding == "ctc-lm" or architecture(config).autoregressive) and language_model_file is not None \
+            and Path(language_model_file).is_file():  # fitted when the run started, on the same photos
+        try:
+            language_model = CharNgram.load(language_model_file)
+        except ValueError as error:
+            raise ValueError(f"{error} Delete it and resume: train.py fits it again.") from None
+        log(f"Language model: the run's own {language_model_file}.")
+    elif config.decoding == "ctc-lm" or architecture(config).autoregressive:  # of the training photos only
         language_model = CharNgram.fit(
             "".join(char for char in caption if char in vocabulary.char_to_index)
             for image in train_images for caption in references[image])

@@ -168,8 +168,15 @@ def test_timesteps_and_char_dropout_are_recorded_and_kept_on_resume(tiny_demo, t
     photos = sorted((tiny_demo / "val2014").glob("*.jpg"))
     assert all(len(caption.text) <= 11 for photo in photos for caption in captioner.caption_photo(photo).captions)
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 2, "--resume")) == 0
-    assert "Resuming with the run's own timesteps (12)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Resuming with the run's own timesteps (12)" in printed
+    assert f"Language model: the run's own {out / 'lm.json'}" in printed  # read, not fitted again
     assert json.loads((out / "config.json").read_text())["timesteps"] == 12
+    (out / "lm.json").write_text('{"order": 3}')
+    assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 3, "--resume")) == 2
+    error = capsys.readouterr().err
+    assert "lm.json" in error and "Delete it and resume" in error and len(error.splitlines()) == 1
+    assert json.loads((out / "state.json").read_text())["epoch"] == 2  # nothing trained
 
 
 def test_cosine_schedule_decays_over_the_epochs_asked_for_and_resumes_along_it(tiny_demo, tmp_path):
