@@ -237,14 +237,17 @@ def main(argv=None) -> int:
     parser.add_argument("--every-pair", action="store_true",
                         help="--hard only: the training photos draw every colour–kind pair, the held-out ones among "
                              "them, for probe.py to fit on (what the features hold of pairs the benchmark's training "
-                             "never shows); not for training a captioner measured on val-unseen")
+                             "never shows); not for training a captioner measured on val-unseen "
+                             f"[default --out: {hard.HARD_DIR.with_name('hard-every')}]")
     args = parser.parse_args(argv)
     if args.every_pair and not args.hard:
         parser.error("--every-pair goes with --hard")
     try:
         if args.hard:
             num_train, num_val = _given(args.num_train, 3000), _given(args.num_val, 300)
-            out = hard.generate(args.out or hard.HARD_DIR, args.seed, num_train, num_val, args.every_pair)
+            # --every-pair never writes over the benchmark's own training photos unless --out says so
+            default_out = hard.HARD_DIR.with_name("hard-every") if args.every_pair else hard.HARD_DIR
+            out = hard.generate(args.out or default_out, args.seed, num_train, num_val, args.every_pair)
         else:
             num_train, num_val = _given(args.num_train, 2000), _given(args.num_val, 200)
             out = generate(args.out or DEMO_DIR, args.seed, num_train, num_val, args.templates)

@@ -283,3 +283,11 @@ def test_every_pair_puts_the_held_out_pairs_in_the_training_photos_only_when_ask
     with pytest.raises(SystemExit):
         demo.main(["--every-pair", "--out", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists()
+
+
+def test_every_pair_keeps_off_the_benchmarks_folder_by_default(tmp_path, monkeypatch):
+    import demo
+
+    monkeypatch.setattr(hard, "HARD_DIR", tmp_path / "hard")
+    assert demo.main(["--hard", "--every-pair", "--num-train", "2", "--num-val", "0"]) == 0
+    assert (tmp_path / "hard-every" / "captions_train.json").is_file() and not (tmp_path / "hard").exists()
