@@ -258,19 +258,8 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
                if dropped_train + dropped_val else "."))
     language_model = None
     # CTC runs read it beside the model; autoregressive runs may take it out of theirs (decoding.PriorSubtracted).
-    if (config.decoding == "ctc-lm" or architecture(config).autoregressive) and language_model_file is not None \
-            and Path(language_model_file).is_file():  # fitted when the run started, on the same photos
-        try:
-            language_model = CharNgram.load(language_model_file)
-        except ValueError as error:
-            raise ValueError(f"{error} Delete it and resume: train.py fits it again.") from None
-        log(f"Language model: the run's own {language_model_file}.")
-    elif config.decoding == "ctc-lm" or architecture(config).autoregressive:  # of the training photos only
-        language_model = CharNgram.fit(
-            "".join(char for char in caption if char in vocabulary.char_to_index)
-            for image in train_images for caption in references[image])
-        log(f"Language model: {language_model.order}-grams of the training captions' characters, "
-            f"{sum(map(len, language_model.counts.values())):,} stored.")
+    if config.decoding == "ctc-lm" or architecture(config).autoregressive:
+        language_model = _language_model(language_model_file, vocabulary, train_images, references)
     log(f"Vocabulary: {vocabulary.num_classes} classes (end class + {len(vocabulary.characters)} characters).")
     log(f"Training on {len(train.rows)} captions of {len(train_images)} photos; validating on "
         f"{len(val.rows)} captions of {len(val_images)} photos.")
@@ -278,6 +267,24 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         f"{train_report.num_truncated + val_report.num_truncated}; characters outside the vocabulary left out: "
         f"{train_report.num_unknown + val_report.num_unknown}.")
     return TrainingData(records, references, cache, vocabulary, val_images, train, val, language_model, mirrored_cache)
+
+
+def _language_model(saved: Path | None, vocabulary, train_images, references) -> CharNgram:
+    """The run's character language model: a resumed run's ``saved`` lm.json (read and checked, fitted when the
+    run started on the same photos), else fitted on the training photos' captions."""
+    if saved is not None and Path(saved).is_file():
+        try:
+            language_model = CharNgram.load(saved)
+        except ValueError as error:
+            raise ValueError(f"{error} Delete it and resume: train.py fits it again.") from None
+        log(f"Language model: the run's own {saved}.")
+        return language_model
+    language_model = CharNgram.fit(
+        "".join(char for char in caption if char in vocabulary.char_to_index)
+        for image in train_images for caption in references[image])
+    log(f"Language model: {language_model.order}-grams of the training captions' characters, "
+        f"{sum(map(len, language_model.counts.values())):,} stored.")
+    return language_model
 
 
 def distilled_readings(teacher_dir, config: CaptionerConfig, features, readings, images) -> list[list[str]]:
