@@ -228,7 +228,7 @@ def _given(value: int | None, default: int) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Generate the demo dataset, or the hard benchmark (STAIR/COCO caption format).")
     parser.add_argument("--hard", action="store_true",
-                        help=f"the hard benchmark (hard.py) instead: train, val and val-unseen sets in {hard.HARD_DIR}")
+                        help=f"the hard benchmark (hard.py) instead: train, val, val-unseen, val-styles and val-pairs sets in {hard.HARD_DIR}")
     parser.add_argument("--out", type=folder_path, help=f"output folder (default: {DEMO_DIR}; --hard: {hard.HARD_DIR})")
     parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed; the same seed gives the same data")
     parser.add_argument("--num-train", type=bounded_int(0, 1_000_000), help="training photos (default: 2000; --hard: 3000)")

@@ -1,6 +1,6 @@
 """The hard benchmark: scenes the demo's random VGG16 cannot read, in STAIR/COCO format, and a scorer per attribute.
 
-    $ python demo.py --hard                              # data/hard/: train, val (seen styles), val-unseen
+    $ python demo.py --hard                              # data/hard/: train, val, val-unseen, val-styles, val-pairs
     $ python evaluate.py --model RUN --annotations data/hard/captions_val-unseen.json --images data/hard/val-unseen2014
 
 Each photo is COCO-sized (640×480, 480×640, 640×427, 500×375 or 612×612,
@@ -12,9 +12,10 @@ kind, its position (left, middle, right) or how many there are of it, some
 its size and the background; some run past 49 katakana.
 
 Held out from training, so the validation sets measure generalisation:
-caption styles (``UNSEEN_STYLES``, only in ``val-unseen``) and colour–kind
-pairs (``UNSEEN_PAIRS``: never drawn in training photos; ``val-unseen``
-draws them often).
+caption styles (``UNSEEN_STYLES``: never in training captions) and colour–kind
+pairs (``UNSEEN_PAIRS``: never drawn in training photos). ``val`` holds
+neither out, ``val-unseen`` both (every photo has an unseen pair, every
+caption an unseen style), ``val-styles`` and ``val-pairs`` one each.
 
 Every image entry carries its ``scene``; ``score`` parses a katakana caption
 back into (colour, kind, count, position) mentions and scores each attribute.
@@ -284,16 +285,18 @@ def write_captions(scene: dict, rng, styles=SEEN_STYLES) -> list[str]:
 # The dataset
 # ---------------------------------------------------------------------------
 
-SPLITS = {  # name: (pairs, styles)
+SPLITS = {  # name: (pairs, styles); each split draws from its own random stream, so adding one changes no other
     "train": ("seen", SEEN_STYLES),
     "val": ("seen", SEEN_STYLES),
-    "val-unseen": ("unseen", UNSEEN_STYLES),
+    "val-unseen": ("unseen", UNSEEN_STYLES),  # both held out: the benchmark's headline set
+    "val-styles": ("seen", UNSEEN_STYLES),  # one factor each: how much of val-unseen's drop is the styles' ...
+    "val-pairs": ("unseen", SEEN_STYLES),  # ... and how much the pairs'
 }
 
 
 def generate(out_dir=HARD_DIR, seed: int = 0, num_train: int = 3000, num_val: int = 300,
              every_pair: bool = False) -> Path:
-    """Writes captions_{train,val,val-unseen}.json and the photos in {split}2014/ folders; returns ``out_dir``.
+    """Writes captions_{split}.json and the photos in {split}2014/ for each of SPLITS; returns ``out_dir``.
 
     ``every_pair``: the training photos draw every colour–kind pair, UNSEEN_PAIRS among them: a set to fit the
     probe on, to see what the features hold of pairs the benchmark's training photos never show (a captioner

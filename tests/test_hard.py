@@ -42,13 +42,18 @@ def test_unseen_pairs_and_styles_are_held_out(hard_set):
         data = json.loads((hard_set / f"captions_{split}.json").read_text(encoding="utf-8"))
         return [image["scene"] for image in data["images"]], [a["caption"] for a in data["annotations"]]
 
-    train_scenes, train_captions = scenes("train")
-    unseen_scenes, unseen_captions = scenes("val-unseen")
-    pairs = lambda scenes: {(o["color"], o["kind"]) for s in scenes for o in s["objects"]}  # noqa: E731
-    assert not pairs(train_scenes) & hard.UNSEEN_PAIRS
-    assert all({(o["color"], o["kind"]) for o in s["objects"]} & hard.UNSEEN_PAIRS for s in unseen_scenes)
-    assert not any("見え" in caption or "写っているのは" in caption for caption in train_captions)
-    assert all("見え" in caption or "写っているのは" in caption for caption in unseen_captions)
+    def unseen_pair(scene):
+        return bool({(o["color"], o["kind"]) for o in scene["objects"]} & hard.UNSEEN_PAIRS)
+
+    def unseen_style(caption):
+        return "見え" in caption or "写っているのは" in caption
+
+    for split, (pairs_held_out, styles_held_out) in {"train": (False, False), "val": (False, False),
+                                                     "val-unseen": (True, True), "val-styles": (False, True),
+                                                     "val-pairs": (True, False)}.items():
+        split_scenes, captions = scenes(split)
+        assert [unseen_pair(scene) for scene in split_scenes] == [pairs_held_out] * len(split_scenes), split
+        assert [unseen_style(caption) for caption in captions] == [styles_held_out] * len(captions), split
 
 
 SCENE = {"greyscale": False, "objects": [
