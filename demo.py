@@ -239,22 +239,32 @@ def main(argv=None) -> int:
                              "them, for probe.py to fit on (what the features hold of pairs the benchmark's training "
                              "never shows); not for training a captioner measured on val-unseen "
                              f"[default --out: {hard.HARD_DIR.with_name('hard-every')}]")
+    parser.add_argument("--recolour", action="store_true",
+                        help="--hard only: the training photos, each followed by copies with red and blue, and red "
+                             "and green, swapped (channels and caption words) where every colour stays one the "
+                             "captions name; the held-out sets as the benchmark's "
+                             f"[default --out: {hard.HARD_DIR.with_name('hard-recoloured')}]")
     args = parser.parse_args(argv)
-    if args.every_pair and not args.hard:
-        parser.error("--every-pair goes with --hard")
+    for flag in ("every_pair", "recolour"):
+        if getattr(args, flag) and not args.hard:
+            parser.error(f"--{flag.replace('_', '-')} goes with --hard")
+    if args.every_pair and args.recolour:
+        parser.error("--every-pair and --recolour are two different training sets: pick one")
     try:
         if args.hard:
             num_train, num_val = _given(args.num_train, 3000), _given(args.num_val, 300)
-            # --every-pair never writes over the benchmark's own training photos unless --out says so
-            default_out = hard.HARD_DIR.with_name("hard-every") if args.every_pair else hard.HARD_DIR
-            out = hard.generate(args.out or default_out, args.seed, num_train, num_val, args.every_pair)
+            # --every-pair and --recolour never write over the benchmark's own training photos unless --out says so
+            default_out = hard.HARD_DIR.with_name("hard-every" if args.every_pair else "hard-recoloured"
+                                                  if args.recolour else "hard")
+            out = hard.generate(args.out or default_out, args.seed, num_train, num_val, args.every_pair, args.recolour)
         else:
             num_train, num_val = _given(args.num_train, 2000), _given(args.num_val, 200)
             out = generate(args.out or DEMO_DIR, args.seed, num_train, num_val, args.templates)
     except OSError as error:  # a full disk, an unwritable folder
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Wrote {num_train} training and {num_val} held-out photos per set to {out}")
+    copies = " and their recoloured copies" if args.recolour else ""
+    print(f"Wrote {num_train} training photos{copies} and {num_val} held-out photos per set to {out}")
     return 0
 
 

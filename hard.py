@@ -294,13 +294,44 @@ SPLITS = {  # name: (pairs, styles); each split draws from its own random stream
 }
 
 
+# Colour swaps that map the palette onto itself closely enough to name: a swap of two RGB channels, the colours
+# it exchanges, and the colours it keeps. A photo with any other colour (yellow, orange and purple become cyan,
+# azure or magenta) is not recoloured.
+RECOLOURINGS = {  # name: (channel order, colours exchanged, colours kept)
+    "red-blue": ((2, 1, 0), {"red": "blue", "blue": "red"}, {"green", "white", "black"}),
+    "red-green": ((1, 0, 2), {"red": "green", "green": "red"}, {"blue", "white", "black"}),
+}
+
+
+def recolour_captions(captions: list[str], exchanged: dict[str, str]) -> list[str]:
+    """The captions with each exchanged colour's written forms swapped for the other's (form by form, the last
+    form standing in where the other colour has fewer)."""
+    forms = {form: COLORS[target][1][min(index, len(COLORS[target][1]) - 1)]
+             for source, target in exchanged.items() for index, form in enumerate(COLORS[source][1])}
+    pattern = re.compile(_alternation(forms))
+    return [pattern.sub(lambda match: forms[match.group(0)], caption) for caption in captions]
+
+
+def _recoloured(scene: dict, recolouring: str) -> dict | None:
+    """``scene`` with its colours exchanged, or None where the swap would leave a colour no caption names."""
+    _, exchanged, kept = RECOLOURINGS[recolouring]
+    colours = {obj["color"] for obj in scene["objects"]}
+    if scene["greyscale"] or not colours & set(exchanged) or not colours <= set(exchanged) | kept:
+        return None
+    return {**scene, "objects": [{**obj, "color": exchanged.get(obj["color"], obj["color"])}
+                                 for obj in scene["objects"]]}
+
+
 def generate(out_dir=HARD_DIR, seed: int = 0, num_train: int = 3000, num_val: int = 300,
-             every_pair: bool = False) -> Path:
+             every_pair: bool = False, recolour: bool = False) -> Path:
     """Writes captions_{split}.json and the photos in {split}2014/ for each of SPLITS; returns ``out_dir``.
 
     ``every_pair``: the training photos draw every colour–kind pair, UNSEEN_PAIRS among them: a set to fit the
     probe on, to see what the features hold of pairs the benchmark's training photos never show (a captioner
     trained on it is not measuring generalisation on ``val-unseen``).
+    ``recolour``: the benchmark's training photos, each followed by its RECOLOURINGS (channels swapped, colour
+    words swapped to match) where they can be named: pairs the photos never show, made from the photos alone,
+    as a flip makes left from right (yellow and orange cannot be made, so the yellow cross stays unseen).
     """
     out_dir = Path(out_dir)
     for split, (pairs, styles) in SPLITS.items():
@@ -310,15 +341,33 @@ def generate(out_dir=HARD_DIR, seed: int = 0, num_train: int = 3000, num_val: in
         folder = out_dir / f"{split}2014"
         folder.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
-        for image_id in range(1, count + 1):
-            scene = random_scene(rng, pairs)
+
+        def add(image_id: int, scene: dict, captions: list[str]) -> str:
             file_name = f"COCO_{split.split('-')[0]}2014_{image_id:012d}.jpg"
-            with atomic_path(folder / file_name, suffix=".jpg") as temporary:
-                draw_scene(scene, rng).save(temporary, quality=int(rng.integers(40, 91)))
             images.append({"id": image_id, "file_name": file_name, "width": scene["width"], "height": scene["height"],
                            "scene": scene})
-            for caption in write_captions(scene, rng, styles):
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
+            annotations.extend({"id": len(annotations) + 1, "image_id": image_id, "caption": caption}
+                               for caption in captions)
+            return file_name
+
+        next_id = count + 1  # recoloured copies are numbered after the drawn photos
+        for image_id in range(1, count + 1):
+            scene = random_scene(rng, pairs)
+            photo, quality = draw_scene(scene, rng), int(rng.integers(40, 91))
+            captions = write_captions(scene, rng, styles)
+            file_name = add(image_id, scene, captions)
+            with atomic_path(folder / file_name, suffix=".jpg") as temporary:
+                photo.save(temporary, quality=quality)
+            for name in RECOLOURINGS if recolour and split == "train" else ():
+                channels, exchanged, _ = RECOLOURINGS[name]
+                recoloured = _recoloured(scene, name)
+                if recoloured is not None:  # the swap of the saved photo, JPEG artefacts and all
+                    with Image.open(folder / file_name) as saved:
+                        pixels = np.asarray(saved.convert("RGB"))[..., list(channels)]
+                    with atomic_path(folder / add(next_id, recoloured, recolour_captions(captions, exchanged)),
+                                     suffix=".jpg") as temporary:
+                        Image.fromarray(pixels).save(temporary, quality=90)
+                    next_id += 1
         info = {"description": f"kana-captioner hard benchmark, {split} (seed {seed})", "version": "1.0"}
         write_json(out_dir / f"captions_{split}.json", {"info": info, "images": images, "annotations": annotations})
     return out_dir

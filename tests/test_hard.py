@@ -296,3 +296,45 @@ def test_every_pair_keeps_off_the_benchmarks_folder_by_default(tmp_path, monkeyp
     monkeypatch.setattr(hard, "HARD_DIR", tmp_path / "hard")
     assert demo.main(["--hard", "--every-pair", "--num-train", "2", "--num-val", "0"]) == 0
     assert (tmp_path / "hard-every" / "captions_train.json").is_file() and not (tmp_path / "hard").exists()
+
+
+def test_recolouring_swaps_colour_words_form_by_form():
+    assert hard.recolour_captions(["左に赤い丸、右に青色の星があります。", "赤の丸と青い星"], {"red": "blue", "blue": "red"}) == \
+        ["左に青い丸、右に赤の星があります。", "青色の丸と赤い星"]
+    assert hard.recolour_captions(["赤の丸と緑の星、白い四角"], {"red": "green", "green": "red"}) == ["緑の丸と赤い星、白い四角"]
+
+
+def test_recoloured_training_photos_are_the_benchmarks_with_swapped_copies(tmp_path):
+    """`demo.py --hard --recolour`: the same drawn photos, then copies whose pixels, scenes and captions agree."""
+    import demo
+
+    assert demo.main(["--hard", "--recolour", "--num-train", "80", "--num-val", "5", "--out", str(tmp_path / "r")]) == 0
+    plain = hard.generate(tmp_path / "p", num_train=80, num_val=5)
+    recoloured = json.loads((tmp_path / "r" / "captions_train.json").read_text(encoding="utf-8"))
+    drawn = json.loads((plain / "captions_train.json").read_text(encoding="utf-8"))
+    originals = [image for image in recoloured["images"] if image["id"] <= 80]
+    assert originals == drawn["images"] and len(recoloured["images"]) > 80
+    for image in drawn["images"]:  # the drawn photos, to the byte
+        assert (tmp_path / "r" / "train2014" / image["file_name"]).read_bytes() == \
+            (plain / "train2014" / image["file_name"]).read_bytes()
+    for split in ("val", "val-unseen"):
+        assert (tmp_path / "r" / f"captions_{split}.json").read_bytes() == (plain / f"captions_{split}.json").read_bytes()
+    scenes = {image["id"]: image["scene"] for image in recoloured["images"]}
+    for annotation in recoloured["annotations"]:  # every copy's captions name its recoloured scene
+        scores = hard.score_caption(text_to_katakana(annotation["caption"]), scenes[annotation["image_id"]])
+        assert scores["every object right"] == 1.0 and scores["absent colour named"] == 0.0, annotation
+    copies = [image for image in recoloured["images"] if image["id"] > 80]
+    made = [(image, name) for image in drawn["images"] for name in hard.RECOLOURINGS
+            if hard._recoloured(image["scene"], name) is not None]
+    assert len(copies) == len(made) and not {(o["color"], o["kind"]) for image in copies
+                                             for o in image["scene"]["objects"]} & {("yellow", "cross")}
+    for copy, (source, name) in list(zip(copies, made))[:5]:
+        assert copy["scene"] == hard._recoloured(source["scene"], name)
+        swapped = np.asarray(Image.open(tmp_path / "r" / "train2014" / copy["file_name"]).convert("RGB"), np.float32)
+        original = np.asarray(Image.open(plain / "train2014" / source["file_name"]).convert("RGB"), np.float32)
+        assert np.abs(swapped - original[..., list(hard.RECOLOURINGS[name][0])]).mean() < 6  # JPEG aside
+    with pytest.raises(SystemExit):
+        demo.main(["--recolour", "--out", str(tmp_path / "d")])
+    with pytest.raises(SystemExit):
+        demo.main(["--hard", "--recolour", "--every-pair", "--out", str(tmp_path / "d")])
+    assert not (tmp_path / "d").exists()
