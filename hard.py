@@ -346,8 +346,9 @@ def generate(out_dir=HARD_DIR, seed: int = 0, num_train: int = 3000, num_val: in
             file_name = f"COCO_{split.split('-')[0]}2014_{image_id:012d}.jpg"
             images.append({"id": image_id, "file_name": file_name, "width": scene["width"], "height": scene["height"],
                            "scene": scene})
-            annotations.extend({"id": len(annotations) + 1, "image_id": image_id, "caption": caption}
-                               for caption in captions)
+            first = len(annotations) + 1
+            annotations.extend({"id": first + number, "image_id": image_id, "caption": caption}
+                               for number, caption in enumerate(captions))
             return file_name
 
         next_id = count + 1  # recoloured copies are numbered after the drawn photos

@@ -319,6 +319,8 @@ def test_recoloured_training_photos_are_the_benchmarks_with_swapped_copies(tmp_p
             (plain / "train2014" / image["file_name"]).read_bytes()
     for split in ("val", "val-unseen"):
         assert (tmp_path / "r" / f"captions_{split}.json").read_bytes() == (plain / f"captions_{split}.json").read_bytes()
+    assert [annotation["id"] for annotation in recoloured["annotations"]] == \
+        list(range(1, len(recoloured["annotations"]) + 1))
     scenes = {image["id"]: image["scene"] for image in recoloured["images"]}
     for annotation in recoloured["annotations"]:  # every copy's captions name its recoloured scene
         scores = hard.score_caption(text_to_katakana(annotation["caption"]), scenes[annotation["image_id"]])
