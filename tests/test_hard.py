@@ -290,12 +290,13 @@ def test_every_pair_puts_the_held_out_pairs_in_the_training_photos_only_when_ask
     assert not (tmp_path / "d").exists()
 
 
-def test_every_pair_keeps_off_the_benchmarks_folder_by_default(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flag, folder", [("--every-pair", "hard-every"), ("--recolour", "hard-recoloured")])
+def test_other_training_sets_keep_off_the_benchmarks_folder_by_default(tmp_path, monkeypatch, flag, folder):
     import demo
 
     monkeypatch.setattr(hard, "HARD_DIR", tmp_path / "hard")
-    assert demo.main(["--hard", "--every-pair", "--num-train", "2", "--num-val", "0"]) == 0
-    assert (tmp_path / "hard-every" / "captions_train.json").is_file() and not (tmp_path / "hard").exists()
+    assert demo.main(["--hard", flag, "--num-train", "2", "--num-val", "0"]) == 0
+    assert (tmp_path / folder / "captions_train.json").is_file() and not (tmp_path / "hard").exists()
 
 
 def test_recolouring_swaps_colour_words_form_by_form():
