@@ -104,17 +104,22 @@ class CaptionBatches(keras.utils.PyDataset):
         mirrored_features: the features of the photos mirrored left to right. With them (and
             ``data.mirrored_targets``), each caption of a shuffled epoch is, at random, one of
             its mirrored photo half the time.
+        recoloured: ``(features, data)`` pairs, more captions to serve, each with its row of
+            those features (train.py --recolour: recoloured photos). They are never mirrored.
     """
 
     def __init__(self, config: CaptionerConfig, features, data: CaptionData, batch_size: int, shuffle: bool,
-                 seed: int, workers: int = 1, mirrored_features=None):
+                 seed: int, workers: int = 1, mirrored_features=None, recoloured=()):
         super().__init__(workers=workers, use_multiprocessing=False)
-        self.config, self.features, self.data = config, features, data
-        self.batch_size, self.shuffle = batch_size, shuffle
+        self.config, self.batch_size, self.shuffle = config, batch_size, shuffle
+        self.sources = [features, *(more_features for more_features, _ in recoloured)]
+        self.source = np.repeat(np.arange(len(self.sources), dtype=np.int64),
+                                [len(data.rows), *(len(more.rows) for _, more in recoloured)])
+        self.data = _joined(data, [more for _, more in recoloured]) if recoloured else data
         self.mirrored_features = mirrored_features if data.mirrored_targets is not None and shuffle else None
         self.rng = np.random.default_rng(seed)
-        self.order = np.arange(len(data.rows))
-        self.mirrored = np.zeros(len(data.rows), dtype=bool)
+        self.order = np.arange(len(self.data.rows))
+        self.mirrored = np.zeros(len(self.data.rows), dtype=bool)
         self.on_epoch_end()
 
     def __len__(self):
@@ -123,7 +128,13 @@ class CaptionBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         rows, mirrored = self.data.rows[chosen], self.mirrored[chosen]
-        batch_features = read_rows(self.features, rows)
+        if len(self.sources) == 1:
+            batch_features = read_rows(self.sources[0], rows)
+        else:
+            source = self.source[chosen]
+            batch_features = np.empty((len(rows), *self.sources[0].shape[1:]), dtype=self.sources[0].dtype)
+            for index in np.unique(source):
+                batch_features[source == index] = read_rows(self.sources[index], rows[source == index])
         targets = self.data.targets[chosen].astype(np.int32)
         if mirrored.any():
             batch_features[mirrored] = read_rows(self.mirrored_features, rows[mirrored])
@@ -134,7 +145,15 @@ class CaptionBatches(keras.utils.PyDataset):
         if self.shuffle:
             self.order = self.rng.permutation(len(self.data.rows))
         if self.mirrored_features is not None:
-            self.mirrored = self.rng.random(len(self.data.rows)) < 0.5
+            self.mirrored = (self.rng.random(len(self.data.rows)) < 0.5) & (self.source == 0)
+
+
+def _joined(data: CaptionData, more: list[CaptionData]) -> CaptionData:
+    """``data`` followed by the captions of ``more`` (whose mirrored targets, never served, are their own)."""
+    targets = np.concatenate([data.targets, *(part.targets for part in more)])
+    mirrored = None if data.mirrored_targets is None else np.concatenate(
+        [data.mirrored_targets, *(part.targets for part in more)])
+    return CaptionData(np.concatenate([data.rows, *(part.rows for part in more)]), targets, mirrored)
 
 
 def read_rows(features, rows: np.ndarray) -> np.ndarray:

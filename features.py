@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 import runtime
 from fileio import DiskFull, atomic_path, read_json, write_json
+from recolour import RECOLOURINGS, recolour_pixels
 
 VGG16_NOTOP_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
@@ -261,6 +262,16 @@ def feature_shape(image_size: int, layer: str = "pool5") -> tuple[int, int, int]
 # ---------------------------------------------------------------------------
 
 
+VARIANTS = ("mirrored", *RECOLOURINGS)  # the photos changed for training: train.py --flip, --recolour
+
+
+def transformed(images: np.ndarray, variant: str | None) -> np.ndarray:
+    """Letterboxed ``(n, size, size, 3)`` RGB images as VARIANTS changes them (None: as they are)."""
+    if variant is None:
+        return images
+    return images[:, :, ::-1] if variant == "mirrored" else recolour_pixels(images, variant)
+
+
 def _file_stamp(path: str) -> str:
     try:
         stat = os.stat(path)
@@ -309,18 +320,18 @@ class FeatureCache:
 
     @classmethod
     def open(cls, root, paths, weights: str, image_size: int, precision: str = "float32",
-             layer: str = "pool5", mirrored: bool = False) -> "FeatureCache":
+             layer: str = "pool5", variant: str | None = None) -> "FeatureCache":
         """Opens (or creates) the cache of ``paths`` under ``root``.
 
         There is one cache per weights, size, precision and layer, and one more
-        for the same photos mirrored left to right (``mirrored``: train.py --flip).
+        per VARIANTS of the same photos (``variant``: train.py --flip and --recolour).
         """
         paths = [str(Path(path).resolve()) for path in paths]
         # Each file's size and modification time are in the name too: a photo rewritten in place (a dataset
         # generated again) gets a new cache rather than the old photo's features.
         digest = hashlib.sha1("\n".join(f"{path}\t{_file_stamp(path)}" for path in paths).encode()).hexdigest()[:12]
         tag = (f"{weights_tag(weights)}-{image_size}px" + ("-bf16" if precision == "bfloat16" else "")
-               + ("" if layer == "pool5" else f"-{layer}") + ("-mirrored" if mirrored else ""))
+               + ("" if layer == "pool5" else f"-{layer}") + (f"-{variant}" if variant else ""))
         folder = Path(root) / f"vgg16-{tag}-{len(paths)}-{digest}"
         folder.mkdir(parents=True, exist_ok=True)
         shape = (len(paths), *feature_shape(image_size, layer))
@@ -353,9 +364,9 @@ def extract_features(
     batch_size: int = 32,
     num_workers: int | None = None,
     progress: bool = True,
-    mirrored: bool = False,
+    variant: str | None = None,
 ) -> dict[str, str]:
-    """Fills the cache rows that are not complete yet (``mirrored``: with each photo mirrored left to right).
+    """Fills the cache rows that are not complete yet (``variant``: of each photo so changed, VARIANTS).
 
     Images are decoded by a thread pool while VGG16 works on the previous
     batch; each finished batch is flushed before its rows are marked complete.
@@ -371,7 +382,7 @@ def extract_features(
     for chunk, rows, images, errors in decode_batches(cache.paths, pending, image_size, batch_size, num_workers):
         failures.update({cache.paths[row]: reason for row, reason in errors.items()})
         if len(rows):
-            output = vgg.predict_on_batch(preprocess(images[:, :, ::-1] if mirrored else images))
+            output = vgg.predict_on_batch(preprocess(transformed(images, variant)))
             cache.features[rows] = np.asarray(output, dtype=np.float32).astype(np.float16)
             cache.features.flush()
             cache.status[rows] = 1
@@ -382,24 +393,26 @@ def extract_features(
 
 
 def cached_features(paths, weights: str, image_size: int, cache_root, progress: bool = True, log=print,
-                    precision: str = "float32", layer: str = "pool5", mirrored: bool = False):
+                    precision: str = "float32", layer: str = "pool5", variant: str | None = None):
     """Opens the cache of ``paths`` and extracts whatever it lacks (VGG16 is built only then).
 
-    ``mirrored``: the features of the photos mirrored left to right, in a cache of their own.
+    ``variant``: the features of the photos so changed (VARIANTS), in a cache of their own.
 
     Returns:
         ``(cache, failures)``: the cache, and ``{path: reason}`` for images
         that could not be read (their rows stay incomplete).
     """
-    cache = FeatureCache.open(cache_root, paths, weights, image_size, precision, layer, mirrored)
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"Unknown photo variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    cache = FeatureCache.open(cache_root, paths, weights, image_size, precision, layer, variant)
     missing = int((~cache.complete).sum())
     if not missing:
         log(f"All {len(paths)} images' features are cached in {cache.folder}.")
         return cache, {}
     vgg = build_vgg16(weights, image_size, precision, layer)
-    log(f"Extracting VGG16 features of {missing} {'mirrored ' if mirrored else ''}images into {cache.folder} "
+    log(f"Extracting VGG16 features of {missing} {variant + ' ' if variant else ''}images into {cache.folder} "
         f"(resumable).")
-    failures = extract_features(cache, vgg, image_size, progress=progress, mirrored=mirrored)
+    failures = extract_features(cache, vgg, image_size, progress=progress, variant=variant)
     for reason in list(failures.values())[:10]:
         log(f"  skipped image: {reason}")
     if failures:

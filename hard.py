@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw
 
 from fileio import atomic_path, write_json
 from kana import text_to_katakana
+from recolour import RECOLOURINGS  # the swaps train.py --recolour makes, here made in the photos themselves
 
 HARD_DIR = Path(__file__).resolve().parent / "data" / "hard"
 SIZES = ((640, 480), (480, 640), (640, 427), (500, 375), (612, 612))  # COCO's common photo sizes
@@ -291,15 +292,6 @@ SPLITS = {  # name: (pairs, styles); each split draws from its own random stream
     "val-unseen": ("unseen", UNSEEN_STYLES),  # both held out: the benchmark's headline set
     "val-styles": ("seen", UNSEEN_STYLES),  # one factor each: how much of val-unseen's drop is the styles' ...
     "val-pairs": ("unseen", SEEN_STYLES),  # ... and how much the pairs'
-}
-
-
-# Colour swaps that map the palette onto itself closely enough to name: a swap of two RGB channels, the colours
-# it exchanges, and the colours it keeps. A photo with any other colour (yellow, orange and purple become cyan,
-# azure or magenta) is not recoloured.
-RECOLOURINGS = {  # name: (channel order, colours exchanged, colours kept)
-    "red-blue": ((2, 1, 0), {"red": "blue", "blue": "red"}, {"green", "white", "black"}),
-    "red-green": ((1, 0, 2), {"red": "green", "green": "red"}, {"blue", "white", "black"}),
 }
 
 

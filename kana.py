@@ -73,7 +73,7 @@ def _converter():
     return _kakasi
 
 
-def katakana_reading(text: str) -> tuple[str, str]:
+def katakana_reading(text: str, rewrite=None) -> tuple[str, str]:
     """Converts Japanese text to its katakana reading.
 
     The text is NFKC-normalised (half-width katakana become full-width,
@@ -82,11 +82,32 @@ def katakana_reading(text: str) -> tuple[str, str]:
 
     Args:
         text: a caption in any mix of kanji, hiragana, katakana and digits.
+        rewrite: ``rewrite(word)``, what to read in place of each word as
+            pykakasi splits the text (None: the word itself); train.py
+            --recolour's colour words (recolour.py).
 
     Returns:
         ``(katakana, dropped)``: the reading, and the characters that have no
         katakana reading (latin letters, emoji, symbols), which are left out.
     """
+    items, dropped = _words(text)
+    reading = []
+    for item in items:
+        word = item["orig"] if rewrite is None else rewrite(item["orig"])
+        reading.append(item["kana"] if word == item["orig"] else "".join(i["kana"] for i in _converter().convert(word)))
+    katakana = []
+    for char in "".join(reading):
+        (katakana if _KATAKANA.fullmatch(char) else dropped).append(char)
+    return "".join(katakana), "".join(dropped)
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` as pykakasi splits it for katakana_reading (a particle may stay on its word: 赤の)."""
+    return [item["orig"] for item in _words(text)[0]]
+
+
+def _words(text: str) -> tuple[list[dict], list[str]]:
+    """pykakasi's words of the normalised text's Japanese script, and the characters left out before reading."""
     text = unicodedata.normalize("NFKC", text)
     text = _NUMBER.sub(lambda match: number_to_kanji(int(match.group())), text)
     # Only Japanese script and the kept punctuation go to pykakasi: it handles
@@ -99,11 +120,7 @@ def katakana_reading(text: str) -> tuple[str, str]:
             kept.append(char)
         else:
             dropped.append(char)
-    reading = "".join(item["kana"] for chunk in _chunks("".join(kept)) for item in _converter().convert(chunk))
-    katakana = []
-    for char in reading:
-        (katakana if _KATAKANA.fullmatch(char) else dropped).append(char)
-    return "".join(katakana), "".join(dropped)
+    return [item for chunk in _chunks("".join(kept)) for item in _converter().convert(chunk)], dropped
 
 
 def _is_japanese(char: str) -> bool:

@@ -112,6 +112,7 @@ class CaptionerConfig:
     weight_average: float = 0.0  # the kept model's weights: an average over training steps with this momentum; 0 = the last step's
     schedule: str = "constant"  # Adam's learning rate over the run: constant or cosine (SCHEDULES)
     flip: bool = False  # training: each caption, at random, of its photo mirrored left to right, ヒダリ and ミギ swapped
+    recolour: bool = False  # training: also the photos with red and blue, red and green swapped (recolour.py)
     char_dropout: float = 0.0  # autoregressive models, training: the share of previous characters hidden from the decoder
     char_dropout_span: int = 1  # ... hidden in runs of this many characters (SpanDropout), so whole words are hidden
     initial_state: str = "flatten"  # autoregressive models: the decoder's initial state from the grid (INITIAL_STATES)
@@ -156,6 +157,8 @@ class CaptionerConfig:
         check("schedule", self.schedule in SCHEDULES, " or ".join(SCHEDULES))
         check("initial_state", self.initial_state in INITIAL_STATES, " or ".join(INITIAL_STATES))
         check("flip", isinstance(self.flip, bool) and not (self.flip and self.references != "each"),
+              "true or false (false with references likeliest)")
+        check("recolour", isinstance(self.recolour, bool) and not (self.recolour and self.references != "each"),
               "true or false (false with references likeliest)")
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")

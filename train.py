@@ -159,6 +159,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="mirror half the training captions' photos left to right, at random each epoch, with "
                               "ヒダリ (left) and ミギ (right) swapped in the caption; the mirrored photos' features "
                               "are cached once beside the others")
+    fitting.add_argument("--recolour", action="store_true",
+                         help="also train on copies of the photos whose captions name red, blue or green, with two "
+                              "colour channels swapped (red and blue, red and green) and the captions' colour words "
+                              "swapped to match: colour-object pairs the photos never show. A photo whose captions "
+                              "name a colour the swap would change into an unnamed one (yellow, orange, purple, "
+                              "pink, brown) is not copied; the copies' features are cached once beside the others")
     fitting.add_argument("--char-dropout", type=bounded_float(0, 0.9), default=CaptionerConfig.char_dropout,
                          metavar="SHARE",
                          help="attention, showtell and transformer: hide this share of the previous characters "
@@ -229,6 +235,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--attributes is for --arch attention; {args.arch} has no input for them")
     if args.flip and args.references != "each":
         parser.error("--flip is for --references each: likeliest-reference training does not mirror its references")
+    if args.recolour and args.distill_from:
+        parser.error("--recolour recolours the human captions; with --distill-from the targets are the teacher's")
+    if args.recolour and args.references != "each":
+        parser.error("--recolour is for --references each: likeliest-reference training does not recolour its "
+                     "references")
     if args.references != "each" and args.loss != "ctc":
         parser.error(f"--references {args.references} is for CTC training (--arch image2text --loss ctc)")
     for name, value in RECIPES.get((args.arch, args.loss), DEFAULT_SELECTION).items():
@@ -248,7 +259,7 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
                            prior_weight=args.prior_weight,
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
-                           flip=args.flip, char_dropout=args.char_dropout,
+                           flip=args.flip, recolour=args.recolour, char_dropout=args.char_dropout,
                            char_dropout_span=args.char_dropout_span, initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,
                            grid_positions=args.grid_positions, attributes=args.attributes,

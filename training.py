@@ -38,6 +38,7 @@ from features import FeatureCache, cached_features
 from fileio import lock_folder, read_json, remove_stale_temporaries, write_json, write_text
 from kana import LEFT, RIGHT, Vocabulary, convert_captions, mirror_reading
 from lm import LM_FILE, CharNgram
+from recolour import RECOLOURINGS, applicable, recoloured_reading
 from metrics import caption_metrics, format_table, score
 from model import CaptionerConfig, architecture, build_model, ctc_fits, load_model, save_model, step_models
 from plots import plot_loss
@@ -161,7 +162,7 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
             f"and feature layer ({config.feature_layer}).")
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
-    for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "char_dropout",
+    for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "recolour", "char_dropout",
                  "char_dropout_span", "initial_state", "dropout", "grid_positions", "attributes", "prior_weight"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
@@ -181,6 +182,8 @@ class TrainingData:
     val: CaptionData
     language_model: CharNgram | None = None  # ctc-lm and autoregressive runs: of the training photos' human captions
     mirrored_cache: FeatureCache | None = None  # --flip: per photo, the features of it mirrored left to right
+    # --recolour: per recolouring, the training photos it fits recoloured, and their captions (rows of that cache)
+    recoloured: list[tuple[FeatureCache, CaptionData]] = dataclasses.field(default_factory=list)
 
 
 def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fraction: float, seed: int,
@@ -219,7 +222,7 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
     if config.flip:
         mirrored_cache, _ = cached_features([record.path for record in records], config.vgg_weights,
                                             config.image_size, cache_dir, progress=progress, log=log,
-                                            precision=config.vgg_precision, layer=config.feature_layer, mirrored=True)
+                                            precision=config.vgg_precision, layer=config.feature_layer, variant="mirrored")
     complete = cache.complete if mirrored_cache is None else cache.complete & mirrored_cache.complete
     usable = np.flatnonzero(complete & np.array([bool(r) for r in readings]))
     if len(usable) < 2:
@@ -243,11 +246,16 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
         train.mirrored_targets = encode_captions(mirrored_readings, train_images, vocabulary, config.timesteps)[0].targets
         log(f"Flip: each training caption, at random, of its photo mirrored left to right "
             f"({sum(LEFT in c or RIGHT in c for i in train_images for c in readings[i])} of them name left or right).")
+    recoloured = []
+    if config.recolour:
+        recoloured = recoloured_data(config, records, train_images, vocabulary, cache_dir, progress)
     if config.loss == "ctc":
         (train.targets, cut_train), (val.targets, cut_val) = (ctc_fits(data.targets, config.timesteps)
                                                               for data in (train, val))
         if train.mirrored_targets is not None:
             train.mirrored_targets = ctc_fits(train.mirrored_targets, config.timesteps)[0]
+        for _, more in recoloured:
+            more.targets = ctc_fits(more.targets, config.timesteps)[0]
         if cut_train + cut_val:
             log(f"CTC: {cut_train + cut_val} captions were cut to fit {config.timesteps} steps "
                 f"(a repeated character takes a blank step between).")
@@ -266,7 +274,31 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
     log(f"Captions longer than {config.timesteps - 1} characters were truncated: "
         f"{train_report.num_truncated + val_report.num_truncated}; characters outside the vocabulary left out: "
         f"{train_report.num_unknown + val_report.num_unknown}.")
-    return TrainingData(records, references, cache, vocabulary, val_images, train, val, language_model, mirrored_cache)
+    return TrainingData(records, references, cache, vocabulary, val_images, train, val, language_model, mirrored_cache,
+                        recoloured)
+
+
+def recoloured_data(config: CaptionerConfig, records: list[ImageRecord], train_images: np.ndarray, vocabulary,
+                    cache_dir, progress: bool = True) -> list[tuple[FeatureCache, CaptionData]]:
+    """train.py --recolour: per RECOLOURINGS, the training photos whose captions it fits (recolour.applicable),
+    their recoloured features (cached once) and their captions with the colour words swapped."""
+    fits = {image: applicable(records[image].captions) for image in train_images}
+    parts, counts = [], []
+    for name in RECOLOURINGS:
+        photos = [image for image in train_images if name in fits[image]]
+        counts.append(f"{len(photos)} {name}")
+        if not photos:
+            continue
+        cache, _ = cached_features([records[image].path for image in photos], config.vgg_weights, config.image_size,
+                                   cache_dir, progress=progress, log=log, precision=config.vgg_precision,
+                                   layer=config.feature_layer, variant=name)
+        readings = [[reading for caption in records[image].captions
+                     if (reading := recoloured_reading(caption, name)[0])] for image in photos]
+        parts.append((cache, encode_captions(readings, np.flatnonzero(cache.complete), vocabulary,
+                                             config.timesteps)[0]))
+    log(f"Recolour: of {len(train_images)} training photos, also trained on recoloured copies of "
+        f"{' and '.join(counts)} ({sum(len(data.rows) for _, data in parts)} captions).")
+    return parts
 
 
 def _language_model(saved: Path | None, vocabulary, train_images, references) -> CharNgram:
@@ -359,7 +391,8 @@ def fit(model: keras.Model, config: CaptionerConfig, data: TrainingData, out: Pa
     model.fit(
         CaptionBatches(config, features, data.train, batch_size, shuffle=True, seed=seed + state["epoch"],
                        workers=runtime.read_ahead_workers(),
-                       mirrored_features=data.mirrored_cache.features if data.mirrored_cache else None),
+                       mirrored_features=data.mirrored_cache.features if data.mirrored_cache else None,
+                       recoloured=[(cache.features, more) for cache, more in data.recoloured]),
         validation_data=CaptionBatches(config, features, data.val, batch_size, shuffle=False, seed=0),
         epochs=epochs,
         initial_epoch=state["epoch"],

@@ -1,6 +1,7 @@
 """train.py -> predict.py -> evaluate.py on a tiny demo dataset, as a user runs them."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -153,6 +154,20 @@ def test_flip_caches_the_mirrored_photos_and_is_recorded(tiny_demo, tmp_path, ca
     assert "Flip: each training caption" in capsys.readouterr().out
     folders = sorted(folder.name for folder in cache.iterdir())
     assert len(folders) == 2 and folders[1].replace("-mirrored", "") == folders[0]
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 0
+
+
+def test_recolour_caches_the_recoloured_photos_and_is_recorded(tiny_demo, tmp_path, capsys):
+    out, cache = tmp_path / "recoloured", tmp_path / "cache"
+    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 1, "--recolour")) == 0
+    assert json.loads((out / "config.json").read_text())["recolour"] is True
+    log = capsys.readouterr().out
+    counts = re.search(r"Recolour: of (\d+) training photos, also trained on recoloured copies of (\d+) red-blue and "
+                       r"(\d+) red-green \((\d+) captions\)", log)
+    assert counts and 0 < int(counts[2]) < int(counts[1]) and 0 < int(counts[3]) < int(counts[1])
+    folders = {folder.name for folder in cache.iterdir()}
+    assert {name for name in folders if f"-red-blue-{counts[2]}-" in name or f"-red-green-{counts[3]}-" in name}
+    assert len(folders) == 3
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 0
 
 

@@ -227,19 +227,30 @@ def test_conv5_is_the_grid_before_pool5_and_is_cached_apart(tmp_path):
         features.build_vgg16("none", 64, layer="fc7")
 
 
-def test_mirrored_features_are_those_of_the_mirrored_photo_and_cached_apart(tmp_path):
+@pytest.mark.parametrize("variant, change", [("mirrored", lambda pixels: pixels[:, ::-1]),
+                                             ("red-blue", lambda pixels: pixels[..., ::-1]),
+                                             ("red-green", lambda pixels: pixels[..., [1, 0, 2]])])
+def test_variant_features_are_those_of_the_changed_photo_and_cached_apart(tmp_path, variant, change):
+    """--flip and --recolour: the features of a photo mirrored or recoloured are those of that photo saved so."""
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (30, 40, 3)).astype(np.uint8)
     (tmp_path / "photos").mkdir()
     photo = save(Image.fromarray(pixels), tmp_path / "photos" / "photo.png")
-    mirror = save(Image.fromarray(pixels[:, ::-1]), tmp_path / "photos" / "mirror.png")
+    changed_photo = save(Image.fromarray(np.ascontiguousarray(change(pixels))), tmp_path / "photos" / "changed.png")
     vgg = features.build_vgg16("none", 32)
-    mirrored = FeatureCache.open(tmp_path / "c", [photo], "none", 32, mirrored=True)
+    changed = FeatureCache.open(tmp_path / "c", [photo], "none", 32, variant=variant)
     plain = FeatureCache.open(tmp_path / "c", [photo], "none", 32)
-    assert mirrored.folder != plain.folder and "-mirrored-" in mirrored.folder.name
-    of_mirror = FeatureCache.open(tmp_path / "c", [mirror], "none", 32)
-    for cache, flag in ((mirrored, True), (plain, False), (of_mirror, False)):
-        extract_features(cache, vgg, 32, progress=False, mirrored=flag)
-    np.testing.assert_allclose(np.asarray(mirrored.features, np.float32), np.asarray(of_mirror.features, np.float32),
+    assert changed.folder != plain.folder and f"-{variant}-" in changed.folder.name
+    of_changed = FeatureCache.open(tmp_path / "c", [changed_photo], "none", 32)
+    for cache, cache_variant in ((changed, variant), (plain, None), (of_changed, None)):
+        extract_features(cache, vgg, 32, progress=False, variant=cache_variant)
+    np.testing.assert_allclose(np.asarray(changed.features, np.float32), np.asarray(of_changed.features, np.float32),
                                rtol=1e-2, atol=1e-2)
-    assert not np.allclose(np.asarray(mirrored.features, np.float32), np.asarray(plain.features, np.float32), atol=1e-2)
+    assert not np.allclose(np.asarray(changed.features, np.float32), np.asarray(plain.features, np.float32), atol=1e-2)
+
+
+def test_an_unknown_variant_is_refused_before_any_cache_is_made(tmp_path):
+    with pytest.raises(ValueError, match="Unknown photo variant 'sepia'"):
+        features.cached_features([str(tmp_path / "photo.png")], "none", 32, tmp_path / "c", progress=False,
+                                 variant="sepia")
+    assert not (tmp_path / "c").exists()

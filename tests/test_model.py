@@ -352,6 +352,36 @@ def test_flipped_batches_pair_mirrored_features_with_mirrored_captions():
     assert 30 <= flipped <= 70
 
 
+def test_recoloured_captions_are_served_with_their_own_features_and_never_mirrored():
+    """--recolour: an epoch serves every caption, the recoloured ones with rows of their own cache; --flip mirrors
+    only the photos' own captions."""
+    from batches import CaptionBatches, CaptionData
+
+    config = small_config(arch="attention")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20, *config.feature_shape)).astype("float16")
+    targets = rng.integers(1, 128, size=(100, 50)).astype("uint8")
+    data = CaptionData(np.repeat(np.arange(20), 5), targets, mirrored_targets=targets[:, ::-1].copy())
+    more = [(rng.normal(size=(n, *config.feature_shape)).astype("float16"),
+             CaptionData(np.repeat(np.arange(n), 2), rng.integers(1, 128, size=(2 * n, 50)).astype("uint8")))
+            for n in (3, 4)]
+    batches = CaptionBatches(config, features, data, 16, shuffle=True, seed=3, mirrored_features=-features,
+                             recoloured=more)
+    expected_x = np.concatenate([features[data.rows], *(f[d.rows] for f, d in more)])
+    expected_y = np.concatenate([targets, *(d.targets for _, d in more)])
+    served = []
+    for index in range(len(batches)):
+        (x, _), y = batches[index]
+        chosen = batches.order[index * 16 : (index + 1) * 16]
+        mirrored = batches.mirrored[chosen]
+        assert not mirrored[chosen >= 100].any()
+        np.testing.assert_array_equal(x[~mirrored], expected_x[chosen[~mirrored]])
+        np.testing.assert_array_equal(y[~mirrored], expected_y[chosen[~mirrored]])
+        np.testing.assert_array_equal(x[mirrored], -features[data.rows[chosen[mirrored]]])
+        served.extend(chosen)
+    assert sorted(served) == list(range(114)) and len(batches) == 8
+
+
 def test_batches_are_float16_and_threads_keep_their_order():
     """CaptionBatches sends the cache's float16 rows as they are; reading in threads gives the same batches."""
     from batches import CaptionBatches, CaptionData

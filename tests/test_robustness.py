@@ -76,7 +76,9 @@ def bad_cases(root):
                     [*good, "--arch", "showtell", "--attributes", "8"],
                     [*good, "--attributes", "-1"], [*good, "--attributes", "100000"]]
     train_cases += [[*good, "--arch", "image2text", "--char-dropout", "0.2"], [*good, "--arch", "attention", "--loss", "ctc"], [*good, "--references", "likeliest"],
-                    [*good, "--arch", "image2text", "--references", "likeliest", "--flip"]]
+                    [*good, "--arch", "image2text", "--references", "likeliest", "--flip"],
+                    [*good, "--arch", "image2text", "--references", "likeliest", "--recolour"],
+                    [*good, "--recolour", "--distill-from", folder]]
     train_cases += [["--annotations", missing, "--images", folder], ["--annotations", "", "--images", folder],
                     ["--annotations", folder, "--images", folder], ["--annotations", str(root / "empty.json"),
                                                                      "--images", missing],
@@ -239,7 +241,7 @@ def test_a_run_state_from_the_previous_version_resumes_keeping_the_lowest_loss(t
     ("image_size", 100000), ("timesteps", 100000), ("timesteps", 0), ("units", -4), ("arch", "perceiver"),
     ("units", "16"), ("learning_rate", "fast"), ("image_size", True), ("dropout", 2), ("vgg_precision", "auto"),
     ("num_classes", 1), ("vocabulary", 5), ("weight_average", 1), ("references", "likeliest"), ("references", 3),
-    ("flip", "yes"), ("schedule", "linear"), ("char_dropout", 1.0), ("char_dropout", "0.2"),
+    ("flip", "yes"), ("recolour", 1), ("schedule", "linear"), ("char_dropout", 1.0), ("char_dropout", "0.2"),
     ("char_dropout_span", 0), ("char_dropout_span", 2.5),
     ("initial_state", "mean"), ("initial_state", None), ("grid_positions", 1), ("attributes", -1),
     ("attributes", 1.5), ("attributes", 100000), ("blocks", 0), ("heads", "4"), ("summary_token", 1),
