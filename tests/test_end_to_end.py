@@ -157,7 +157,7 @@ def test_flip_caches_the_mirrored_photos_and_is_recorded(tiny_demo, tmp_path, ca
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 0
 
 
-def test_recolour_caches_the_recoloured_photos_and_is_recorded(tiny_demo, tmp_path, capsys):
+def test_recolour_caches_the_recoloured_photos_is_recorded_and_kept_on_resume(tiny_demo, tmp_path, capsys):
     out, cache = tmp_path / "recoloured", tmp_path / "cache"
     assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 1, "--recolour")) == 0
     assert json.loads((out / "config.json").read_text())["recolour"] is True
@@ -169,6 +169,12 @@ def test_recolour_caches_the_recoloured_photos_and_is_recorded(tiny_demo, tmp_pa
     assert {name for name in folders if f"-red-blue-{counts[2]}-" in name or f"-red-green-{counts[3]}-" in name}
     assert len(folders) == 3
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 0
+    # resumed without the flag, the run keeps recolouring, from the same caches
+    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 2, "--resume")) == 0
+    log = capsys.readouterr().out
+    assert "Resuming with the run's own recolour (True)" in log and counts[0] in log
+    assert {folder.name for folder in cache.iterdir()} == folders
+    assert json.loads((out / "state.json").read_text())["epoch"] == 2
 
 
 def test_timesteps_and_char_dropout_are_recorded_and_kept_on_resume(tiny_demo, tmp_path, capsys):
