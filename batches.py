@@ -133,8 +133,8 @@ class CaptionBatches(keras.utils.PyDataset):
         else:
             source = self.source[chosen]
             batch_features = np.empty((len(rows), *self.sources[0].shape[1:]), dtype=self.sources[0].dtype)
-            for index in np.unique(source):
-                batch_features[source == index] = read_rows(self.sources[index], rows[source == index])
+            for kind in np.unique(source):
+                batch_features[source == kind] = read_rows(self.sources[kind], rows[source == kind])
         targets = self.data.targets[chosen].astype(np.int32)
         if mirrored.any():
             batch_features[mirrored] = read_rows(self.mirrored_features, rows[mirrored])

@@ -94,7 +94,8 @@ def katakana_reading(text: str, rewrite=None) -> tuple[str, str]:
     reading = []
     for item in items:
         word = item["orig"] if rewrite is None else rewrite(item["orig"])
-        reading.append(item["kana"] if word == item["orig"] else "".join(i["kana"] for i in _converter().convert(word)))
+        reading.append(item["kana"] if word == item["orig"]
+                       else "".join(part["kana"] for part in _converter().convert(word)))
     katakana = []
     for char in "".join(reading):
         (katakana if _KATAKANA.fullmatch(char) else dropped).append(char)

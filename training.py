@@ -38,10 +38,10 @@ from features import FeatureCache, cached_features
 from fileio import lock_folder, read_json, remove_stale_temporaries, write_json, write_text
 from kana import LEFT, RIGHT, Vocabulary, convert_captions, mirror_reading
 from lm import LM_FILE, CharNgram
-from recolour import RECOLOURINGS, applicable, recoloured_reading
 from metrics import caption_metrics, format_table, score
 from model import CaptionerConfig, architecture, build_model, ctc_fits, load_model, save_model, step_models
 from plots import plot_loss
+from recolour import RECOLOURINGS, applicable, recoloured_reading
 
 # Files a fresh run replaces; anything else in --out is left alone.
 SELF_CRITICAL_FILE = "self-critical.keras"  # the self-critical stage's last epoch, with its optimizer (--resume)

@@ -41,7 +41,8 @@ def test_a_swap_fits_captions_that_name_what_it_exchanges_and_nothing_it_changes
 def test_recoloured_readings_swap_the_colour_words_and_nothing_else():
     assert recolour.recoloured_reading("赤ちゃんが赤い服を着ている", "red-blue")[0] == text_to_katakana(
         "赤ちゃんが青い服を着ている")
-    assert recolour.recoloured_reading("緑の芝生の上に赤い車", "red-green")[0] == text_to_katakana("赤の芝生の上に緑の車")
+    assert recolour.recoloured_reading("緑の芝生の上に赤い車", "red-green")[0] == text_to_katakana(
+        "赤の芝生の上に緑の車")
     assert recolour.recoloured_reading("左に赤の丸、右に青色の星", "red-blue")[0] == text_to_katakana(
         "左に青色の丸、右に赤の星")
     assert recolour.recoloured_reading("白い犬と青い車", "red-green")[0] == text_to_katakana("白い犬と青い車")
