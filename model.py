@@ -49,6 +49,7 @@ import runtime
 from features import FEATURE_LAYERS, feature_shape
 from fileio import atomic_path, read_json, write_json
 from kana import END, NUM_CLASSES, TIMESTEPS
+from recolour import RECOLOURINGS, SWAPS
 
 # Names of the layers that StepModels and the input standardisation reach by name.
 FEATURE_NORM = "feature_norm"
@@ -112,7 +113,8 @@ class CaptionerConfig:
     weight_average: float = 0.0  # the kept model's weights: an average over training steps with this momentum; 0 = the last step's
     schedule: str = "constant"  # Adam's learning rate over the run: constant or cosine (SCHEDULES)
     flip: bool = False  # training: each caption, at random, of its photo mirrored left to right, ヒダリ and ミギ swapped
-    recolour: bool = False  # training: also the photos with red and blue, red and green swapped (recolour.py)
+    recolour: bool = False  # training: also the photos recoloured by each of recolourings (recolour.py)
+    recolourings: tuple[str, ...] = SWAPS  # recolour: which RECOLOURINGS (red and blue, red and green swapped)
     char_dropout: float = 0.0  # autoregressive models, training: the share of previous characters hidden from the decoder
     char_dropout_span: int = 1  # ... hidden in runs of this many characters (SpanDropout), so whole words are hidden
     initial_state: str = "flatten"  # autoregressive models: the decoder's initial state from the grid (INITIAL_STATES)
@@ -160,6 +162,11 @@ class CaptionerConfig:
               "true or false (false with references likeliest)")
         check("recolour", isinstance(self.recolour, bool) and not (self.recolour and self.references != "each"),
               "true or false (false with references likeliest)")
+        check("recolourings", isinstance(self.recolourings, (list, tuple)) and self.recolourings
+              and all(isinstance(name, str) and name in RECOLOURINGS for name in self.recolourings)
+              and len(set(self.recolourings)) == len(self.recolourings),
+              f"a list of some of {', '.join(RECOLOURINGS)}, each once")
+        self.recolourings = tuple(self.recolourings)
         autoregressive = ARCHITECTURES[self.arch].autoregressive
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
         check("prior_weight", autoregressive or not self.prior_weight,

@@ -1,18 +1,21 @@
-"""Recoloured photos: two RGB channels swapped, and the colour words of the captions swapped to match.
+"""Recoloured photos: RGB channels swapped or raised, and the colour words of the captions changed to match.
 
 A swap of two channels exchanges two colours a caption names (red and blue,
 or red and green) and keeps others (white, black, grey, and the third
 primary) what they were: a photo of a red star and its captions become a
-photo of a blue star and theirs, a pair the photos may never show. This is
-train.py --recolour, as --flip makes a left from a right; hard.py uses the
-same swaps for `demo.py --hard --recolour`.
+photo of a blue star and theirs, a pair the photos may never show. No swap
+makes yellow; raising green to red where red is the higher (``red-yellow``,
+green := max(red, green)) turns red into yellow and keeps green, blue, white,
+black, grey and yellow. This is train.py --recolour, as --flip makes a left
+from a right; hard.py uses the same recolourings for `demo.py --hard --recolour`.
 
 A photo is recoloured only where its captions say it can be: at least one of
-them names an exchanged colour, and none names a colour the swap turns into
-one no word names (yellow becomes cyan, orange azure, purple and pink other
-hues). The decision reads the captions alone, so a colour no caption names is
-recoloured unseen; the words are matched whole, as pykakasi splits the
-caption (赤ちゃん, a baby, and 青年, a youth, are not colours).
+them names a colour the recolouring changes into another, and none names a
+colour it turns into one no word names (under a swap yellow becomes cyan,
+orange azure, purple and pink other hues; raising green turns orange into
+yellow and purple into grey). The decision reads the captions alone, so a
+colour no caption names is recoloured unseen; the words are matched whole, as
+pykakasi splits the caption (赤ちゃん, a baby, and 青年, a youth, are not colours).
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import numpy as np
 
 from kana import katakana_reading, words
 
-RECOLOURINGS = {  # name: (channel order, colours exchanged, colours kept)
-    "red-blue": ((2, 1, 0), {"red": "blue", "blue": "red"}, {"green", "white", "black", "grey"}),
-    "red-green": ((1, 0, 2), {"red": "green", "green": "red"}, {"blue", "white", "black", "grey"}),
+# name: (per output channel, the input channels it is the maximum of; colours changed, into what; colours kept)
+RECOLOURINGS = {
+    "red-blue": (((2,), (1,), (0,)), {"red": "blue", "blue": "red"}, {"green", "white", "black", "grey"}),
+    "red-green": (((1,), (0,), (2,)), {"red": "green", "green": "red"}, {"blue", "white", "black", "grey"}),
+    "red-yellow": (((0,), (0, 1), (2,)), {"red": "yellow"}, {"yellow", "green", "blue", "white", "black", "grey"}),
 }
+SWAPS = ("red-blue", "red-green")  # train.py --recolour without names: the channel swaps
 
 # The exchanged colours' words by role: a word of one colour is written as the other's word of the same role.
 # The 色 compounds are written as the plain noun where pykakasi reads them on'yomi (赤色 セキショク, 緑色 リョクショク),
@@ -37,9 +43,11 @@ _EXCHANGED_WORDS = {  # colour: (the words read as it, by role; the word written
              ("青色", "青色", "青い", "青く", "真っ青", "あお", "あおい", "ブルー")),
     "green": (("緑", "緑色", None, None, None, "みどり", None, "グリーン"),
               ("緑", "緑", "緑の", "緑に", "緑", "みどり", "みどりの", "グリーン")),
+    "yellow": (("黄", "黄色", "黄色い", "黄色く", "真っ黄色", "きいろ", "きいろい", "イエロー"),
+               ("黄色", "黄色", "黄色い", "黄色く", "まっきいろ", "きいろ", "きいろい", "イエロー")),
 }
-_OTHER_WORDS = {  # colours that are only told apart: a photo whose captions name one a swap changes is not recoloured
-    "yellow": ("黄", "黄色", "黄色い", "きいろ", "きいろい", "イエロー", "金", "金色"),
+_OTHER_WORDS = {  # colours only told apart: a photo whose captions name one a recolouring changes is not recoloured
+    "yellow": ("金", "金色"),
     "orange": ("オレンジ", "橙", "橙色", "だいだい"),
     "purple": ("紫", "紫色", "むらさき", "パープル"),
     "pink": ("ピンク", "桃色", "ももいろ"),
@@ -72,14 +80,15 @@ def colours_named(caption: str) -> set[str]:
 
 
 def applicable(captions: list[str]) -> list[str]:
-    """The RECOLOURINGS that fit a photo with these captions: they name an exchanged colour and no changed one."""
+    """The RECOLOURINGS that fit a photo with these captions: they name a colour it changes into a named one, and
+    none it changes into an unnamed one."""
     named = set().union(*map(colours_named, captions)) if captions else set()
     return [name for name, (_, exchanged, kept) in RECOLOURINGS.items()
             if named & set(exchanged) and named <= set(exchanged) | kept]
 
 
 def recoloured_reading(caption: str, recolouring: str) -> tuple[str, str]:
-    """katakana_reading of ``caption`` with the exchanged colours' words swapped (赤い -> 青い, 緑の -> 赤の)."""
+    """katakana_reading of ``caption`` with the changed colours' words swapped (赤い -> 青い, 緑の -> 赤の)."""
     exchanged = RECOLOURINGS[recolouring][1]
 
     def rewrite(word: str) -> str:
@@ -93,5 +102,8 @@ def recoloured_reading(caption: str, recolouring: str) -> tuple[str, str]:
 
 
 def recolour_pixels(images: np.ndarray, recolouring: str) -> np.ndarray:
-    """``images`` (``(..., 3)`` RGB) with the recolouring's channels swapped."""
-    return images[..., list(RECOLOURINGS[recolouring][0])]
+    """``images`` (``(..., 3)`` RGB) recoloured: each channel the maximum of the recolouring's input channels."""
+    sources = RECOLOURINGS[recolouring][0]
+    if all(len(channels) == 1 for channels in sources):  # a swap: one gather, no copies per channel
+        return images[..., [channels[0] for channels in sources]]
+    return np.stack([images[..., list(channels)].max(axis=-1) for channels in sources], axis=-1)

@@ -33,6 +33,7 @@ from decoding import PRIOR_WEIGHT_HELP  # noqa: E402
 from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
 from lm import LM_FILE  # noqa: E402
+from recolour import RECOLOURINGS, SWAPS  # noqa: E402
 from model import (ARCHITECTURES, FINAL_LEARNING_RATE, INITIAL_STATES, LIMITS, LOSSES, MAX_ATTRIBUTES,  # noqa: E402
                    REFERENCES, SCHEDULES, CaptionerConfig, architecture_name)
 
@@ -159,12 +160,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="mirror half the training captions' photos left to right, at random each epoch, with "
                               "ヒダリ (left) and ミギ (right) swapped in the caption; the mirrored photos' features "
                               "are cached once beside the others")
-    fitting.add_argument("--recolour", action="store_true",
+    fitting.add_argument("--recolour", nargs="?", const=",".join(SWAPS), metavar="NAMES",
                          help="also train on copies of the photos whose captions name red, blue or green, with two "
                               "colour channels swapped (red and blue, red and green) and the captions' colour words "
                               "swapped to match: colour-object pairs the photos never show. A photo whose captions "
                               "name a colour the swap would change into an unnamed one (yellow, orange, purple, "
-                              "pink, brown) is not copied; the copies' features are cached once beside the others")
+                              "pink, brown) is not copied; the copies' features are cached once beside the others. "
+                              f"NAMES picks, comma-separated, from {', '.join(RECOLOURINGS)} (red-yellow raises "
+                              f"green to red where red is higher: red becomes yellow) [default NAMES: {','.join(SWAPS)}]")
     fitting.add_argument("--char-dropout", type=bounded_float(0, 0.9), default=CaptionerConfig.char_dropout,
                          metavar="SHARE",
                          help="attention, showtell and transformer: hide this share of the previous characters "
@@ -235,6 +238,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--attributes is for --arch attention; {args.arch} has no input for them")
     if args.flip and args.references != "each":
         parser.error("--flip is for --references each: likeliest-reference training does not mirror its references")
+    unknown = [name for name in (args.recolour or "").split(",") if name not in RECOLOURINGS]
+    if args.recolour is not None and (unknown or len(set(args.recolour.split(","))) < len(args.recolour.split(","))):
+        parser.error(f"--recolour {args.recolour}: expected names from {', '.join(RECOLOURINGS)}, "
+                     "comma-separated, each once")
     if args.recolour and args.distill_from:
         parser.error("--recolour recolours the human captions; with --distill-from the targets are the teacher's")
     if args.recolour and args.references != "each":
@@ -259,7 +266,9 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            learning_rate=args.learning_rate, loss=args.loss, lm_weight=args.lm_weight,
                            prior_weight=args.prior_weight,
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
-                           flip=args.flip, recolour=args.recolour, char_dropout=args.char_dropout,
+                           flip=args.flip, recolour=args.recolour is not None,
+                           recolourings=tuple(args.recolour.split(",")) if args.recolour else SWAPS,
+                           char_dropout=args.char_dropout,
                            char_dropout_span=args.char_dropout_span, initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,
                            grid_positions=args.grid_positions, attributes=args.attributes,

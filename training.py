@@ -41,7 +41,7 @@ from lm import LM_FILE, CharNgram
 from metrics import caption_metrics, format_table, score
 from model import CaptionerConfig, architecture, build_model, ctc_fits, load_model, save_model, step_models
 from plots import plot_loss
-from recolour import RECOLOURINGS, applicable, recoloured_reading
+from recolour import applicable, recoloured_reading
 
 # Files a fresh run replaces; anything else in --out is left alone.
 SELF_CRITICAL_FILE = "self-critical.keras"  # the self-critical stage's last epoch, with its optimizer (--resume)
@@ -162,8 +162,9 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
             f"and feature layer ({config.feature_layer}).")
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
-    for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "recolour", "char_dropout",
-                 "char_dropout_span", "initial_state", "dropout", "grid_positions", "attributes", "prior_weight"):
+    for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "recolour", "recolourings",
+                 "char_dropout", "char_dropout_span", "initial_state", "dropout", "grid_positions", "attributes",
+                 "prior_weight"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config
@@ -280,11 +281,11 @@ def prepare_data(config: CaptionerConfig, annotations, images, cache_dir, val_fr
 
 def recoloured_data(config: CaptionerConfig, records: list[ImageRecord], train_images: np.ndarray, vocabulary,
                     cache_dir, progress: bool = True) -> list[tuple[FeatureCache, CaptionData]]:
-    """train.py --recolour: per RECOLOURINGS, the training photos whose captions it fits (recolour.applicable),
+    """train.py --recolour: per config.recolourings, the training photos whose captions it fits (recolour.applicable),
     their recoloured features (cached once) and their captions with the colour words swapped."""
     fits = {image: applicable(records[image].captions) for image in train_images}
     parts, counts = [], []
-    for name in RECOLOURINGS:
+    for name in config.recolourings:
         photos = [image for image in train_images if name in fits[image]]
         counts.append(f"{len(photos)} {name}")
         if not photos:

@@ -160,7 +160,8 @@ def test_flip_caches_the_mirrored_photos_and_is_recorded(tiny_demo, tmp_path, ca
 def test_recolour_caches_the_recoloured_photos_is_recorded_and_kept_on_resume(tiny_demo, tmp_path, capsys):
     out, cache = tmp_path / "recoloured", tmp_path / "cache"
     assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 1, "--recolour")) == 0
-    assert json.loads((out / "config.json").read_text())["recolour"] is True
+    config = json.loads((out / "config.json").read_text())
+    assert config["recolour"] is True and config["recolourings"] == ["red-blue", "red-green"]
     log = capsys.readouterr().out
     counts = re.search(r"Recolour: of (\d+) training photos, also trained on recoloured copies of (\d+) red-blue and "
                        r"(\d+) red-green \((\d+) captions\)", log)
@@ -271,6 +272,23 @@ def test_the_other_autoregressive_models_train_and_draw_no_attention_maps(tiny_d
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert predict.main([str(photo), "--model", str(out), "--attention", str(tmp_path / "maps")]) == 2
     assert "needs an attention model" in capsys.readouterr().err
+
+
+def test_recolour_takes_the_recolourings_by_name(tiny_demo, tmp_path, capsys):
+    out, cache = tmp_path / "yellowed", tmp_path / "cache"
+    assert train.main(train_argv(tiny_demo, out, cache, "--epochs", 1, "--recolour", "red-yellow,red-blue")) == 0
+    assert json.loads((out / "config.json").read_text())["recolourings"] == ["red-yellow", "red-blue"]
+    counts = re.search(r"recoloured copies of (\d+) red-yellow and (\d+) red-blue \(", capsys.readouterr().out)
+    assert counts and int(counts[1]) > 0 and int(counts[2]) > 0
+    assert sum("-red-yellow-" in folder.name for folder in cache.iterdir()) == 1
+
+
+@pytest.mark.parametrize("names", ["sepia", "red-blue,red-blue", "red-blue,", ""])
+def test_unknown_recolourings_are_refused_before_anything_is_made(names, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--recolour", names, "--out", str(tmp_path / "run")])
+    assert "expected names from red-blue, red-green, red-yellow" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

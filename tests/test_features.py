@@ -227,13 +227,17 @@ def test_conv5_is_the_grid_before_pool5_and_is_cached_apart(tmp_path):
         features.build_vgg16("none", 64, layer="fc7")
 
 
-@pytest.mark.parametrize("variant, change", [("mirrored", lambda pixels: pixels[:, ::-1]),
-                                             ("red-blue", lambda pixels: pixels[..., ::-1]),
-                                             ("red-green", lambda pixels: pixels[..., [1, 0, 2]])])
-def test_variant_features_are_those_of_the_changed_photo_and_cached_apart(tmp_path, variant, change):
+@pytest.mark.parametrize("variant, change, shape", [
+    ("mirrored", lambda pixels: pixels[:, ::-1], (30, 40, 3)),
+    ("red-blue", lambda pixels: pixels[..., ::-1], (30, 40, 3)),
+    ("red-green", lambda pixels: pixels[..., [1, 0, 2]], (30, 40, 3)),
+    # a maximum does not commute with resampling: a photo of the letterbox's size is not resampled
+    ("red-yellow", lambda pixels: np.stack([pixels[..., 0], pixels[..., :2].max(-1), pixels[..., 2]], -1), (32, 32, 3)),
+])
+def test_variant_features_are_those_of_the_changed_photo_and_cached_apart(tmp_path, variant, change, shape):
     """--flip and --recolour: the features of a photo mirrored or recoloured are those of that photo saved so."""
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (30, 40, 3)).astype(np.uint8)
+    pixels = rng.integers(0, 256, shape).astype(np.uint8)
     (tmp_path / "photos").mkdir()
     photo = save(Image.fromarray(pixels), tmp_path / "photos" / "photo.png")
     changed_photo = save(Image.fromarray(np.ascontiguousarray(change(pixels))), tmp_path / "photos" / "changed.png")

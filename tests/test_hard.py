@@ -303,6 +303,22 @@ def test_recolouring_swaps_colour_words_form_by_form():
     assert hard.recolour_captions(["左に赤い丸、右に青色の星があります。", "赤の丸と青い星"], {"red": "blue", "blue": "red"}) == \
         ["左に青い丸、右に赤の星があります。", "青色の丸と赤い星"]
     assert hard.recolour_captions(["赤の丸と緑の星、白い四角"], {"red": "green", "green": "red"}) == ["緑の丸と赤い星、白い四角"]
+    assert hard.recolour_captions(["赤の丸と黄色い星"], {"red": "yellow"}) == ["黄色の丸と黄色い星"]
+
+
+def test_red_yellow_copies_make_the_yellow_cross(tmp_path):
+    """The one held-out pair no channel swap makes: raising green to red turns red crosses yellow."""
+    folder = hard.generate(tmp_path, num_train=200, num_val=1, recolour=True, recolourings=("red-yellow",))
+    data = json.loads((folder / "captions_train.json").read_text(encoding="utf-8"))
+    copies = [image for image in data["images"] if image["id"] > 200]
+    assert copies and {(o["color"], o["kind"]) for image in copies for o in image["scene"]["objects"]} & \
+        {("yellow", "cross")}
+    assert all(o["color"] != "red" for image in copies for o in image["scene"]["objects"])
+    scenes = {image["id"]: image["scene"] for image in copies}
+    for annotation in data["annotations"]:  # the copies' captions name their yellowed scenes
+        if annotation["image_id"] in scenes:
+            scores = hard.score_caption(text_to_katakana(annotation["caption"]), scenes[annotation["image_id"]])
+            assert scores["every object right"] == 1.0 and scores["absent colour named"] == 0.0, annotation
 
 
 def test_recoloured_training_photos_are_the_benchmarks_with_swapped_copies(tmp_path):
@@ -327,7 +343,7 @@ def test_recoloured_training_photos_are_the_benchmarks_with_swapped_copies(tmp_p
         scores = hard.score_caption(text_to_katakana(annotation["caption"]), scenes[annotation["image_id"]])
         assert scores["every object right"] == 1.0 and scores["absent colour named"] == 0.0, annotation
     copies = [image for image in recoloured["images"] if image["id"] > 80]
-    made = [(image, name) for image in drawn["images"] for name in hard.RECOLOURINGS
+    made = [(image, name) for image in drawn["images"] for name in hard.SWAPS  # by default, the swaps
             if hard._recoloured(image["scene"], name) is not None]
     assert len(copies) == len(made) and not {(o["color"], o["kind"]) for image in copies
                                              for o in image["scene"]["objects"]} & {("yellow", "cross")}
@@ -335,7 +351,7 @@ def test_recoloured_training_photos_are_the_benchmarks_with_swapped_copies(tmp_p
         assert copy["scene"] == hard._recoloured(source["scene"], name)
         swapped = np.asarray(Image.open(tmp_path / "r" / "train2014" / copy["file_name"]).convert("RGB"), np.float32)
         original = np.asarray(Image.open(plain / "train2014" / source["file_name"]).convert("RGB"), np.float32)
-        assert np.abs(swapped - original[..., list(hard.RECOLOURINGS[name][0])]).mean() < 6  # JPEG aside
+        assert np.abs(swapped - hard.recolour_pixels(original, name)).mean() < 6  # JPEG aside
     with pytest.raises(SystemExit):
         demo.main(["--recolour", "--out", str(tmp_path / "d")])
     with pytest.raises(SystemExit):

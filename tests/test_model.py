@@ -121,9 +121,23 @@ def test_an_old_config_loads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(old))
     config = CaptionerConfig.load(tmp_path / "config.json")
     assert (config.arch, config.feature_shape) == ("image2text", (1, 1, 512))
+    assert config.recolourings == ("red-blue", "red-green")  # what --recolour made before it took names
     (tmp_path / "config.json").write_text(json.dumps({**old, "feature_shape": [4, 4, 512]}))
     with pytest.raises(ValueError, match="does not follow from image_size"):
         CaptionerConfig.load(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("recolourings", [[], ["red-blue", "red-blue"], ["sepia"], "red-blue", [["red-blue"]], None])
+def test_recolourings_are_checked(tmp_path, recolourings):
+    (tmp_path / "config.json").write_text(json.dumps({"recolour": True, "recolourings": recolourings}))
+    with pytest.raises(ValueError, match="recolourings is .*; expected a list of some of red-blue, red-green"):
+        CaptionerConfig.load(tmp_path / "config.json")
+
+
+def test_recolourings_round_trip(tmp_path):
+    config = CaptionerConfig(recolour=True, recolourings=["red-yellow", "red-blue"])
+    config.save(tmp_path / "config.json")
+    assert CaptionerConfig.load(tmp_path / "config.json").recolourings == ("red-yellow", "red-blue")
 
 
 def test_unknown_architecture_is_a_clear_error():

@@ -3,6 +3,7 @@
 import collections
 import json
 
+import numpy as np
 import pytest
 
 import hard
@@ -25,11 +26,13 @@ def test_colours_named_are_whole_words(caption, named):
 
 
 @pytest.mark.parametrize("captions, fits", [
-    (["赤いバス", "バスが止まっている"], ["red-blue", "red-green"]),
+    (["赤いバス", "バスが止まっている"], ["red-blue", "red-green", "red-yellow"]),
     (["青い車と白い家"], ["red-blue"]),  # red-green would keep blue: nothing to exchange
     (["緑の芝生と黒い犬"], ["red-green"]),
-    (["緑の芝生に青いボール"], ["red-blue", "red-green"]),
-    (["赤いりんご", "黄色いバナナと赤いりんご"], []),  # yellow would become cyan, a colour no caption names
+    (["緑の芝生に青いボール"], ["red-blue", "red-green"]),  # red-yellow changes neither
+    (["赤いりんご", "黄色いバナナと赤いりんご"], ["red-yellow"]),  # a swap makes yellow cyan; raising green keeps it
+    (["黄色いバナナ"], []),  # red-yellow keeps yellow: nothing to change
+    (["赤い車とオレンジ色の花"], []),  # raising green turns orange into yellow, which its words would not say
     (["ピンクの花と緑の葉"], []),
     (["犬が走っている"], []),
     ([], []),
@@ -47,6 +50,22 @@ def test_recoloured_readings_swap_the_colour_words_and_nothing_else():
         "左に青色の丸、右に赤の星")
     assert recolour.recoloured_reading("白い犬と青い車", "red-green")[0] == text_to_katakana("白い犬と青い車")
     assert recolour.recoloured_reading("レッドのバス", "red-green")[0] == "グリーンノバス"
+    assert recolour.recoloured_reading("左に赤い丸、右に黄色の星", "red-yellow")[0] == text_to_katakana(
+        "左に黄色い丸、右に黄色の星")
+    assert recolour.recoloured_reading("赤の十字と緑の車", "red-yellow")[0] == text_to_katakana("黄色の十字と緑の車")
+    assert recolour.recoloured_reading("真っ赤な車", "red-yellow")[0] == "マッキイロナクルマ"
+
+
+@pytest.mark.parametrize("name, pixels, expected", [
+    ("red-blue", [215, 35, 35], [35, 35, 215]),
+    ("red-green", [30, 160, 60], [160, 30, 60]),
+    ("red-yellow", [215, 35, 35], [215, 215, 35]),  # red becomes yellow
+    ("red-yellow", [35, 70, 215], [35, 70, 215]),  # blue, green, white and black stay what they were
+    ("red-yellow", [30, 160, 60], [30, 160, 60]),
+    ("red-yellow", [245, 245, 245], [245, 245, 245]),
+])
+def test_recoloured_pixels(name, pixels, expected):
+    assert recolour.recolour_pixels(np.array([[pixels]], np.uint8), name).tolist() == [[expected]]
 
 
 def test_the_hard_benchmark_recoloured_from_its_captions_alone_matches_its_scenes(tmp_path):
