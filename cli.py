@@ -72,6 +72,19 @@ def fraction(text: str) -> float:
     return value
 
 
+def names_from(choices):
+    """An argparse type: some of ``choices``, comma-separated, each once, as a tuple (train.py and demo.py's
+    --recolour NAMES)."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = text.split(",")
+        if not all(name in choices for name in names) or len(set(names)) < len(names):
+            raise argparse.ArgumentTypeError(f"expected names from {', '.join(choices)}, comma-separated, each once, "
+                                             f"not {text!r}")
+        return tuple(names)
+    parse.__name__ = "names"
+    return parse
+
+
 def _path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")

@@ -28,7 +28,7 @@ import training  # noqa: E402
 from captioner import (CONFIG_FILE, DEFAULT_RUN, HISTORY_FILE, LOSS_PLOT_FILE, METRICS_FILE, MODEL_FILE,  # noqa: E402
                        VOCAB_FILE)
 from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existing_file, folder_path, fraction,  # noqa: E402
-                 positive_float, positive_int, vgg_weights)
+                 names_from, positive_float, positive_int, vgg_weights)
 from decoding import PRIOR_WEIGHT_HELP  # noqa: E402
 from features import DEFAULT_CACHE_DIR, FEATURE_LAYERS, WeightsUnavailable  # noqa: E402
 from fileio import lock_folder  # noqa: E402
@@ -160,7 +160,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="mirror half the training captions' photos left to right, at random each epoch, with "
                               "ヒダリ (left) and ミギ (right) swapped in the caption; the mirrored photos' features "
                               "are cached once beside the others")
-    fitting.add_argument("--recolour", nargs="?", const=",".join(SWAPS), metavar="NAMES",
+    fitting.add_argument("--recolour", nargs="?", const=SWAPS, type=names_from(RECOLOURINGS), metavar="NAMES",
                          help="also train on copies of the photos whose captions name red, blue or green, with two "
                               "colour channels swapped (red and blue, red and green) and the captions' colour words "
                               "swapped to match: colour-object pairs the photos never show. A photo whose captions "
@@ -238,10 +238,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--attributes is for --arch attention; {args.arch} has no input for them")
     if args.flip and args.references != "each":
         parser.error("--flip is for --references each: likeliest-reference training does not mirror its references")
-    unknown = [name for name in (args.recolour or "").split(",") if name not in RECOLOURINGS]
-    if args.recolour is not None and (unknown or len(set(args.recolour.split(","))) < len(args.recolour.split(","))):
-        parser.error(f"--recolour {args.recolour}: expected names from {', '.join(RECOLOURINGS)}, "
-                     "comma-separated, each once")
     if args.recolour and args.distill_from:
         parser.error("--recolour recolours the human captions; with --distill-from the targets are the teacher's")
     if args.recolour and args.references != "each":
@@ -267,7 +263,7 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            prior_weight=args.prior_weight,
                            references=args.references, weight_average=args.weight_average, schedule=args.schedule,
                            flip=args.flip, recolour=args.recolour is not None,
-                           recolourings=tuple(args.recolour.split(",")) if args.recolour else SWAPS,
+                           recolourings=args.recolour or SWAPS,
                            char_dropout=args.char_dropout,
                            char_dropout_span=args.char_dropout_span, initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,

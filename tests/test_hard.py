@@ -356,4 +356,6 @@ def test_recoloured_training_photos_are_the_benchmarks_with_swapped_copies(tmp_p
         demo.main(["--recolour", "--out", str(tmp_path / "d")])
     with pytest.raises(SystemExit):
         demo.main(["--hard", "--recolour", "--every-pair", "--out", str(tmp_path / "d")])
+    with pytest.raises(SystemExit):
+        demo.main(["--hard", "--recolour", "red-blue,sepia", "--out", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists()
