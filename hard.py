@@ -521,25 +521,30 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-BY_OBJECTS = "every object right, "  # then the number of objects: on the photos of that many (``by_objects``)
+BY_OBJECTS = ("every object right", EVERY_COLOR_AND_KIND)  # photo-level scores also given by number of objects
 
 
-def by_objects(count: int) -> str:
-    """The name of "every object right" on the photos of ``count`` objects, as ``score`` returns it."""
-    return f"{BY_OBJECTS}{count} object{'' if count == 1 else 's'}"
+def by_objects(count: int, name: str = "every object right") -> str:
+    """The name of the photo-level score ``name`` (one of ``BY_OBJECTS``) on the photos of ``count`` objects, as
+    ``score`` and probe.py give it."""
+    return f"{name}, {count} object{'' if count == 1 else 's'}"
+
+
+def by_objects_names() -> list[str]:
+    """Every ``by_objects`` name, in the order tables show them."""
+    return [by_objects(count, name) for name in BY_OBJECTS for count in range(1, len(OBJECT_COUNT_SHARES) + 1)]
 
 
 def score(captions: list[str], scenes: list[dict]) -> dict[str, float]:
-    """The mean of each attribute's score over the photos it applies to (``score_caption``), then "every object
-    right" on the photos of each number of objects (``by_objects``): where the length limit and the captioner
-    lose them."""
-    columns, by_count = collections.defaultdict(list), collections.defaultdict(list)
+    """The mean of each attribute's score over the photos it applies to (``score_caption``), then the photo-level
+    scores (``BY_OBJECTS``) on the photos of each number of objects (``by_objects``): where the length limit and
+    the captioner lose them."""
+    columns = collections.defaultdict(list)
     for caption, scene in zip(captions, scenes):
         scores = score_caption(caption, scene)
         for name, value in scores.items():
             if value is not None:
                 columns[name].append(value)
-        by_count[len(scene["objects"])].append(scores["every object right"])
-    result = {name: float(np.mean(columns[name])) for name in ATTRIBUTES if columns[name]}
-    result.update({by_objects(count): float(np.mean(by_count[count])) for count in sorted(by_count)})
-    return result
+        for name in BY_OBJECTS:
+            columns[by_objects(len(scene["objects"]), name)].append(scores[name])
+    return {name: float(np.mean(columns[name])) for name in (*ATTRIBUTES, *by_objects_names()) if columns[name]}

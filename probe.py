@@ -33,7 +33,8 @@ among them):
                    the share of photos whose k best-scored kinds are exactly their kinds and (colour
                    photos) whose k best-scored colours are exactly their colours: the ceiling of the
                    captioner's photo-level score of the same name, and a ceiling (paired, counted and
-                   placed aside) of its "every object right"
+                   placed aside) of its "every object right"; then the same on the photos of each
+                   number of objects, as evaluate.py gives the captioner's
     greyscale told the share of photos the probe tells greyscale or colour right
 
 A captioner that reads these features can do better than a linear probe, so
@@ -85,18 +86,18 @@ def targets(scenes: list[dict]) -> dict[str, np.ndarray]:
             "greyscale": np.array([[scene["greyscale"]] for scene in scenes], dtype=np.float32)}
 
 
-def every_color_and_kind(kind_scores: np.ndarray, color_scores: np.ndarray, scenes: list[dict]) -> float:
-    """The share of photos whose kinds are exactly the k best-scored kinds and, in colour photos, whose colours are
-    exactly the k best-scored colours (k: how many each photo has; ``color_scores`` for every photo, greyscale ones
+def every_color_and_kind(kind_scores: np.ndarray, color_scores: np.ndarray, scenes: list[dict]) -> np.ndarray:
+    """Per photo, whether its kinds are exactly the k best-scored kinds and, in a colour photo, its colours exactly
+    the k best-scored colours (k: how many each photo has; ``color_scores`` for every photo, greyscale ones
     ignored): the ceiling of the captioner's ``hard.EVERY_COLOR_AND_KIND``, told how many to name."""
     labels = targets(scenes)
 
     def exact(row, present):
         return set(np.argsort(-row)[: int(present.sum())]) == set(np.flatnonzero(present))
 
-    return float(np.mean([exact(kind_row, kind_labels) and (scene["greyscale"] or exact(color_row, color_labels))
-                          for kind_row, kind_labels, color_row, color_labels, scene
-                          in zip(kind_scores, labels["kind"], color_scores, labels["color"], scenes)]))
+    return np.array([exact(kind_row, kind_labels) and (scene["greyscale"] or exact(color_row, color_labels))
+                     for kind_row, kind_labels, color_row, color_labels, scene
+                     in zip(kind_scores, labels["kind"], color_scores, labels["color"], scenes)], dtype=bool)
 
 
 def kind_positions(scenes: list[dict]) -> np.ndarray:
@@ -243,7 +244,11 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
             sky = np.array([test_scenes[row]["background"] in hard.FEATURE_HELD_OUT_BACKGROUNDS for row in test_rows])
             results[f"{name} AUC, held-out bg"] = _mean(
                 [auc(scores[sky, column], y_test[sky, column]) for column in range(y.shape[1])])
-    results[hard.EVERY_COLOR_AND_KIND] = every_color_and_kind(every_photo["kind"], every_photo["color"], test_scenes)
+    right = every_color_and_kind(every_photo["kind"], every_photo["color"], test_scenes)
+    objects = np.array([len(scene["objects"]) for scene in test_scenes])
+    results[hard.EVERY_COLOR_AND_KIND] = float(right.mean())
+    results.update({hard.by_objects(int(count), hard.EVERY_COLOR_AND_KIND): float(right[objects == count].mean())
+                    for count in np.unique(objects)})
     if len(grid) > GRID_PHOTOS:
         grid, scenes = grid[:GRID_PHOTOS], scenes[:GRID_PHOTOS]
         results["photos fitted, grid"] = GRID_PHOTOS
@@ -304,9 +309,10 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     results = probe(features, scenes, test_features=test_features, test_scenes=test_scenes)
-    print(f"{'attribute':<28}{'value':>8}")
+    width = max(len(name) for name in results) + 2
+    print(f"{'attribute':<{width}}{'value':>8}")
     for name, value in results.items():
-        print(f"{name:<28}{value:>8.3f}" if isinstance(value, float) else f"{name:<28}{value:>8d}")
+        print(f"{name:<{width}}{value:>8.3f}" if isinstance(value, float) else f"{name:<{width}}{value:>8d}")
     if args.json:
         write_json(args.json, {"annotations": args.annotations, "test_annotations": args.test_annotations,
                                "vgg_weights": args.vgg_weights,

@@ -121,12 +121,12 @@ def test_auc_and_top_k_on_hand_made_scores():
 def test_every_colour_and_kind_asks_for_exactly_the_photos_kinds_and_colours():
     scenes = [SCENE, {**SCENE, "greyscale": True}]  # a red circle and two blue stars
     kinds, colors = probe.targets(scenes)["kind"], probe.targets(scenes)["color"]
-    assert probe.every_color_and_kind(kinds, colors, scenes) == 1.0
+    assert probe.every_color_and_kind(kinds, colors, scenes).tolist() == [True, True]
     swapped = colors.copy()
     swapped[:, [list(hard.COLORS).index("red"), list(hard.COLORS).index("green")]] = swapped[
         :, [list(hard.COLORS).index("green"), list(hard.COLORS).index("red")]]  # green ranked where red is
-    assert probe.every_color_and_kind(kinds, swapped, scenes) == 0.5  # the greyscale photo's colours are not asked
-    assert probe.every_color_and_kind(kinds[:, ::-1], colors, scenes) == 0.0  # other kinds ranked first
+    assert probe.every_color_and_kind(kinds, swapped, scenes).tolist() == [False, True]  # greyscale: colours not asked
+    assert not probe.every_color_and_kind(kinds[:, ::-1], colors, scenes).any()  # other kinds ranked first
 
 
 def test_the_probe_reads_what_the_features_hold():
@@ -259,6 +259,8 @@ def test_probe_py_fits_on_the_training_photos_and_scores_a_held_out_set(hard_set
     assert (results["photos fitted"], results["photos scored"]) == (60, 30)
     assert results["test_annotations"].endswith("captions_val-unseen.json")
     assert 0.0 <= results["kind top-k"] <= 1.0 and 0.0 <= results["color AUC"] <= 1.0
+    by_objects = [results.get(hard.by_objects(count, hard.EVERY_COLOR_AND_KIND)) for count in (1, 2, 3, 4)]
+    assert all(0.0 <= share <= 1.0 for share in by_objects if share is not None) and by_objects[0] is not None
 
 
 def test_every_object_right_is_also_given_by_the_number_of_objects():
@@ -269,8 +271,11 @@ def test_every_object_right_is_also_given_by_the_number_of_objects():
     assert result["every object right"] == pytest.approx(1 / 3)
     assert (result[hard.by_objects(1)], result[hard.by_objects(3)]) == (0.0, 0.5)
     assert hard.by_objects(2) not in result
+    colour_and_kind = [result[hard.by_objects(count, hard.EVERY_COLOR_AND_KIND)] for count in (1, 3)]
+    assert colour_and_kind == [1.0, 0.5]  # the misplaced circle still has its colour and kind; the stars go unnamed
     table = format_table({**result, "mean length": 10.0, "mean reference length": 11.0, "images": 3})
     assert "every object right, 1 object " in table and "every object right, 3 objects" in table
+    assert "every colour and kind, 3 objects" in table
 
 
 def test_every_pair_puts_the_held_out_pairs_in_the_training_photos_only_when_asked(tmp_path):
