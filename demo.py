@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 import hard
 from cli import bounded_int, folder_path, names_from
 from fileio import atomic_path, write_json
+from recolour import RECOLOURINGS, SWAPS
 
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
 CAPTIONS_PER_IMAGE = 5
@@ -239,13 +240,13 @@ def main(argv=None) -> int:
                              "them, for probe.py to fit on (what the features hold of pairs the benchmark's training "
                              "never shows); not for training a captioner measured on val-unseen "
                              f"[default --out: {hard.HARD_DIR.with_name('hard-every')}]")
-    parser.add_argument("--recolour", nargs="?", const=hard.SWAPS, type=names_from(hard.RECOLOURINGS),
+    parser.add_argument("--recolour", nargs="?", const=SWAPS, type=names_from(RECOLOURINGS),
                         metavar="NAMES",
                         help="--hard only: the training photos, each followed by copies with red and blue, and red "
                              "and green, swapped (channels and caption words) where every colour stays one the "
                              "captions name; the held-out sets as the benchmark's. NAMES picks, comma-separated, from "
-                             f"{', '.join(hard.RECOLOURINGS)} (red-yellow: red made yellow) "
-                             f"[default NAMES: {','.join(hard.SWAPS)}; "
+                             f"{', '.join(RECOLOURINGS)} (red-yellow: red made yellow) "
+                             f"[default NAMES: {','.join(SWAPS)}; "
                              f"default --out: {hard.HARD_DIR.with_name('hard-recoloured')}]")
     args = parser.parse_args(argv)
     for flag in ("every_pair", "recolour"):
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
             default_out = hard.HARD_DIR.with_name("hard-every" if args.every_pair else "hard-recoloured"
                                                   if args.recolour else "hard")
             out = hard.generate(args.out or default_out, args.seed, num_train, num_val, args.every_pair,
-                                bool(args.recolour), args.recolour or hard.SWAPS)
+                                args.recolour or ())
         else:
             num_train, num_val = _given(args.num_train, 2000), _given(args.num_val, 200)
             out = generate(args.out or DEMO_DIR, args.seed, num_train, num_val, args.templates)

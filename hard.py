@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 
 from fileio import atomic_path, write_json
 from kana import text_to_katakana
-from recolour import RECOLOURINGS, SWAPS, recolour_pixels  # what train.py --recolour makes, here in the photos
+from recolour import RECOLOURINGS, recolour_pixels  # what train.py --recolour makes, here in the photos
 
 HARD_DIR = Path(__file__).resolve().parent / "data" / "hard"
 SIZES = ((640, 480), (480, 640), (640, 427), (500, 375), (612, 612))  # COCO's common photo sizes
@@ -315,15 +315,15 @@ def _recoloured(scene: dict, recolouring: str) -> dict | None:
 
 
 def generate(out_dir=HARD_DIR, seed: int = 0, num_train: int = 3000, num_val: int = 300,
-             every_pair: bool = False, recolour: bool = False, recolourings=SWAPS) -> Path:
+             every_pair: bool = False, recolourings: tuple[str, ...] = ()) -> Path:
     """Writes captions_{split}.json and the photos in {split}2014/ for each of SPLITS; returns ``out_dir``.
 
     ``every_pair``: the training photos draw every colour–kind pair, UNSEEN_PAIRS among them: a set to fit the
     probe on, to see what the features hold of pairs the benchmark's training photos never show (a captioner
     trained on it is not measuring generalisation on ``val-unseen``).
-    ``recolour``: the benchmark's training photos, each followed by its ``recolourings`` (RECOLOURINGS' names;
-    by default the channel swaps, which make no yellow, so the yellow cross stays unseen) where they can be named:
-    pairs the photos never show, made from the photos alone, as a flip makes left from right.
+    ``recolourings`` (RECOLOURINGS' names; e.g. SWAPS, which make no yellow, so the yellow cross stays unseen):
+    the benchmark's training photos, each followed by its copy in each of these where it can be named: pairs the
+    photos never show, made from the photos alone, as a flip makes left from right.
     """
     out_dir = Path(out_dir)
     for split, (pairs, styles) in SPLITS.items():
@@ -351,7 +351,7 @@ def generate(out_dir=HARD_DIR, seed: int = 0, num_train: int = 3000, num_val: in
             file_name = add(image_id, scene, captions)
             with atomic_path(folder / file_name, suffix=".jpg") as temporary:
                 photo.save(temporary, quality=quality)
-            for name in recolourings if recolour and split == "train" else ():
+            for name in recolourings if split == "train" else ():
                 exchanged = RECOLOURINGS[name][1]
                 recoloured = _recoloured(scene, name)
                 if recoloured is not None:  # the swap of the saved photo, JPEG artefacts and all

@@ -11,6 +11,7 @@ import probe
 from dataset import load_caption_files
 from kana import text_to_katakana
 from metrics import format_table
+from recolour import SWAPS
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +314,7 @@ def test_recolouring_swaps_colour_words_form_by_form():
 
 def test_red_yellow_copies_make_the_yellow_cross(tmp_path):
     """The one held-out pair no channel swap makes: raising green to red turns red crosses yellow."""
-    folder = hard.generate(tmp_path, num_train=200, num_val=1, recolour=True, recolourings=("red-yellow",))
+    folder = hard.generate(tmp_path, num_train=200, num_val=1, recolourings=("red-yellow",))
     data = json.loads((folder / "captions_train.json").read_text(encoding="utf-8"))
     copies = [image for image in data["images"] if image["id"] > 200]
     assert copies and {(o["color"], o["kind"]) for image in copies for o in image["scene"]["objects"]} & \
@@ -348,7 +349,7 @@ def test_recoloured_training_photos_are_the_benchmarks_with_swapped_copies(tmp_p
         scores = hard.score_caption(text_to_katakana(annotation["caption"]), scenes[annotation["image_id"]])
         assert scores["every object right"] == 1.0 and scores["absent colour named"] == 0.0, annotation
     copies = [image for image in recoloured["images"] if image["id"] > 80]
-    made = [(image, name) for image in drawn["images"] for name in hard.SWAPS  # by default, the swaps
+    made = [(image, name) for image in drawn["images"] for name in SWAPS  # by default, the swaps
             if hard._recoloured(image["scene"], name) is not None]
     assert len(copies) == len(made) and not {(o["color"], o["kind"]) for image in copies
                                              for o in image["scene"]["objects"]} & {("yellow", "cross")}
