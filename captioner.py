@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from decoding import CTC_LM_BEAM, Caption, PriorSubtracted, beam_search, decode_ctc, decode_ctc_lm, decode_parallel
+from decoding import (CTC_LM_BEAM, Averaged, Caption, PriorSubtracted, beam_search, class_order, decode_ctc,
+                      decode_ctc_lm, decode_parallel)
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
 from lm import LM_FILE, CharNgram
@@ -57,6 +58,46 @@ def _language_model(model_dir: Path, reader: str, remedy: str) -> CharNgram:
     return CharNgram.load(model_dir / LM_FILE)
 
 
+def load_run(model_dir: Path):
+    """A run folder's model, config and vocabulary, checked to belong together.
+
+    Raises:
+        FileNotFoundError: a file of the run is missing.
+        ValueError: the files do not belong together.
+    """
+    for name in RUN_FILES:
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(f"{model_dir / name} not found: --model must be a run folder written by train.py.")
+    config = CaptionerConfig.load(model_dir / CONFIG_FILE)
+    vocabulary = Vocabulary.load(model_dir / VOCAB_FILE, config.vocabulary, config.num_classes)
+    model = load_model(model_dir / MODEL_FILE)
+    num_classes = model.output_shape[-1]
+    attributes = next((layer.units for layer in model.layers if layer.name == ATTRIBUTES), 0)
+    if (num_classes, tuple(model.inputs[0].shape[1:]), attributes) != (
+            config.num_classes, config.feature_shape, config.attributes):
+        raise ValueError(
+            f"{model_dir}: the model does not match config.json (classes {num_classes} vs "
+            f"{config.num_classes}, attributes {attributes} vs {config.attributes}, or another image size); "
+            f"these files are not from the same run."
+        )
+    return model, config, vocabulary
+
+
+ENSEMBLE_MATCH = ("vgg_weights", "vgg_precision", "image_size", "feature_layer", "timesteps", "num_classes")
+
+
+def _check_member(model_dir: Path, config: CaptionerConfig, other_dir: Path, other: CaptionerConfig) -> None:
+    """Raises ValueError unless ``other_dir``'s run can be averaged with ``model_dir``'s: an autoregressive run
+    reading the same features (the cache of the first serves both) and writing as many steps of as many classes."""
+    if not architecture(other).autoregressive:
+        raise ValueError(f"--ensemble averages the steps of autoregressive runs; {other_dir} is {other.arch}.")
+    differ = [name for name in ENSEMBLE_MATCH if getattr(config, name) != getattr(other, name)]
+    if differ:
+        raise ValueError(f"{other_dir} cannot be averaged with {model_dir}: their " + ", ".join(
+            f"{name} ({getattr(config, name)} against {getattr(other, name)})" for name in differ)
+            + " differ; an ensemble's runs read the same features and write as many steps.")
+
+
 @dataclasses.dataclass
 class Captioned:
     """One photo's result from ``Captioner.caption_photo``."""
@@ -82,6 +123,9 @@ class Captioner:
         lm_weight: overrides the language model's weight (ctc-lm decoding; 0 = CTC alone).
         prior_weight: overrides the share of the language model taken out of an autoregressive
             model's steps (decoding.PriorSubtracted; 0 = the model's own probabilities).
+        ensemble: more autoregressive run folders, of the same features and characters, whose
+            next-character probabilities are averaged with this run's (decoding.Averaged); the
+            prior, if taken out, is this run's lm.json.
 
     Raises:
         FileNotFoundError: a file of the run is missing.
@@ -89,39 +133,32 @@ class Captioner:
     """
 
     def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str | None = None,
-                 beam_size: int = 1, lm_weight: float | None = None, prior_weight: float | None = None):
+                 beam_size: int = 1, lm_weight: float | None = None, prior_weight: float | None = None,
+                 ensemble=()):
         model_dir = Path(model_dir)
-        for name in RUN_FILES:
-            if not (model_dir / name).is_file():
-                raise FileNotFoundError(
-                    f"{model_dir / name} not found: --model must be a run folder written by train.py."
-                )
-        config = CaptionerConfig.load(model_dir / CONFIG_FILE)
-        vocabulary = Vocabulary.load(model_dir / VOCAB_FILE, config.vocabulary, config.num_classes)
-        model = load_model(model_dir / MODEL_FILE)
-        num_classes = model.output_shape[-1]
-        attributes = next((layer.units for layer in model.layers if layer.name == ATTRIBUTES), 0)
-        if (num_classes, tuple(model.inputs[0].shape[1:]), attributes) != (
-                config.num_classes, config.feature_shape, config.attributes):
-            raise ValueError(
-                f"{model_dir}: the model does not match config.json (classes {num_classes} vs "
-                f"{config.num_classes}, attributes {attributes} vs {config.attributes}, or another image size); "
-                f"these files are not from the same run."
-            )
-        if decode is not None and architecture(config).autoregressive:
+        model, config, vocabulary = load_run(model_dir)
+        autoregressive = architecture(config).autoregressive
+        if decode is not None and autoregressive:
             raise ValueError(f"--decode is for image2text runs; {model_dir} is {config.arch}, read by beam search.")
-        if prior_weight and not architecture(config).autoregressive:
+        if prior_weight and not autoregressive:
             raise ValueError(f"--prior-weight is for autoregressive runs; {model_dir} is {config.arch}, whose "
                              f"steps are written all at once ({config.decoding} decoding).")
+        if ensemble and not autoregressive:
+            raise ValueError(f"--ensemble averages the steps of autoregressive runs; {model_dir} is {config.arch}, "
+                             f"whose steps are written all at once.")
+        members = []
+        for other_dir in map(Path, ensemble):
+            members.append(load_run(other_dir))
+            _check_member(model_dir, config, other_dir, members[-1][1])
         language_model = None
         if (decode or config.decoding) == "ctc-lm":
             language_model = _language_model(model_dir, "ctc-lm decoding", "which train.py writes for CTC runs; "
                                              "--decode ctc reads the run without it")
-        elif (config.prior_weight if prior_weight is None else prior_weight) and architecture(config).autoregressive:
+        elif (config.prior_weight if prior_weight is None else prior_weight) and autoregressive:
             language_model = _language_model(model_dir, "--prior-weight", "which train.py writes with every run it "
                                              "starts (and with --resume, if missing); --prior-weight 0 reads the "
                                              "run without it")
-        self._bind(model, config, vocabulary, language_model, decode, beam_size, lm_weight, prior_weight)
+        self._bind(model, config, vocabulary, language_model, decode, beam_size, lm_weight, prior_weight, members)
         self.vgg = build_vgg16(vgg_weights or config.vgg_weights, config.image_size,
                                config.vgg_precision, config.feature_layer) if with_vgg else None
 
@@ -136,7 +173,7 @@ class Captioner:
 
     def _bind(self, model, config: CaptionerConfig, vocabulary: Vocabulary, language_model: CharNgram | None,
               decode: str | None = None, beam_size: int = 1, lm_weight: float | None = None,
-              prior_weight: float | None = None) -> None:
+              prior_weight: float | None = None, ensemble=()) -> None:
         self.model, self.config, self.vocabulary, self.language_model = model, config, vocabulary, language_model
         self.decode, self.beam_size = decode or config.decoding, beam_size
         self.lm_weight = config.lm_weight if lm_weight is None else lm_weight
@@ -147,6 +184,11 @@ class Captioner:
         if self.prior_weight and language_model is None:
             raise ValueError("--prior-weight needs the run's language model.")
         self.steps = step_models(model, config) if autoregressive else None
+        if ensemble:  # the runs' steps averaged, each run's classes put in this run's order
+            steps = [self.steps, *(step_models(other, other_config) for other, other_config, _ in ensemble)]
+            orders = [np.arange(config.num_classes), *(class_order(vocabulary, other_vocabulary, config.num_classes)
+                                                       for _, _, other_vocabulary in ensemble)]
+            self.steps = Averaged(steps, orders)
         if self.prior_weight:
             self.steps = PriorSubtracted(self.steps, language_model, vocabulary, self.prior_weight)
 

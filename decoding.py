@@ -16,7 +16,8 @@ writes the end class, and finished captions are ranked by log-probability per
 character (length-normalised, so short captions are not favoured). With a
 prior weight, the steps' probabilities are first divided by the training
 captions' own (``PriorSubtracted``): what the photo adds to what is usually
-written next.
+written next. Several runs decode as one by averaging their steps'
+probabilities (``Averaged``, an ensemble).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ LM_WEIGHT_HELP = ("ctc-lm decoding: the weight of the run's language model besid
 # (docs/hard-benchmark.md), where longer contexts also take out the order of the clauses, and cost seen photos more.
 PRIOR_PLAUSIBLE = 0.01
 PRIOR_CONTEXT = 4
+MAX_ENSEMBLE = 8  # runs averaged at most: each adds its model's memory and a model call per step
+ENSEMBLE_HELP = ("autoregressive runs: another run folder, trained on the same features and characters (e.g. with "
+                 "another --seed), whose next-character probabilities are averaged with --model's at every step; "
+                 f"give it once per run, up to {MAX_ENSEMBLE - 1} (no attention maps)")
 PRIOR_WEIGHT_HELP = ("divide each next character's probability by that of the run's language model (lm.json, the "
                      f"training captions' characters; after the last {PRIOR_CONTEXT}) to this power, among the "
                      f"characters at least {PRIOR_PLAUSIBLE:g}× as likely as the likeliest, so that the photo rather "
@@ -165,6 +170,56 @@ def _log_add(a: float, b: float) -> float:
     if a < b:
         a, b = b, a
     return a if b == -math.inf else a + math.log1p(math.exp(b - a))
+
+
+def class_order(vocabulary: Vocabulary, other: Vocabulary, num_classes: int) -> np.ndarray:
+    """``other``'s class of each of ``vocabulary``'s ``num_classes`` classes (the end class, each character, unused).
+
+    Runs number their characters by frequency in their own training split, so
+    two runs of the same captions may number them differently.
+
+    Raises:
+        ValueError: the two write different characters.
+    """
+    if set(vocabulary.characters) != set(other.characters):
+        raise ValueError("the runs write different characters (their vocab.json differ): an ensemble averages "
+                         "runs trained on the same captions")
+    used = len(vocabulary.characters) + 1
+    return np.array([END, *(other.char_to_index[char] for char in vocabulary.characters),
+                     *range(used, num_classes)], dtype=np.int64)
+
+
+class Averaged:
+    """The step models of several runs as one: their next-character probabilities averaged (an ensemble).
+
+    Runs trained with other seeds make different mistakes; at each step beam
+    search reads the mean of their distributions, each run fed the same
+    characters so far. ``orders[i]`` is run i's class of each class of the
+    first run (``class_order``): its probabilities are put in the first run's
+    order, and the characters written are handed to it in its own. The
+    states are the runs' states one after another.
+    """
+
+    attention = None  # no one map per character: predict.py --attention refuses an ensemble
+
+    def __init__(self, steps: list, orders: list[np.ndarray]):
+        self.members, self.orders = steps, orders
+        self.sizes: list[int] = []  # how many states each run keeps, once start has run
+
+    def start(self, features: np.ndarray) -> list[np.ndarray]:
+        states = [member.start(features) for member in self.members]
+        self.sizes = [len(part) for part in states]
+        return [state for part in states for state in part]
+
+    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
+        total, new_states, first = 0.0, [], 0
+        tokens = np.asarray(tokens, dtype=np.int64)
+        for member, order, size in zip(self.members, self.orders, self.sizes):
+            probabilities, member_states = member.next(order[tokens], states[first : first + size])
+            total = total + np.asarray(probabilities, dtype=np.float64)[:, order]
+            new_states.extend(member_states)
+            first += size
+        return total / len(self.members), new_states
 
 
 class PriorSubtracted:

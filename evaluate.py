@@ -31,7 +31,8 @@ from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
 from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existing_file, folder_path,  # noqa: E402
                  nonempty_path, positive_int)
 from dataset import load_caption_files  # noqa: E402
-from decoding import BEAM_HELP, DECODE_METHODS, LM_WEIGHT_HELP, MAX_BEAM, PRIOR_WEIGHT_HELP  # noqa: E402
+from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
+                      MAX_ENSEMBLE, PRIOR_WEIGHT_HELP)
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import clause_cut, convert_captions  # noqa: E402
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", type=nonempty_path, default=DEFAULT_RUN, help="run folder written by train.py")
+    parser.add_argument("--ensemble", action="append", default=[], metavar="RUN", type=nonempty_path, help=ENSEMBLE_HELP)
     parser.add_argument("--annotations", nargs="+", metavar="JSON", type=existing_file,
                         help="caption files to evaluate on [default: the demo's held-out captions_val.json]")
     parser.add_argument("--images", nargs="+", metavar="DIR", type=existing_dir, help="folders holding their photos [default: demo val2014/]")
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prior-weight", type=bounded_float(0, 10), metavar="W",
                         help="autoregressive runs: " + PRIOR_WEIGHT_HELP
                              + " [default: the run's, from train.py --prior-weight]")
-    parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png [default: MODEL/eval-ANNOTATIONS]")
+    parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png "
+                                                        "[default: MODEL/eval-ANNOTATIONS, -ensemble-of-N added]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
     parser.add_argument("--batch-size", type=bounded_int(1, 65_536), default=256, help="photos per model call")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -72,6 +75,8 @@ def main(argv=None) -> int:
                              "(after its last clause that fits in this minus one katakana): the most a model of that "
                              "length learns by writing what people write")
     args = parser.parse_args(argv)
+    if len(args.ensemble) >= MAX_ENSEMBLE:
+        parser.error(f"--ensemble: at most {MAX_ENSEMBLE - 1} runs beside --model")
     if args.timesteps and not args.human:
         parser.error("--timesteps is for --human (a run's own caption length is in its config.json)")
     if args.annotations is None:
@@ -109,7 +114,7 @@ def evaluate(args) -> dict:
     """Captions the annotated photos from cached features and scores them; writes metrics.json, captions.json and
     samples.png."""
     captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size,
-                           lm_weight=args.lm_weight, prior_weight=args.prior_weight)
+                           lm_weight=args.lm_weight, prior_weight=args.prior_weight, ensemble=args.ensemble)
     records, report = load_caption_files(args.annotations, args.images)
     records = records[: args.limit] if args.limit else records
     for line in report.lines():
@@ -127,13 +132,15 @@ def evaluate(args) -> dict:
     kept_references = [references[index] for index in keep]
     result = score(captions, kept_references, [records[index].scene for index in keep])
     per_image = result.pop("CIDEr-D per image")
-    result.update(model=str(args.model), annotations=args.annotations, decode=captioner.decode, beam_size=args.beam_size,
+    result.update(model=str(args.model), ensemble=[str(run) for run in args.ensemble], annotations=args.annotations, decode=captioner.decode, beam_size=args.beam_size,
                   lm_weight=captioner.lm_weight if captioner.decode == "ctc-lm" else None,
                   prior_weight=captioner.prior_weight if captioner.steps is not None else None,
                   arch=captioner.config.arch)
     print(format_table(result))
 
     stem = "-".join(Path(name).stem for name in args.annotations)
+    if args.ensemble:
+        stem += f"-ensemble-of-{len(args.ensemble) + 1}"
     out = Path(args.out or Path(args.model) / f"eval-{stem}")
     write_json(out / METRICS_FILE, result)
     write_json(out / CAPTIONS_FILE, [

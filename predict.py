@@ -25,7 +25,8 @@ from captioner import DEFAULT_RUN, Captioner  # noqa: E402
 from cli import (HelpFormatter, bounded_float, bounded_int, file_path, folder_path, nonempty_path,  # noqa: E402
                  vgg_weights)
 from dataset import find_images  # noqa: E402
-from decoding import BEAM_HELP, DECODE_METHODS, LM_WEIGHT_HELP, MAX_BEAM, PRIOR_WEIGHT_HELP  # noqa: E402
+from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
+                      MAX_ENSEMBLE, PRIOR_WEIGHT_HELP)
 from features import WeightsUnavailable  # noqa: E402
 from plots import plot_attention, plot_captions  # noqa: E402
 
@@ -40,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("images", nargs="+", type=nonempty_path, help="image files or folders of images")
     parser.add_argument("--model", type=nonempty_path, default=DEFAULT_RUN, help="run folder written by train.py")
+    parser.add_argument("--ensemble", action="append", default=[], metavar="RUN", type=nonempty_path, help=ENSEMBLE_HELP)
     parser.add_argument("--json", action="store_true", help='print one JSON object per image: {"file": ..., "caption": ...}')
     parser.add_argument("--plot", metavar="PNG", type=file_path, help=f"also draw the photos (the first {MAX_PLOTTED}) with their "
                                                       f"captions into this PNG")
@@ -59,7 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1,
                         help="print this many captions per image, with probabilities (autoregressive runs and CTC decoding)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.ensemble) >= MAX_ENSEMBLE:
+        parser.error(f"--ensemble: at most {MAX_ENSEMBLE - 1} runs beside --model")
+    return args
 
 
 def print_captions(path: str, captions, args: argparse.Namespace) -> None:
@@ -88,9 +93,10 @@ def main(argv=None) -> int:
     try:
         captioner = Captioner(args.model, args.vgg_weights, decode=args.decode,
                               beam_size=max(args.beam_size, args.n_best), lm_weight=args.lm_weight,
-                              prior_weight=args.prior_weight)
+                              prior_weight=args.prior_weight, ensemble=args.ensemble)
         if args.attention and not captioner.has_attention:
-            raise ValueError(f"--attention needs an attention model; {args.model} is {captioner.config.arch!r}")
+            raise ValueError(f"--attention needs an attention model, alone; {args.model} is {captioner.config.arch!r}"
+                             + (" in an ensemble" if args.ensemble else ""))
         return 1 if caption_all(captioner, paths, args) or problems else 0
     except (OSError, ValueError, WeightsUnavailable) as error:  # a run that does not load, a full disk
         print(f"error: {error}", file=sys.stderr)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import lm
-from decoding import PriorSubtracted, beam_search, decode_ctc, decode_parallel
+from decoding import Averaged, PriorSubtracted, beam_search, class_order, decode_ctc, decode_parallel
 from kana import END, Vocabulary
 
 VOCABULARY = Vocabulary(("ア", "イ", "ウ"))  # classes 1, 2, 3; 0 is the end
@@ -136,6 +136,48 @@ def test_the_prior_reads_each_beams_own_characters_as_beams_are_reordered():
     for ranked in captions:
         assert [c.probability for c in ranked] == pytest.approx([probability(c.text) for c in ranked])
         assert {c.text for c in ranked} == {"ア", "アア", "イウ"}
+
+
+OTHER_ORDER = Vocabulary(("ウ", "ア", "イ"))  # the same characters, numbered as another run's split ranks them
+
+
+class Renumbered:
+    """``FakeSteps`` as a run with OTHER_ORDER's numbering would give them: fed and answering in its own classes."""
+
+    def __init__(self, steps):
+        self.steps, self.order = steps, class_order(VOCABULARY, OTHER_ORDER, 4)  # OTHER_ORDER's class of each class
+
+    def start(self, features):
+        return self.steps.start(features)
+
+    def next(self, tokens, states):
+        probabilities, states = self.steps.next(np.argsort(self.order)[tokens], states)
+        renumbered = np.empty_like(probabilities)
+        renumbered[:, self.order] = probabilities
+        return renumbered, states
+
+
+def test_class_order_finds_each_character_in_the_other_runs_numbering():
+    assert class_order(VOCABULARY, OTHER_ORDER, 6).tolist() == [END, 2, 3, 1, 4, 5]  # unused classes stay put
+    with pytest.raises(ValueError, match="different characters"):
+        class_order(VOCABULARY, Vocabulary(("ア", "イ", "エ")), 4)
+
+
+def test_an_ensemble_averages_each_step_across_runs_numbered_differently():
+    alone = beam_search(FakeSteps(), np.zeros((2, 1)), VOCABULARY, beam_size=3, n_best=3)
+    orders = [np.arange(4), class_order(VOCABULARY, OTHER_ORDER, 4)]
+    twice = beam_search(Averaged([FakeSteps(), Renumbered(FakeSteps())], orders), np.zeros((2, 1)), VOCABULARY,
+                        beam_size=3, n_best=3)
+    assert [[(c.text, c.probability) for c in ranked] for ranked in twice] == \
+        [[(c.text, pytest.approx(c.probability)) for c in ranked] for ranked in alone]
+
+    class SureOfA(FakeSteps):
+        TABLE = {"": {"ア": 0.9, "イ": 0.1}, "ア": {"": 1.0}, "イ": {"ウ": 1.0}}
+
+    # The mean: ア 0.75 (0.6 and 0.9), then the end 0.75 (0.5 and 1.0): 0.5625, over イウ's 0.25.
+    (best,) = beam_search(Averaged([FakeSteps(), Renumbered(SureOfA())], orders), np.zeros((1, 1)), VOCABULARY,
+                          beam_size=3)[0]
+    assert (best.text, best.probability) == ("ア", pytest.approx(0.5625))
 
 
 def ctc_probabilities(steps):

@@ -106,8 +106,10 @@ def test_image2text_trains_with_ctc_by_default_and_predicts_n_best(tiny_demo, tm
                           str(tiny_demo / "val2014"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
     metrics = json.loads((out / "eval-captions_val" / "metrics.json").read_text())
     assert (metrics["decode"], metrics["lm_weight"]) == ("ctc-lm", 0.5)
-    (out / "lm.json").rename(tmp_path / "lm.json")  # a run folder without its language model
     capsys.readouterr()
+    assert predict.main([str(tiny_demo / "val2014"), "--model", str(out), "--ensemble", str(out)]) == 2
+    assert "--ensemble averages the steps of autoregressive runs" in capsys.readouterr().err
+    (out / "lm.json").rename(tmp_path / "lm.json")  # a run folder without its language model
     assert predict.main([str(tiny_demo / "val2014"), "--model", str(out)]) == 2
     error = capsys.readouterr().err
     assert "lm.json not found" in error and "--decode ctc" in error
@@ -365,6 +367,34 @@ def test_the_prior_is_taken_out_when_asked_and_needs_the_runs_language_model(tin
     with pytest.raises(SystemExit):
         train.parse_args(["--arch", "image2text", "--prior-weight", "0.5"])
     assert "--prior-weight is for the autoregressive architectures" in capsys.readouterr().err
+
+
+def test_an_ensemble_of_a_run_with_itself_captions_as_the_run_alone(tiny_run, tiny_demo, tmp_path, capsys):
+    import shutil
+
+    out, cache = tiny_run
+    photos = str(tiny_demo / "val2014")
+    assert predict.main([photos, "--model", str(out), "--json"]) == 0
+    alone = capsys.readouterr().out
+    assert predict.main([photos, "--model", str(out), "--ensemble", str(out), "--json"]) == 0
+    assert capsys.readouterr().out == alone  # the mean of two equal distributions is the one
+    assert evaluate.main(["--model", str(out), "--ensemble", str(out), "--annotations",
+                          str(tiny_demo / "captions_val.json"), "--images", photos, "--cache-dir", str(cache),
+                          "--quiet"]) == 0
+    assert json.loads((out / "eval-captions_val-ensemble-of-2" / "metrics.json").read_text())["ensemble"] == [str(out)]
+    other = tmp_path / "other"  # the same run, as if trained on other VGG16 weights' features
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("eval-*", "*checkpoint*"))
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "vgg_weights": "synthetic"}))
+    capsys.readouterr()
+    assert predict.main([photos, "--model", str(out), "--ensemble", str(other)]) == 2
+    error = capsys.readouterr().err
+    assert "cannot be averaged" in error and "vgg_weights (none against synthetic)" in error
+    assert predict.main([photos, "--model", str(out), "--ensemble", str(out), "--attention", str(tmp_path / "maps")]) == 2
+    assert "in an ensemble" in capsys.readouterr().err and not (tmp_path / "maps").exists()
+    with pytest.raises(SystemExit):
+        predict.parse_args([photos, *["--ensemble", str(out)] * 8])
+    assert "at most 7 runs" in capsys.readouterr().err
 
 
 def test_human_ceiling_scores_references_against_each_other(tiny_demo, capsys):
