@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if len(args.ensemble) >= MAX_ENSEMBLE:
         parser.error(f"--ensemble: at most {MAX_ENSEMBLE - 1} runs beside --model")
+    if args.human and args.ensemble:
+        parser.error("--human scores the references, no model: --ensemble is for a run's captions")
     if args.timesteps and not args.human:
         parser.error("--timesteps is for --human (a run's own caption length is in its config.json)")
     if args.annotations is None:

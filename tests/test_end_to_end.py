@@ -407,6 +407,9 @@ def test_human_ceiling_scores_references_against_each_other(tiny_demo, capsys):
                           "--images", str(tiny_demo / "val2014")])
     lengths = [float(line.split()[2]) for line in capsys.readouterr().out.splitlines() if line.startswith("mean length")]
     assert code == 0 and lengths and lengths[0] <= 7  # each first caption cut as --timesteps 8 cuts training's
+    with pytest.raises(SystemExit):
+        evaluate.main(["--human", "--ensemble", "runs/other"])
+    assert "--human scores the references" in capsys.readouterr().err
 
 
 def test_resume_continues_and_refuses_to_clobber(tiny_run, tiny_demo, tmp_path, capsys):
