@@ -58,8 +58,8 @@ def _language_model(model_dir: Path, reader: str, remedy: str) -> CharNgram:
     return CharNgram.load(model_dir / LM_FILE)
 
 
-def load_run(model_dir: Path):
-    """A run folder's model, config and vocabulary, checked to belong together.
+def load_run(model_dir: Path, option: str = "--model"):
+    """A run folder's model, config and vocabulary, checked to belong together (``option`` named it).
 
     Raises:
         FileNotFoundError: a file of the run is missing.
@@ -67,7 +67,7 @@ def load_run(model_dir: Path):
     """
     for name in RUN_FILES:
         if not (model_dir / name).is_file():
-            raise FileNotFoundError(f"{model_dir / name} not found: --model must be a run folder written by train.py.")
+            raise FileNotFoundError(f"{model_dir / name} not found: {option} must be a run folder written by train.py.")
     config = CaptionerConfig.load(model_dir / CONFIG_FILE)
     vocabulary = Vocabulary.load(model_dir / VOCAB_FILE, config.vocabulary, config.num_classes)
     model = load_model(model_dir / MODEL_FILE)
@@ -148,7 +148,7 @@ class Captioner:
                              f"whose steps are written all at once.")
         members = []
         for other_dir in map(Path, ensemble):
-            members.append(load_run(other_dir))
+            members.append(load_run(other_dir, "--ensemble"))
             _check_member(model_dir, config, other_dir, members[-1][1])
         language_model = None
         if (decode or config.decoding) == "ctc-lm":

@@ -392,6 +392,8 @@ def test_an_ensemble_of_a_run_with_itself_captions_as_the_run_alone(tiny_run, ti
     assert "cannot be averaged" in error and "vgg_weights (none against synthetic)" in error
     assert predict.main([photos, "--model", str(out), "--ensemble", str(out), "--attention", str(tmp_path / "maps")]) == 2
     assert "in an ensemble" in capsys.readouterr().err and not (tmp_path / "maps").exists()
+    assert predict.main([photos, "--model", str(out), "--ensemble", str(tmp_path / "nowhere")]) == 2
+    assert "--ensemble must be a run folder written by train.py" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         predict.parse_args([photos, *["--ensemble", str(out)] * 8])
     assert "at most 7 runs" in capsys.readouterr().err
