@@ -192,7 +192,8 @@ def class_order(vocabulary: Vocabulary, other: Vocabulary, num_classes: int) -> 
 class Averaged:
     """The step models of several runs as one: their next-character probabilities averaged (an ensemble).
 
-    Runs trained with other seeds make different mistakes; at each step beam
+    Runs trained with other seeds make some different mistakes (on the hard
+    benchmark most are the same: docs/hard-benchmark.md); at each step beam
     search reads the mean of their distributions, each run fed the same
     characters so far. ``orders[i]`` is run i's class of each class of the
     first run (``class_order``): its probabilities are put in the first run's
