@@ -151,3 +151,16 @@ def vgg_weights(text: str) -> str:
         return existing_file(text)
     except argparse.ArgumentTypeError as error:
         raise argparse.ArgumentTypeError(f"{error} (expected {', '.join(VGG_WEIGHTS_NAMES)} or a weights file)") from None
+
+
+def bounded_append(limit: int, what: str):
+    """An ``action="append"`` that refuses more than ``limit`` values (e.g. --ensemble's runs)."""
+
+    class BoundedAppend(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            values = [*(getattr(namespace, self.dest, None) or []), value]
+            if len(values) > limit:
+                raise argparse.ArgumentError(self, f"at most {limit} {what}")
+            setattr(namespace, self.dest, values)
+
+    return BoundedAppend

@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 
 import demo  # noqa: E402
 from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
-from cli import (HelpFormatter, bounded_float, bounded_int, existing_dir, existing_file, folder_path,  # noqa: E402
-                 nonempty_path, positive_int)
+from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, existing_dir, existing_file,  # noqa: E402
+                 folder_path, nonempty_path, positive_int)
 from dataset import load_caption_files  # noqa: E402
 from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
                       MAX_ENSEMBLE, PRIOR_WEIGHT_HELP)
@@ -50,7 +50,8 @@ def main(argv=None) -> int:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", type=nonempty_path, default=DEFAULT_RUN, help="run folder written by train.py")
-    parser.add_argument("--ensemble", action="append", default=[], metavar="RUN", type=nonempty_path, help=ENSEMBLE_HELP)
+    parser.add_argument("--ensemble", action=bounded_append(MAX_ENSEMBLE - 1, "runs beside --model"), default=[],
+                        metavar="RUN", type=nonempty_path, help=ENSEMBLE_HELP)
     parser.add_argument("--annotations", nargs="+", metavar="JSON", type=existing_file,
                         help="caption files to evaluate on [default: the demo's held-out captions_val.json]")
     parser.add_argument("--images", nargs="+", metavar="DIR", type=existing_dir, help="folders holding their photos [default: demo val2014/]")
@@ -75,8 +76,6 @@ def main(argv=None) -> int:
                              "(after its last clause that fits in this minus one katakana): the most a model of that "
                              "length learns by writing what people write")
     args = parser.parse_args(argv)
-    if len(args.ensemble) >= MAX_ENSEMBLE:
-        parser.error(f"--ensemble: at most {MAX_ENSEMBLE - 1} runs beside --model")
     if args.human and args.ensemble:
         parser.error("--human scores the references, no model: --ensemble is for a run's captions")
     if args.timesteps and not args.human:
@@ -134,7 +133,8 @@ def evaluate(args) -> dict:
     kept_references = [references[index] for index in keep]
     result = score(captions, kept_references, [records[index].scene for index in keep])
     per_image = result.pop("CIDEr-D per image")
-    result.update(model=str(args.model), ensemble=[str(run) for run in args.ensemble], annotations=args.annotations, decode=captioner.decode, beam_size=args.beam_size,
+    result.update(model=str(args.model), ensemble=[str(run) for run in args.ensemble], annotations=args.annotations,
+                  decode=captioner.decode, beam_size=args.beam_size,
                   lm_weight=captioner.lm_weight if captioner.decode == "ctc-lm" else None,
                   prior_weight=captioner.prior_weight if captioner.steps is not None else None,
                   arch=captioner.config.arch)

@@ -22,8 +22,8 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from captioner import DEFAULT_RUN, Captioner  # noqa: E402
-from cli import (HelpFormatter, bounded_float, bounded_int, file_path, folder_path, nonempty_path,  # noqa: E402
-                 vgg_weights)
+from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, file_path, folder_path,  # noqa: E402
+                 nonempty_path, vgg_weights)
 from dataset import find_images  # noqa: E402
 from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
                       MAX_ENSEMBLE, PRIOR_WEIGHT_HELP)
@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("images", nargs="+", type=nonempty_path, help="image files or folders of images")
     parser.add_argument("--model", type=nonempty_path, default=DEFAULT_RUN, help="run folder written by train.py")
-    parser.add_argument("--ensemble", action="append", default=[], metavar="RUN", type=nonempty_path, help=ENSEMBLE_HELP)
+    parser.add_argument("--ensemble", action=bounded_append(MAX_ENSEMBLE - 1, "runs beside --model"), default=[],
+                        metavar="RUN", type=nonempty_path, help=ENSEMBLE_HELP)
     parser.add_argument("--json", action="store_true", help='print one JSON object per image: {"file": ..., "caption": ...}')
     parser.add_argument("--plot", metavar="PNG", type=file_path, help=f"also draw the photos (the first {MAX_PLOTTED}) with their "
                                                       f"captions into this PNG")
@@ -61,10 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1,
                         help="print this many captions per image, with probabilities (autoregressive runs and CTC decoding)")
-    args = parser.parse_args(argv)
-    if len(args.ensemble) >= MAX_ENSEMBLE:
-        parser.error(f"--ensemble: at most {MAX_ENSEMBLE - 1} runs beside --model")
-    return args
+    return parser.parse_args(argv)
 
 
 def print_captions(path: str, captions, args: argparse.Namespace) -> None:
