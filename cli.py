@@ -12,10 +12,10 @@ from pathlib import Path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except where there is none to show (no default, or an on/off switch)."""
+    """Shows each flag's default, except where there is none to show (no default, an empty list, an on/off switch)."""
 
     def _get_help_string(self, action):
-        if action.default is None or isinstance(action, argparse._StoreTrueAction):
+        if action.default in (None, []) or isinstance(action, argparse._StoreTrueAction):
             return action.help
         return super()._get_help_string(action)
 
