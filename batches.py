@@ -14,7 +14,7 @@ import math
 import keras
 import numpy as np
 
-from kana import Vocabulary
+from kana import END, Vocabulary
 from model import CaptionerConfig, model_inputs
 
 
@@ -106,10 +106,12 @@ class CaptionBatches(keras.utils.PyDataset):
             its mirrored photo half the time.
         recoloured: ``(features, data)`` pairs, more captions to serve, each with its row of
             those features (train.py --recolour: recoloured photos). They are never mirrored.
+        length_weighting: with shuffle, above 0: each epoch draws as many captions as there are, with
+            replacement, each with odds of its length (characters before the end class) to this power.
     """
 
     def __init__(self, config: CaptionerConfig, features, data: CaptionData, batch_size: int, shuffle: bool,
-                 seed: int, workers: int = 1, mirrored_features=None, recoloured=()):
+                 seed: int, workers: int = 1, mirrored_features=None, recoloured=(), length_weighting: float = 0.0):
         super().__init__(workers=workers, use_multiprocessing=False)
         self.config, self.batch_size, self.shuffle = config, batch_size, shuffle
         self.sources = [features, *(more_features for more_features, _ in recoloured)]
@@ -120,6 +122,7 @@ class CaptionBatches(keras.utils.PyDataset):
         self.rng = np.random.default_rng(seed)
         self.order = np.arange(len(self.data.rows))
         self.mirrored = np.zeros(len(self.data.rows), dtype=bool)
+        self.odds = caption_odds(self.data.targets, length_weighting) if shuffle and length_weighting else None
         self.on_epoch_end()
 
     def __len__(self):
@@ -142,10 +145,19 @@ class CaptionBatches(keras.utils.PyDataset):
         return model_inputs(self.config, batch_features, targets), targets
 
     def on_epoch_end(self):
-        if self.shuffle:
+        if self.odds is not None:
+            self.order = self.rng.choice(len(self.data.rows), size=len(self.data.rows), p=self.odds)
+        elif self.shuffle:
             self.order = self.rng.permutation(len(self.data.rows))
         if self.mirrored_features is not None:
             self.mirrored = (self.rng.random(len(self.data.rows)) < 0.5) & (self.source == 0)
+
+
+def caption_odds(targets: np.ndarray, power: float) -> np.ndarray:
+    """Each caption's chance of being drawn: its length (its characters, every class but the end class) to
+    ``power``, normalised. An empty caption counts as one character."""
+    weights = np.maximum((targets != END).sum(axis=1), 1).astype(np.float64) ** power
+    return weights / weights.sum()
 
 
 def _joined(data: CaptionData, more: list[CaptionData]) -> CaptionData:

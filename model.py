@@ -117,6 +117,7 @@ class CaptionerConfig:
     recolourings: tuple[str, ...] = SWAPS  # recolour: which RECOLOURINGS (red and blue, red and green swapped)
     char_dropout: float = 0.0  # autoregressive models, training: the share of previous characters hidden from the decoder
     char_dropout_span: int = 1  # ... hidden in runs of this many characters (SpanDropout), so whole words are hidden
+    length_weighting: float = 0.0  # training: each epoch draws captions with odds of their length to this power; 0 = each once
     initial_state: str = "flatten"  # autoregressive models: the decoder's initial state from the grid (INITIAL_STATES)
     grid_positions: bool = False  # attention: a learnt vector per grid cell added to what it attends over
     attributes: int = 0  # attention: caption n-grams read off the image, fed to every step (attributes.py); 0 = none
@@ -156,6 +157,8 @@ class CaptionerConfig:
               "a number from 0 to below 1")
         check("char_dropout", is_number(self.char_dropout) and 0 <= self.char_dropout < 1,
               "a number from 0 to below 1")
+        check("length_weighting", is_number(self.length_weighting) and 0 <= self.length_weighting <= 4,
+              "a number from 0 to 4")
         check("schedule", self.schedule in SCHEDULES, " or ".join(SCHEDULES))
         check("initial_state", self.initial_state in INITIAL_STATES, " or ".join(INITIAL_STATES))
         check("flip", isinstance(self.flip, bool) and not (self.flip and self.references != "each"),

@@ -177,6 +177,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                          default=CaptionerConfig.char_dropout_span, metavar="CHARACTERS",
                          help="with --char-dropout: hide the characters in runs of this many, so that whole words "
                               "are hidden (a colour just written cannot decide the kind written next)")
+    fitting.add_argument("--length-weighting", type=bounded_float(0, 4), default=CaptionerConfig.length_weighting,
+                         metavar="P",
+                         help="each epoch draws as many training captions as there are, at random with replacement, "
+                              "each with odds of its length in characters to the power P, so that long captions "
+                              "(photos of many objects) are trained on more often; 0 = every caption once an epoch")
     fitting.add_argument("--self-critical", type=bounded_int(0, 10_000), default=0, metavar="EPOCHS",
                          help="after the cross-entropy epochs, this many epochs of self-critical sequence training "
                               "(attention and showtell): the model's sampled captions, rewarded by their CIDEr-D "
@@ -265,7 +270,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            flip=args.flip, recolour=args.recolour is not None,
                            recolourings=args.recolour or SWAPS,
                            char_dropout=args.char_dropout,
-                           char_dropout_span=args.char_dropout_span, initial_state=args.initial_state,
+                           char_dropout_span=args.char_dropout_span, length_weighting=args.length_weighting,
+                           initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,
                            grid_positions=args.grid_positions, attributes=args.attributes,
                            blocks=args.blocks or CaptionerConfig.blocks, heads=args.heads or CaptionerConfig.heads,

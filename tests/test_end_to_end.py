@@ -180,12 +180,13 @@ def test_recolour_caches_the_recoloured_photos_is_recorded_and_kept_on_resume(ti
     assert json.loads((out / "state.json").read_text())["epoch"] == 2
 
 
-def test_timesteps_and_char_dropout_are_recorded_and_kept_on_resume(tiny_demo, tmp_path, capsys):
+def test_timesteps_char_dropout_and_length_weighting_are_recorded_and_kept_on_resume(tiny_demo, tmp_path, capsys):
     out = tmp_path / "short"
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--timesteps", 12,
-                                 "--char-dropout", 0.3, "--char-dropout-span", 3)) == 0
+                                 "--char-dropout", 0.3, "--char-dropout-span", 3, "--length-weighting", 1)) == 0
     config = json.loads((out / "config.json").read_text())
-    assert (config["timesteps"], config["char_dropout"], config["char_dropout_span"]) == (12, 0.3, 3)
+    assert (config["timesteps"], config["char_dropout"], config["char_dropout_span"],
+            config["length_weighting"]) == (12, 0.3, 3, 1.0)
     assert "Captions longer than 11 characters were truncated" in capsys.readouterr().out
     captioner = Captioner(out)
     assert captioner.model.inputs[1].shape[1] == 12
@@ -194,6 +195,7 @@ def test_timesteps_and_char_dropout_are_recorded_and_kept_on_resume(tiny_demo, t
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 2, "--resume")) == 0
     printed = capsys.readouterr().out
     assert "Resuming with the run's own timesteps (12)" in printed
+    assert "Resuming with the run's own length weighting (1.0)" in printed
     assert f"Language model: the run's own {out / 'lm.json'}" in printed  # read, not fitted again
     assert json.loads((out / "config.json").read_text())["timesteps"] == 12
     (out / "lm.json").write_text('{"order": 3}')

@@ -396,6 +396,28 @@ def test_recoloured_captions_are_served_with_their_own_features_and_never_mirror
     assert sorted(served) == list(range(114)) and len(batches) == 8
 
 
+def test_length_weighting_draws_long_captions_in_proportion_and_validation_stays_whole():
+    """--length-weighting P: a shuffled epoch draws as many captions as there are, each with odds of its length to
+    P (a caption twice as long, 2**P as often); without it, or unshuffled, every caption once."""
+    from batches import CaptionBatches, CaptionData, caption_odds
+
+    config = small_config(arch="attention")
+    features = np.zeros((2, *config.feature_shape), dtype="float16")
+    targets = np.zeros((2, 50), dtype="uint8")
+    targets[0, :10], targets[1, :40] = 5, 7  # 10 and 40 characters, then the end class
+    data = CaptionData(np.array([0, 1]), targets)
+    np.testing.assert_allclose(caption_odds(targets, 1.0), [0.2, 0.8])
+    np.testing.assert_allclose(caption_odds(targets, 0.5), [1 / 3, 2 / 3])
+    many = CaptionData(np.repeat(data.rows, 500), np.repeat(targets, 500, axis=0))
+    drawn = [CaptionBatches(config, features, many, 100, shuffle=True, seed=seed, length_weighting=1.0).order
+             for seed in range(3)]
+    long_share = np.mean([np.mean(order >= 500) for order in drawn])
+    assert 0.77 < long_share < 0.83 and all(len(order) == 1000 for order in drawn)
+    for shuffle, weighting in ((True, 0.0), (False, 1.0)):
+        order = CaptionBatches(config, features, many, 100, shuffle=shuffle, seed=0, length_weighting=weighting).order
+        assert sorted(order) == list(range(1000))
+
+
 def test_batches_are_float16_and_threads_keep_their_order():
     """CaptionBatches sends the cache's float16 rows as they are; reading in threads gives the same batches."""
     from batches import CaptionBatches, CaptionData
