@@ -155,8 +155,9 @@ class CaptionBatches(keras.utils.PyDataset):
 
 def caption_odds(targets: np.ndarray, power: float) -> np.ndarray:
     """Each caption's chance of being drawn: its length (its characters, every class but the end class) to
-    ``power``, normalised. An empty caption counts as one character."""
-    weights = np.maximum((targets != END).sum(axis=1), 1).astype(np.float64) ** power
+    ``power``, normalised. An empty caption counts as one character; a row of several references (--references
+    likeliest) counts all of theirs."""
+    weights = np.maximum((targets != END).reshape(len(targets), -1).sum(axis=1), 1).astype(np.float64) ** power
     return weights / weights.sum()
 
 

@@ -408,6 +408,7 @@ def test_length_weighting_draws_long_captions_in_proportion_and_validation_stays
     data = CaptionData(np.array([0, 1]), targets)
     np.testing.assert_allclose(caption_odds(targets, 1.0), [0.2, 0.8])
     np.testing.assert_allclose(caption_odds(targets, 0.5), [1 / 3, 2 / 3])
+    np.testing.assert_allclose(caption_odds(np.stack([targets, targets[::-1]], axis=1), 1.0), [0.5, 0.5])  # likeliest
     many = CaptionData(np.repeat(data.rows, 500), np.repeat(targets, 500, axis=0))
     drawn = [CaptionBatches(config, features, many, 100, shuffle=True, seed=seed, length_weighting=1.0).order
              for seed in range(3)]
