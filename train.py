@@ -181,7 +181,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          metavar="P",
                          help="each epoch draws as many training captions as there are, at random with replacement, "
                               "each with odds of its length in characters to the power P, so that long captions "
-                              "(photos of many objects) are trained on more often; 0 = every caption once an epoch")
+                              "(photos of many objects) are trained on more often; 0 = every caption once an epoch. The longer "
+                              "wordings of every photo are drawn more often too: P = 1 cost 6 points of the hard "
+                              "benchmark's val-styles (docs/hard-benchmark.md)")
     fitting.add_argument("--self-critical", type=bounded_int(0, 10_000), default=0, metavar="EPOCHS",
                          help="after the cross-entropy epochs, this many epochs of self-critical sequence training "
                               "(attention and showtell): the model's sampled captions, rewarded by their CIDEr-D "
