@@ -108,10 +108,13 @@ class CaptionBatches(keras.utils.PyDataset):
             those features (train.py --recolour: recoloured photos). They are never mirrored.
         length_weighting: with shuffle, above 0: each epoch draws as many captions as there are, with
             replacement, each with odds of its length (characters before the end class) to this power.
+        weighted_length: with length_weighting: "caption" (each caption's own length) or "photo" (the mean length of
+            its photo's captions, so that every wording of a photo is drawn alike).
     """
 
     def __init__(self, config: CaptionerConfig, features, data: CaptionData, batch_size: int, shuffle: bool,
-                 seed: int, workers: int = 1, mirrored_features=None, recoloured=(), length_weighting: float = 0.0):
+                 seed: int, workers: int = 1, mirrored_features=None, recoloured=(), length_weighting: float = 0.0,
+                 weighted_length: str = "caption"):
         super().__init__(workers=workers, use_multiprocessing=False)
         self.config, self.batch_size, self.shuffle = config, batch_size, shuffle
         self.sources = [features, *(more_features for more_features, _ in recoloured)]
@@ -122,7 +125,10 @@ class CaptionBatches(keras.utils.PyDataset):
         self.rng = np.random.default_rng(seed)
         self.order = np.arange(len(self.data.rows))
         self.mirrored = np.zeros(len(self.data.rows), dtype=bool)
-        self.odds = caption_odds(self.data.targets, length_weighting) if shuffle and length_weighting else None
+        photos = None
+        if weighted_length == "photo":  # a recoloured photo is a photo of its own: number photos by source and row
+            photos = self.source * (int(self.data.rows.max(initial=0)) + 1) + self.data.rows
+        self.odds = caption_odds(self.data.targets, length_weighting, photos) if shuffle and length_weighting else None
         self.on_epoch_end()
 
     def __len__(self):
@@ -153,11 +159,16 @@ class CaptionBatches(keras.utils.PyDataset):
             self.mirrored = (self.rng.random(len(self.data.rows)) < 0.5) & (self.source == 0)
 
 
-def caption_odds(targets: np.ndarray, power: float) -> np.ndarray:
+def caption_odds(targets: np.ndarray, power: float, photos: np.ndarray | None = None) -> np.ndarray:
     """Each caption's chance of being drawn: its length (its characters, every class but the end class) to
     ``power``, normalised. An empty caption counts as one character; a row of several references (--references
-    likeliest) counts all of theirs."""
-    weights = np.maximum((targets != END).reshape(len(targets), -1).sum(axis=1), 1).astype(np.float64) ** power
+    likeliest) counts all of theirs. With ``photos`` (each caption's photo, any integer labels), a caption's
+    length is the mean of its photo's captions' lengths."""
+    lengths = np.maximum((targets != END).reshape(len(targets), -1).sum(axis=1), 1).astype(np.float64)
+    if photos is not None:
+        _, photo = np.unique(photos, return_inverse=True)
+        lengths = (np.bincount(photo, lengths) / np.bincount(photo))[photo]
+    weights = lengths ** power
     return weights / weights.sum()
 
 

@@ -79,6 +79,9 @@ REFERENCES = ("each", "likeliest")
 # FINAL_LEARNING_RATE of it at the last step of the epochs the run was started with.
 SCHEDULES = ("constant", "cosine")
 FINAL_LEARNING_RATE = 0.01
+# Whose length sets a caption's odds under length_weighting: the caption's own (a photo's long wordings are drawn
+# more often than its short ones), or the mean of its photo's captions (every wording of a photo alike).
+WEIGHTED_LENGTHS = ("caption", "photo")
 
 # What the autoregressive models' initial state is made from: the flattened grid (Show and Tell's: a weight per cell
 # and channel), or the grid's mean and maximum over its cells (the probe's view: an object is seen alike in any cell).
@@ -118,6 +121,7 @@ class CaptionerConfig:
     char_dropout: float = 0.0  # autoregressive models, training: the share of previous characters hidden from the decoder
     char_dropout_span: int = 1  # ... hidden in runs of this many characters (SpanDropout), so whole words are hidden
     length_weighting: float = 0.0  # training: each epoch draws captions with odds of their length to this power; 0 = each once
+    weighted_length: str = "caption"  # length_weighting: a caption's own length or its photo's mean (WEIGHTED_LENGTHS)
     initial_state: str = "flatten"  # autoregressive models: the decoder's initial state from the grid (INITIAL_STATES)
     grid_positions: bool = False  # attention: a learnt vector per grid cell added to what it attends over
     attributes: int = 0  # attention: caption n-grams read off the image, fed to every step (attributes.py); 0 = none
@@ -159,6 +163,7 @@ class CaptionerConfig:
               "a number from 0 to below 1")
         check("length_weighting", is_number(self.length_weighting) and 0 <= self.length_weighting <= 4,
               "a number from 0 to 4")
+        check("weighted_length", self.weighted_length in WEIGHTED_LENGTHS, " or ".join(WEIGHTED_LENGTHS))
         check("schedule", self.schedule in SCHEDULES, " or ".join(SCHEDULES))
         check("initial_state", self.initial_state in INITIAL_STATES, " or ".join(INITIAL_STATES))
         check("flip", isinstance(self.flip, bool) and not (self.flip and self.references != "each"),

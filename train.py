@@ -35,7 +35,7 @@ from fileio import lock_folder  # noqa: E402
 from lm import LM_FILE  # noqa: E402
 from recolour import RECOLOURINGS, SWAPS  # noqa: E402
 from model import (ARCHITECTURES, FINAL_LEARNING_RATE, INITIAL_STATES, LIMITS, LOSSES, MAX_ATTRIBUTES,  # noqa: E402
-                   REFERENCES, SCHEDULES, CaptionerConfig, architecture_name)
+                   REFERENCES, SCHEDULES, WEIGHTED_LENGTHS, CaptionerConfig, architecture_name)
 
 # Real data: the original's width and ImageNet VGG16, as CaptionerConfig's defaults say.
 DEFAULTS = dict(epochs=30, batch_size=64, units=CaptionerConfig.units, vgg_weights=CaptionerConfig.vgg_weights,
@@ -184,6 +184,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                               "(photos of many objects) are trained on more often; 0 = every caption once an epoch. The longer "
                               "wordings of every photo are drawn more often too: P = 1 cost 6 points of the hard "
                               "benchmark's val-styles (docs/hard-benchmark.md)")
+    fitting.add_argument("--weighted-length", choices=WEIGHTED_LENGTHS, default=CaptionerConfig.weighted_length,
+                         help="with --length-weighting: whose length sets a caption's odds: its own, or the mean of "
+                              "its photo's captions, so that photos of many objects are drawn more often but every "
+                              "wording of a photo alike [default: %(default)s]")
     fitting.add_argument("--self-critical", type=bounded_int(0, 10_000), default=0, metavar="EPOCHS",
                          help="after the cross-entropy epochs, this many epochs of self-critical sequence training "
                               "(attention and showtell): the model's sampled captions, rewarded by their CIDEr-D "
@@ -273,6 +277,7 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            recolourings=args.recolour or SWAPS,
                            char_dropout=args.char_dropout,
                            char_dropout_span=args.char_dropout_span, length_weighting=args.length_weighting,
+                           weighted_length=args.weighted_length,
                            initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,
                            grid_positions=args.grid_positions, attributes=args.attributes,

@@ -163,8 +163,8 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
     for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "recolour", "recolourings",
-                 "char_dropout", "char_dropout_span", "length_weighting", "initial_state", "dropout", "grid_positions", "attributes",
-                 "prior_weight"):
+                 "char_dropout", "char_dropout_span", "length_weighting", "weighted_length", "initial_state", "dropout",
+                 "grid_positions", "attributes", "prior_weight"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config
@@ -392,6 +392,7 @@ def fit(model: keras.Model, config: CaptionerConfig, data: TrainingData, out: Pa
     model.fit(
         CaptionBatches(config, features, data.train, batch_size, shuffle=True, seed=seed + state["epoch"],
                        workers=runtime.read_ahead_workers(), length_weighting=config.length_weighting,
+                       weighted_length=config.weighted_length,
                        mirrored_features=data.mirrored_cache.features if data.mirrored_cache else None,
                        recoloured=[(cache.features, more) for cache, more in data.recoloured]),
         validation_data=CaptionBatches(config, features, data.val, batch_size, shuffle=False, seed=0),

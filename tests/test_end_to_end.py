@@ -183,10 +183,11 @@ def test_recolour_caches_the_recoloured_photos_is_recorded_and_kept_on_resume(ti
 def test_timesteps_char_dropout_and_length_weighting_are_recorded_and_kept_on_resume(tiny_demo, tmp_path, capsys):
     out = tmp_path / "short"
     assert train.main(train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1, "--timesteps", 12,
-                                 "--char-dropout", 0.3, "--char-dropout-span", 3, "--length-weighting", 1)) == 0
+                                 "--char-dropout", 0.3, "--char-dropout-span", 3, "--length-weighting", 1,
+                                 "--weighted-length", "photo")) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["timesteps"], config["char_dropout"], config["char_dropout_span"],
-            config["length_weighting"]) == (12, 0.3, 3, 1.0)
+            config["length_weighting"], config["weighted_length"]) == (12, 0.3, 3, 1.0, "photo")
     assert "Captions longer than 11 characters were truncated" in capsys.readouterr().out
     captioner = Captioner(out)
     assert captioner.model.inputs[1].shape[1] == 12
@@ -196,6 +197,7 @@ def test_timesteps_char_dropout_and_length_weighting_are_recorded_and_kept_on_re
     printed = capsys.readouterr().out
     assert "Resuming with the run's own timesteps (12)" in printed
     assert "Resuming with the run's own length weighting (1.0)" in printed
+    assert "Resuming with the run's own weighted length (photo)" in printed
     assert f"Language model: the run's own {out / 'lm.json'}" in printed  # read, not fitted again
     assert json.loads((out / "config.json").read_text())["timesteps"] == 12
     (out / "lm.json").write_text('{"order": 3}')

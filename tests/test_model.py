@@ -419,6 +419,29 @@ def test_length_weighting_draws_long_captions_in_proportion_and_validation_stays
         assert sorted(order) == list(range(1000))
 
 
+def test_weighted_length_photo_draws_every_wording_of_a_photo_alike():
+    """--weighted-length photo: a caption's odds are its photo's captions' mean length to P, so a photo's short and long
+    wordings are drawn alike, and a photo of longer captions more often than one of shorter."""
+    from batches import CaptionBatches, CaptionData, caption_odds
+
+    targets = np.zeros((3, 50), dtype="uint8")
+    targets[0, :10], targets[1, :30], targets[2, :5] = 5, 7, 9  # photo 0: 10 and 30 characters; photo 1: 5
+    photos = np.array([0, 0, 1])
+    np.testing.assert_allclose(caption_odds(targets, 1.0, photos), np.array([20, 20, 5]) / 45)
+    np.testing.assert_allclose(caption_odds(targets, 1.0), [10 / 45, 30 / 45, 5 / 45])
+    config = small_config(arch="attention")
+    features = np.zeros((2, *config.feature_shape), dtype="float16")
+    data = CaptionData(photos, targets)
+    by_photo = CaptionBatches(config, features, data, 2, shuffle=True, seed=0, length_weighting=1.0,
+                              weighted_length="photo")
+    np.testing.assert_allclose(by_photo.odds, np.array([20, 20, 5]) / 45)
+    # a recoloured photo is a photo of its own, though it shares its row number with one of the originals
+    more = CaptionData(np.array([1]), targets[:1])
+    recoloured = CaptionBatches(config, features, data, 2, shuffle=True, seed=0, length_weighting=1.0,
+                                weighted_length="photo", recoloured=[(features, more)])
+    np.testing.assert_allclose(recoloured.odds, np.array([20, 20, 5, 10]) / 55)
+
+
 def test_batches_are_float16_and_threads_keep_their_order():
     """CaptionBatches sends the cache's float16 rows as they are; reading in threads gives the same batches."""
     from batches import CaptionBatches, CaptionData

@@ -70,7 +70,7 @@ def bad_cases(root):
         ("--char-dropout-span", "0"), ("--char-dropout-span", "17"), ("--char-dropout-span", "4"),
         ("--timesteps", "1"), ("--timesteps", "100000"), ("--initial-state", "bogus"), ("--dropout", "1"),
         ("--dropout", "-0.1"), ("--length-weighting", "-1"), ("--length-weighting", "5"),
-        ("--length-weighting", "nan")]]
+        ("--length-weighting", "nan"), ("--weighted-length", "word")]]
     train_cases += [[*good, "--arch", "image2text", "--initial-state", "pooled"],
                     [*good, "--arch", "image2text", "--dropout", "0.1"], [*good, "--arch", "image2text", "--dropout", "0.3"],
                     [*good, "--arch", "showtell", "--grid-positions"],
@@ -244,6 +244,7 @@ def test_a_run_state_from_the_previous_version_resumes_keeping_the_lowest_loss(t
     ("num_classes", 1), ("vocabulary", 5), ("weight_average", 1), ("references", "likeliest"), ("references", 3),
     ("flip", "yes"), ("recolour", 1), ("schedule", "linear"), ("char_dropout", 1.0), ("char_dropout", "0.2"),
     ("char_dropout_span", 0), ("char_dropout_span", 2.5), ("length_weighting", -1), ("length_weighting", "1"),
+    ("weighted_length", "word"), ("weighted_length", None),
     ("initial_state", "mean"), ("initial_state", None), ("grid_positions", 1), ("attributes", -1),
     ("attributes", 1.5), ("attributes", 100000), ("blocks", 0), ("heads", "4"), ("summary_token", 1),
 ])
