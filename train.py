@@ -230,6 +230,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"{args.arch} reads no previous characters")
     if args.char_dropout_span > 1 and not args.char_dropout:
         parser.error("--char-dropout-span hides runs of the characters --char-dropout hides; give --char-dropout too")
+    if args.weighted_length != CaptionerConfig.weighted_length and not args.length_weighting:
+        parser.error("--weighted-length says whose length --length-weighting weighs by; give --length-weighting too")
     if args.prior_weight and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--prior-weight is for the autoregressive architectures (attention, showtell, transformer); "
                      f"{args.arch} writes every character at once")

@@ -70,7 +70,8 @@ def bad_cases(root):
         ("--char-dropout-span", "0"), ("--char-dropout-span", "17"), ("--char-dropout-span", "4"),
         ("--timesteps", "1"), ("--timesteps", "100000"), ("--initial-state", "bogus"), ("--dropout", "1"),
         ("--dropout", "-0.1"), ("--length-weighting", "-1"), ("--length-weighting", "5"),
-        ("--length-weighting", "nan"), ("--weighted-length", "word")]]
+        ("--length-weighting", "nan"), ("--weighted-length", "word"),
+        ("--weighted-length", "photo")]]
     train_cases += [[*good, "--arch", "image2text", "--initial-state", "pooled"],
                     [*good, "--arch", "image2text", "--dropout", "0.1"], [*good, "--arch", "image2text", "--dropout", "0.3"],
                     [*good, "--arch", "showtell", "--grid-positions"],
