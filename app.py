@@ -2,6 +2,7 @@
 
     $ streamlit run app.py                          # the run python train.py made (runs/demo)
     $ streamlit run app.py -- --model runs/stair    # another run folder
+    $ streamlit run app.py -- --model runs/a --ensemble runs/b   # two runs decoded as one
 
 Settings (127.0.0.1 only, headless, no usage statistics, 20 MB uploads) are
 in .streamlit/config.toml. The page captions with the same ``Captioner`` as
@@ -27,7 +28,8 @@ import jaconv  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from captioner import DEFAULT_RUN, Captioner  # noqa: E402
-from cli import nonempty_path  # noqa: E402
+from cli import bounded_append, nonempty_path  # noqa: E402
+from decoding import ENSEMBLE_HELP, MAX_ENSEMBLE  # noqa: E402
 from demo import DEMO_DIR  # noqa: E402
 from features import ImageError, WeightsUnavailable  # noqa: E402
 from plots import attention_figure, figure_png  # noqa: E402
@@ -42,13 +44,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="streamlit run app.py --",
                                      description="The captioner's web page; options go after streamlit's '--'.")
     parser.add_argument("--model", type=nonempty_path, default=DEFAULT_RUN, help="run folder written by train.py")
+    parser.add_argument("--ensemble", action=bounded_append(MAX_ENSEMBLE - 1, "runs beside --model"), default=[],
+                        metavar="RUN", type=nonempty_path, help=ENSEMBLE_HELP)
     return parser.parse_args(argv)
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def load_captioner(model_dir: str) -> tuple[Captioner, threading.Lock]:
+def load_captioner(model_dir: str, ensemble: tuple[str, ...] = ()) -> tuple[Captioner, threading.Lock]:
     """The run's captioner, once per server process, with a lock: sessions are threads and take turns on the model."""
-    return Captioner(model_dir), threading.Lock()
+    return Captioner(model_dir, ensemble=ensemble), threading.Lock()
 
 
 def demo_photos() -> list[Path]:
@@ -91,7 +95,7 @@ def main(argv=None) -> None:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit:  # argparse has printed why on the server's terminal
-        st.error("error: the page's options are: streamlit run app.py -- [--model RUN_FOLDER]")
+        st.error("error: the page's options are: streamlit run app.py -- [--model RUN_FOLDER] [--ensemble RUN_FOLDER]…")
         st.stop()
     model = Path(args.model)
     if not model.is_dir():
@@ -99,12 +103,13 @@ def main(argv=None) -> None:
         st.error(f"error: no run folder at {model}.{hint}")
         st.stop()
     try:
-        captioner, lock = load_captioner(str(model))
+        captioner, lock = load_captioner(str(model), tuple(args.ensemble))
     except (OSError, ValueError, WeightsUnavailable) as error:  # what predict.py prints for a run that does not load
         st.error(f"error: {error}")
         st.stop()
     config = captioner.config
-    st.caption(f"{model}: {config.arch}, {config.units} units, VGG16 weights {config.vgg_weights}, "
+    runs = f"{model} and {', '.join(args.ensemble)} as one" if args.ensemble else f"{model}"
+    st.caption(f"{runs}: {config.arch}, {config.units} units, VGG16 weights {config.vgg_weights}, "
                f"{config.image_size} px, decoding {captioner.decode}")
 
     uploads = st.file_uploader("Photos (JPEG, PNG or WebP)", type=PHOTO_TYPES, accept_multiple_files=True,

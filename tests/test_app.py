@@ -36,15 +36,16 @@ def keep_main_module():
     sys.modules["__main__"] = main
 
 
-def page(model: str):
+def page(model: str, ensemble=()):
     """The app as AppTest runs it: the body is the script, with ``--model`` as after streamlit's ``--``."""
     import app
 
-    app.main(["--model", model])
+    app.main(["--model", model, *(option for run in ensemble for option in ("--ensemble", run))])
 
 
-def open_page(model) -> AppTest:
-    at = AppTest.from_function(page, kwargs={"model": str(model)}, default_timeout=120)
+def open_page(model, ensemble=()) -> AppTest:
+    at = AppTest.from_function(page, kwargs={"model": str(model), "ensemble": [str(run) for run in ensemble]},
+                               default_timeout=120)
     return at.run()
 
 
@@ -104,7 +105,21 @@ def test_a_bad_option_is_an_error_on_the_page():
     at = AppTest.from_function(bad_option_page, default_timeout=60).run()
     assert not at.exception
     assert [error.value for error in at.error] == ["error: the page's options are: streamlit run app.py -- "
-                                                   "[--model RUN_FOLDER]"]
+                                                   "[--model RUN_FOLDER] [--ensemble RUN_FOLDER]…"]
+
+
+def test_an_ensemble_on_the_page_captions_as_predict_does_and_a_bad_member_is_an_error(tiny_run, tiny_demo, tmp_path):
+    photo, expected = captioned_photo(tiny_run[0], tiny_demo, beam_size=1)
+    at = open_page(tiny_run[0], ensemble=[tiny_run[0]])  # a run with itself: the mean of equal distributions
+    assert not at.exception and not at.error
+    assert any(f"{tiny_run[0]} and {tiny_run[0]} as one" in block.value for block in at.caption)
+    at.file_uploader[0].set_value([("photo.jpg", photo.read_bytes(), "image/jpeg")])
+    at.run()
+    assert not at.exception and not at.error
+    assert [block.value[4:] for block in at.markdown if block.value.startswith("### ")] == [expected[0].text]
+    at = open_page(tiny_run[0], ensemble=[tmp_path / "nowhere"])
+    assert not at.exception and not at.file_uploader
+    assert len(at.error) == 1 and "--ensemble must be a run folder written by train.py" in at.error[0].value
 
 
 def test_a_run_that_does_not_load_is_the_line_predict_prints(tiny_run, tiny_demo, tmp_path, capsys):
