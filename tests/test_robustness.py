@@ -190,13 +190,13 @@ def test_a_second_writer_is_refused_naming_the_first(tiny_demo, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); import fileio; "
-                               "lock = fileio.lock_folder(sys.argv[2]); print('locked', flush=True); time.sleep(60)",
+                               "lock = fileio.lock_folder(sys.argv[2]); print('locked', flush=True); time.sleep(900)",
                                str(ROOT), str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         second = subprocess.run([sys.executable, str(ROOT / "train.py"),
                                  *train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", 1)],
-                                capture_output=True, text=True, timeout=120, cwd=ROOT)
+                                capture_output=True, text=True, timeout=600, cwd=ROOT)  # the holder outlives it
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert f"pid {holder.pid}" in second.stderr.strip().splitlines()[-1]
         assert not (out / MODEL_FILE).exists()
