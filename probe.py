@@ -35,6 +35,11 @@ among them):
                    captioner's photo-level score of the same name, and a ceiling (paired, counted and
                    placed aside) of its "every object right"; then the same on the photos of each
                    number of objects, as evaluate.py gives the captioner's
+    every colour and kind, each placed
+                   every colour and kind, and each object alone in its group in a third ``position of
+                   each kind`` ranks among its kind's: the ceiling of the captioner's "every object
+                   right" with how colours pair with kinds and how many of each there are given (the
+                   probe is told them); then by number of objects
     greyscale told the share of photos the probe tells greyscale or colour right
 
 A captioner that reads these features can do better than a linear probe, so
@@ -63,7 +68,8 @@ from model import LIMITS, CaptionerConfig  # noqa: E402
 
 RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0)  # tried on a held-out part of the fitting photos
 GRID_RIDGE_PENALTIES = (1.0, 10.0, 100.0, 1000.0, 10000.0)  # the same for the whole grid (many more features)
-GRID_PHOTOS = 6000  # the grid probe fits on at most this many photos: its system is photos × photos (or features²)
+GRID_PHOTOS = 6000
+EACH_PLACED = "every colour and kind, each placed"  # and every object alone in its group in its third  # the grid probe fits on at most this many photos: its system is photos × photos (or features²)
 
 
 def pooled(features: np.ndarray) -> np.ndarray:
@@ -113,15 +119,24 @@ def kind_positions(scenes: list[dict]) -> np.ndarray:
 def kind_position_share(scores: np.ndarray, scenes: list[dict]) -> float | None:
     """The share of objects alone in their group (hard.groups) whose third is among the k best-scored thirds
     for their kind (``scores`` shaped as ``kind_positions``; k: how many thirds hold that kind); None without one."""
+    hits = [hit for photo in kinds_placed(scores, scenes) for hit in photo]
+    return float(np.mean(hits)) if hits else None
+
+
+def kinds_placed(scores: np.ndarray, scenes: list[dict]) -> list[list[bool]]:
+    """Per photo, for each object alone in its group, whether its third is among the k best-scored thirds for its
+    kind (``kind_position_share``'s hits, photo by photo)."""
     labels, kinds = kind_positions(scenes), list(hard.KINDS)
-    hits = []
+    placed = []
     for row_scores, row_labels, scene in zip(scores, labels, scenes):
+        hits = []
         for group in hard.groups(scene):
             if group.count == 1:
                 kind = kinds.index(group.kind)
                 best = np.argsort(-row_scores[kind])[: int(row_labels[kind].sum())]
                 hits.append(list(hard.POSITIONS).index(group.position) in best)
-    return float(np.mean(hits)) if hits else None
+        placed.append(hits)
+    return placed
 
 
 def grid_ridge_scores(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np.ndarray:
@@ -255,9 +270,14 @@ def probe(features: np.ndarray, scenes: list[dict], fit_share: float = 0.75,
     mean, spread = grid.mean(0), grid.std(0) + 1e-6
     y = kind_positions(scenes)
     scores = grid_ridge_scores((grid - mean) / spread, y.reshape(len(y), -1), (grid_test - mean) / spread)
-    share = kind_position_share(scores.reshape(len(scores), *y.shape[1:]), test_scenes)
+    scores = scores.reshape(len(scores), *y.shape[1:])
+    share = kind_position_share(scores, test_scenes)
     if share is not None:
         results["position of each kind"] = share
+    placed = right & np.array([all(hits) for hits in kinds_placed(scores, test_scenes)])
+    results[EACH_PLACED] = float(placed.mean())
+    results.update({hard.by_objects(int(count), EACH_PLACED): float(placed[objects == count].mean())
+                    for count in np.unique(objects)})
     return results
 
 

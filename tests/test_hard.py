@@ -179,6 +179,32 @@ def test_the_probe_reads_each_kinds_position_off_the_grid_not_the_pooled_feature
     assert labels.sum() == len({(obj["kind"], obj["position"]) for obj in scenes[0]["objects"]})
 
 
+def test_each_placed_asks_for_every_colour_and_kind_and_each_single_objects_third():
+    """Each object's colour and kind in channels of the cell of its third: the probe gets the colours, the kinds
+    and where the single objects are; with the cells drawn at random, the same colours and kinds, not where."""
+    rng = np.random.default_rng(5)
+    scenes = [hard.random_scene(rng) for _ in range(400)]
+
+    def features_of(where):
+        features = rng.normal(scale=0.1, size=(len(scenes), 1, 3, len(hard.COLORS) + len(hard.KINDS)))
+        for row, scene in enumerate(scenes):
+            for obj in scene["objects"]:
+                cell = features[row, 0, where(obj)]
+                cell[len(hard.COLORS) + list(hard.KINDS).index(obj["kind"])] += 1.0
+                if not scene["greyscale"]:
+                    cell[list(hard.COLORS).index(obj["color"])] += 1.0
+        return features.astype(np.float32)
+
+    placed = probe.probe(features_of(lambda obj: list(hard.POSITIONS).index(obj["position"])), scenes)
+    scattered = probe.probe(features_of(lambda obj: rng.integers(3)), scenes)
+    assert placed[probe.EACH_PLACED] > 0.8 and placed[hard.EVERY_COLOR_AND_KIND] > 0.8
+    assert placed[probe.EACH_PLACED] <= placed[hard.EVERY_COLOR_AND_KIND]
+    assert scattered[hard.EVERY_COLOR_AND_KIND] > 0.8 and scattered[probe.EACH_PLACED] < 0.5
+    assert placed[hard.by_objects(1, probe.EACH_PLACED)] > 0.8
+    hits = probe.kinds_placed(probe.kind_positions(scenes[:1]), scenes[:1])[0]
+    assert hits == [True] * sum(group.count == 1 for group in hard.groups(scenes[0]))
+
+
 @pytest.mark.parametrize("features", [40, 10])  # more features than photos (the dual form), and fewer
 def test_the_grid_probe_is_ridge_regression_in_either_form(monkeypatch, features):
     rng = np.random.default_rng(3)
