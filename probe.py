@@ -68,8 +68,8 @@ from model import LIMITS, CaptionerConfig  # noqa: E402
 
 RIDGE_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1000.0)  # tried on a held-out part of the fitting photos
 GRID_RIDGE_PENALTIES = (1.0, 10.0, 100.0, 1000.0, 10000.0)  # the same for the whole grid (many more features)
-GRID_PHOTOS = 6000
-EACH_PLACED = "every colour and kind, each placed"  # and every object alone in its group in its third  # the grid probe fits on at most this many photos: its system is photos × photos (or features²)
+GRID_PHOTOS = 6000  # the grid probe fits on at most this many photos: its system is photos × photos (or features²)
+EACH_PLACED = "every colour and kind, each placed"  # and every object alone in its group in its third
 
 
 def pooled(features: np.ndarray) -> np.ndarray:
