@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from kana import END, Vocabulary
-from model import CaptionerConfig, model_inputs
+from model import CaptionerConfig, model_inputs, previous_chars
 
 
 @dataclasses.dataclass
@@ -110,6 +110,10 @@ class CaptionBatches(keras.utils.PyDataset):
             replacement, each with odds of its length (characters before the end class) to this power.
         weighted_length: with length_weighting: "caption" (each caption's own length) or "photo" (the mean length of
             its photo's captions, so that every wording of a photo is drawn alike).
+
+    Scheduled sampling (training.OwnChars) sets ``guesses``, the model's own next character at each step of each
+    caption served (``served`` order), and ``own_share``: each previous character fed is, with that chance, the
+    model's guess of it rather than the caption's. The choice is seeded by ``seed``, the epoch and the batch.
     """
 
     def __init__(self, config: CaptionerConfig, features, data: CaptionData, batch_size: int, shuffle: bool,
@@ -125,6 +129,9 @@ class CaptionBatches(keras.utils.PyDataset):
         self.rng = np.random.default_rng(seed)
         self.order = np.arange(len(self.data.rows))
         self.mirrored = np.zeros(len(self.data.rows), dtype=bool)
+        self.seed, self.epoch = seed, 0
+        self.guesses: np.ndarray | None = None
+        self.own_share = 0.0
         photos = None
         if weighted_length == "photo":  # a recoloured photo is a photo of its own: number photos by source and row
             photos = self.source * (int(self.data.rows.max(initial=0)) + 1) + self.data.rows
@@ -136,7 +143,19 @@ class CaptionBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        rows, mirrored = self.data.rows[chosen], self.mirrored[chosen]
+        batch_features, targets = self.served(chosen, self.mirrored[chosen])
+        if self.guesses is None or not self.own_share:
+            return model_inputs(self.config, batch_features, targets), targets
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        own = (rng.random(targets.shape) < self.own_share) & ~self.mirrored[chosen, None]
+        own[:, 0] = False  # the start token
+        fed = np.where(own, previous_chars(self.guesses[chosen].astype(np.int32)), previous_chars(targets))
+        return (batch_features, fed), targets
+
+    def served(self, chosen: np.ndarray, mirrored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The features and targets (int32) of the captions ``chosen`` (indices into all served), those ``mirrored``
+        of their photos mirrored."""
+        rows = self.data.rows[chosen]
         if len(self.sources) == 1:
             batch_features = read_rows(self.sources[0], rows)
         else:
@@ -148,9 +167,10 @@ class CaptionBatches(keras.utils.PyDataset):
         if mirrored.any():
             batch_features[mirrored] = read_rows(self.mirrored_features, rows[mirrored])
             targets[mirrored] = self.data.mirrored_targets[chosen[mirrored]]
-        return model_inputs(self.config, batch_features, targets), targets
+        return batch_features, targets
 
     def on_epoch_end(self):
+        self.epoch += 1
         if self.odds is not None:
             self.order = self.rng.choice(len(self.data.rows), size=len(self.data.rows), p=self.odds)
         elif self.shuffle:

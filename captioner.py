@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from decoding import (CTC_LM_BEAM, Averaged, Caption, PriorSubtracted, beam_search, class_order, decode_ctc,
+from decoding import (CTC_LM_BEAM, Averaged, Caption, NoRepeat, PriorSubtracted, beam_search, class_order, decode_ctc,
                       decode_ctc_lm, decode_parallel)
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
@@ -126,6 +126,8 @@ class Captioner:
         ensemble: more autoregressive run folders, of the same features and characters, whose
             next-character probabilities are averaged with this run's (decoding.Averaged); the
             prior, if taken out, is this run's lm.json.
+        no_repeat: autoregressive models: never write the same this many characters twice in a
+            caption (decoding.NoRepeat); 0 = no such constraint.
 
     Raises:
         FileNotFoundError: a file of the run is missing.
@@ -134,7 +136,7 @@ class Captioner:
 
     def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str | None = None,
                  beam_size: int = 1, lm_weight: float | None = None, prior_weight: float | None = None,
-                 ensemble=()):
+                 ensemble=(), no_repeat: int = 0):
         model_dir = Path(model_dir)
         model, config, vocabulary = load_run(model_dir)
         autoregressive = architecture(config).autoregressive
@@ -143,6 +145,9 @@ class Captioner:
         if prior_weight and not autoregressive:
             raise ValueError(f"--prior-weight is for autoregressive runs; {model_dir} is {config.arch}, whose "
                              f"steps are written all at once ({config.decoding} decoding).")
+        if no_repeat and not autoregressive:
+            raise ValueError(f"--no-repeat is for autoregressive runs; {model_dir} is {config.arch}, whose "
+                             f"steps are written all at once.")
         if ensemble and not autoregressive:
             raise ValueError(f"--ensemble averages the steps of autoregressive runs; {model_dir} is {config.arch}, "
                              f"whose steps are written all at once.")
@@ -158,7 +163,8 @@ class Captioner:
             language_model = _language_model(model_dir, "--prior-weight", "which train.py writes with every run it "
                                              "starts (and with --resume, if missing); --prior-weight 0 reads the "
                                              "run without it")
-        self._bind(model, config, vocabulary, language_model, decode, beam_size, lm_weight, prior_weight, members)
+        self._bind(model, config, vocabulary, language_model, decode, beam_size, lm_weight, prior_weight, members,
+                   no_repeat)
         self.vgg = build_vgg16(vgg_weights or config.vgg_weights, config.image_size,
                                config.vgg_precision, config.feature_layer) if with_vgg else None
 
@@ -173,7 +179,7 @@ class Captioner:
 
     def _bind(self, model, config: CaptionerConfig, vocabulary: Vocabulary, language_model: CharNgram | None,
               decode: str | None = None, beam_size: int = 1, lm_weight: float | None = None,
-              prior_weight: float | None = None, ensemble=()) -> None:
+              prior_weight: float | None = None, ensemble=(), no_repeat: int = 0) -> None:
         self.model, self.config, self.vocabulary, self.language_model = model, config, vocabulary, language_model
         self.decode, self.beam_size = decode or config.decoding, beam_size
         self.lm_weight = config.lm_weight if lm_weight is None else lm_weight
@@ -191,6 +197,9 @@ class Captioner:
             self.steps = Averaged(steps, orders)
         if self.prior_weight:
             self.steps = PriorSubtracted(self.steps, language_model, vocabulary, self.prior_weight)
+        self.no_repeat = no_repeat if autoregressive else 0
+        if self.no_repeat:
+            self.steps = NoRepeat(self.steps, self.no_repeat)
 
     @property
     def has_attention(self) -> bool:

@@ -44,6 +44,9 @@ LM_WEIGHT_HELP = ("ctc-lm decoding: the weight of the run's language model besid
 # (docs/hard-benchmark.md), where longer contexts also take out the order of the clauses, and cost seen photos more.
 PRIOR_PLAUSIBLE = 0.01
 PRIOR_CONTEXT = 4
+MAX_NO_REPEAT = 80  # --no-repeat: the longest run of characters checked (a caption's most, at the largest timesteps)
+NO_REPEAT_HELP = ("autoregressive runs: never write the same this many characters twice in a caption, so that a "
+                  "clause once written is not written again; 0 = no such constraint")
 MAX_ENSEMBLE = 8  # runs averaged at most: each adds its model's memory and a model call per step
 ENSEMBLE_HELP = ("autoregressive runs: another run folder, trained on the same features and characters (e.g. with "
                  "another --seed), whose next-character probabilities are averaged with --model's at every step; "
@@ -286,6 +289,59 @@ class PriorSubtracted:
         scores[~plausible.any(axis=1)] = np.log(np.maximum(probabilities[~plausible.any(axis=1)], 1e-30))
         corrected = np.exp(scores - scores.max(axis=1, keepdims=True))
         return corrected / corrected.sum(axis=1, keepdims=True), [*states, written]
+
+
+class NoRepeat:
+    """Step models that never write the same ``size`` characters twice in a caption (no repeated n-gram).
+
+    A decoder fed its own caption can name an object, then name it again
+    where the next one belongs: the caption so far looks like one that has
+    that clause still to come. This sets to zero each character that would
+    end a run of ``size`` characters the caption has already written, and
+    renormalises (the no-repeat n-gram constraint of Paulus et al. 2018,
+    beam search's ``no_repeat_ngram_size`` elsewhere). Where every character
+    is blocked the step is left as it is. Like ``PriorSubtracted`` it keeps
+    each beam's characters as one more state.
+    """
+
+    def __init__(self, steps, size: int):
+        if size < 2:
+            raise ValueError(f"a repeated run must be at least 2 characters long; got {size}")
+        self.steps, self.size = steps, size
+
+    @property
+    def attention(self):
+        return self.steps.attention
+
+    def attention_maps(self, features: np.ndarray, captions: list[list[int]]) -> list[np.ndarray]:
+        return self.steps.attention_maps(features, captions)
+
+    def start(self, features: np.ndarray) -> list[np.ndarray]:
+        return [*self.steps.start(features), np.zeros((len(features), 0), dtype=np.int64)]
+
+    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
+        *states, written = states
+        written = np.concatenate([written, np.asarray(tokens, dtype=np.int64)[:, None]], axis=1)  # END first
+        probabilities, states = self.steps.next(tokens, states)
+        probabilities = np.array(probabilities, dtype=np.float64)
+        for row, blocked in enumerate(repeat_endings(written[:, 1:], self.size)):
+            if blocked and probabilities[row].sum() > probabilities[row, blocked].sum():
+                probabilities[row, blocked] = 0.0
+        return probabilities / probabilities.sum(axis=1, keepdims=True), [*states, written]
+
+
+def repeat_endings(captions: np.ndarray, size: int) -> list[list[int]]:
+    """Per caption (a row of characters written so far), the characters that would end a run of ``size`` of them
+    that it already holds."""
+    length = captions.shape[1]
+    if length < size:
+        return [[] for _ in captions]
+    endings = []
+    for caption in captions.tolist():
+        tail = caption[length - size + 1 :]
+        endings.append(sorted({caption[start + size - 1] for start in range(length - size + 1)
+                               if caption[start : start + size - 1] == tail}))
+    return endings
 
 
 def beam_search(

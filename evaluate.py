@@ -28,11 +28,11 @@ import numpy as np  # noqa: E402
 
 import demo  # noqa: E402
 from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
-from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, existing_dir, existing_file,  # noqa: E402
+from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, off_or_bounded_int, existing_dir, existing_file,  # noqa: E402
                  folder_path, nonempty_path, positive_int)
 from dataset import load_caption_files  # noqa: E402
 from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
-                      MAX_ENSEMBLE, PRIOR_WEIGHT_HELP)
+                      MAX_ENSEMBLE, MAX_NO_REPEAT, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP)
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import clause_cut, convert_captions  # noqa: E402
@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prior-weight", type=bounded_float(0, 10), metavar="W",
                         help="autoregressive runs: " + PRIOR_WEIGHT_HELP
                              + " [default: the run's, from train.py --prior-weight]")
+    parser.add_argument("--no-repeat", type=off_or_bounded_int(2, MAX_NO_REPEAT), default=0, metavar="N", help=NO_REPEAT_HELP)
     parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png "
                                                         "[default: MODEL/eval-ANNOTATIONS, -ensemble-of-N added]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
@@ -115,7 +116,8 @@ def evaluate(args) -> dict:
     """Captions the annotated photos from cached features and scores them; writes metrics.json, captions.json and
     samples.png."""
     captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size,
-                           lm_weight=args.lm_weight, prior_weight=args.prior_weight, ensemble=args.ensemble)
+                           lm_weight=args.lm_weight, prior_weight=args.prior_weight, ensemble=args.ensemble,
+                           no_repeat=args.no_repeat)
     records, report = load_caption_files(args.annotations, args.images)
     records = records[: args.limit] if args.limit else records
     for line in report.lines():
@@ -137,6 +139,7 @@ def evaluate(args) -> dict:
                   decode=captioner.decode, beam_size=args.beam_size,
                   lm_weight=captioner.lm_weight if captioner.decode == "ctc-lm" else None,
                   prior_weight=captioner.prior_weight if captioner.steps is not None else None,
+                  no_repeat=captioner.no_repeat if captioner.steps is not None else None,
                   arch=captioner.config.arch)
     print(format_table(result))
 

@@ -120,6 +120,7 @@ class CaptionerConfig:
     recolourings: tuple[str, ...] = SWAPS  # recolour: which RECOLOURINGS (red and blue, red and green swapped)
     char_dropout: float = 0.0  # autoregressive models, training: the share of previous characters hidden from the decoder
     char_dropout_span: int = 1  # ... hidden in runs of this many characters (SpanDropout), so whole words are hidden
+    own_chars: float = 0.0  # autoregressive models, training: up to this share of the characters fed, its own guesses
     length_weighting: float = 0.0  # training: each epoch draws captions with odds of their length to this power; 0 = each once
     weighted_length: str = "caption"  # length_weighting: a caption's own length or its photo's mean (WEIGHTED_LENGTHS)
     initial_state: str = "flatten"  # autoregressive models: the decoder's initial state from the grid (INITIAL_STATES)
@@ -161,6 +162,7 @@ class CaptionerConfig:
               "a number from 0 to below 1")
         check("char_dropout", is_number(self.char_dropout) and 0 <= self.char_dropout < 1,
               "a number from 0 to below 1")
+        check("own_chars", is_number(self.own_chars) and 0 <= self.own_chars <= 1, "a number from 0 to 1")
         check("length_weighting", is_number(self.length_weighting) and 0 <= self.length_weighting <= 4,
               "a number from 0 to 4")
         check("weighted_length", self.weighted_length in WEIGHTED_LENGTHS, " or ".join(WEIGHTED_LENGTHS))
@@ -179,6 +181,8 @@ class CaptionerConfig:
         check("loss", not (autoregressive and self.loss == "ctc"), f"crossentropy for {self.arch} (ctc is for image2text)")
         check("prior_weight", autoregressive or not self.prior_weight,
               f"0 for {self.arch} (the prior is taken out of an autoregressive model's steps)")
+        check("own_chars", autoregressive or not self.own_chars,
+              f"0 for {self.arch} (it is not fed the characters before)")
         check("initial_state", (autoregressive and self.arch != "transformer") or self.initial_state == "flatten",
               f"flatten for {self.arch} ("
               + ("it has no initial state)" if autoregressive else "its layers are the card's)"))

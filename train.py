@@ -177,6 +177,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                          default=CaptionerConfig.char_dropout_span, metavar="CHARACTERS",
                          help="with --char-dropout: hide the characters in runs of this many, so that whole words "
                               "are hidden (a colour just written cannot decide the kind written next)")
+    fitting.add_argument("--own-chars", type=bounded_float(0, 1), default=CaptionerConfig.own_chars, metavar="SHARE",
+                         help="autoregressive runs: scheduled sampling. Each character the decoder is fed is, by "
+                              "chance, its own guess of it (drawn from what it predicts after the caption's characters "
+                              "before) rather than the caption's: a chance that grows from 0 in the first epoch to "
+                              "SHARE in the last, so that it learns to go on from what it wrote itself. Each epoch "
+                              "after the first reads the training captions once more to draw the guesses")
     fitting.add_argument("--length-weighting", type=bounded_float(0, 4), default=CaptionerConfig.length_weighting,
                          metavar="P",
                          help="each epoch draws as many training captions as there are, at random with replacement, "
@@ -229,6 +235,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.char_dropout and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell, transformer); "
                      f"{args.arch} reads no previous characters")
+    if args.own_chars and not ARCHITECTURES[args.arch].autoregressive:
+        parser.error(f"--own-chars is for the autoregressive architectures (attention, showtell, transformer); "
+                     f"{args.arch} reads no previous characters")
     if args.char_dropout_span > 1 and not args.char_dropout:
         parser.error("--char-dropout-span hides runs of the characters --char-dropout hides; give --char-dropout too")
     if args.weighted_length != CaptionerConfig.weighted_length and not args.length_weighting:
@@ -279,7 +288,8 @@ def requested_config(args: argparse.Namespace) -> CaptionerConfig:
                            flip=args.flip, recolour=args.recolour is not None,
                            recolourings=args.recolour or SWAPS,
                            char_dropout=args.char_dropout,
-                           char_dropout_span=args.char_dropout_span, length_weighting=args.length_weighting,
+                           char_dropout_span=args.char_dropout_span, own_chars=args.own_chars,
+                           length_weighting=args.length_weighting,
                            weighted_length=args.weighted_length,
                            initial_state=args.initial_state,
                            dropout=CaptionerConfig.dropout if args.dropout is None else args.dropout,

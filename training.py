@@ -39,7 +39,8 @@ from fileio import lock_folder, read_json, remove_stale_temporaries, write_json,
 from kana import LEFT, RIGHT, Vocabulary, convert_captions, mirror_reading
 from lm import LM_FILE, CharNgram
 from metrics import caption_metrics, format_table, score
-from model import CaptionerConfig, architecture, build_model, ctc_fits, load_model, save_model, step_models
+from model import (CaptionerConfig, architecture, build_model, ctc_fits, load_model, previous_chars, save_model,
+                   step_models)
 from plots import plot_loss
 from recolour import applicable, recoloured_reading
 
@@ -163,7 +164,7 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
     for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "recolour", "recolourings",
-                 "char_dropout", "char_dropout_span", "length_weighting", "weighted_length", "initial_state", "dropout",
+                 "char_dropout", "char_dropout_span", "own_chars", "length_weighting", "weighted_length", "initial_state", "dropout",
                  "grid_positions", "attributes", "prior_weight"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
@@ -389,17 +390,19 @@ def fit(model: keras.Model, config: CaptionerConfig, data: TrainingData, out: Pa
     """Trains up to epoch ``epochs`` from ``state["epoch"]``, saving the run after every epoch (``Checkpointer``)."""
     features = data.cache.features
     scorer = validation_cider(config, data) if state["select_by"] == "cider" else None
+    batches = CaptionBatches(config, features, data.train, batch_size, shuffle=True, seed=seed + state["epoch"],
+                             workers=runtime.read_ahead_workers(), length_weighting=config.length_weighting,
+                             weighted_length=config.weighted_length,
+                             mirrored_features=data.mirrored_cache.features if data.mirrored_cache else None,
+                             recoloured=[(cache.features, more) for cache, more in data.recoloured])
     model.fit(
-        CaptionBatches(config, features, data.train, batch_size, shuffle=True, seed=seed + state["epoch"],
-                       workers=runtime.read_ahead_workers(), length_weighting=config.length_weighting,
-                       weighted_length=config.weighted_length,
-                       mirrored_features=data.mirrored_cache.features if data.mirrored_cache else None,
-                       recoloured=[(cache.features, more) for cache, more in data.recoloured]),
+        batches,
         validation_data=CaptionBatches(config, features, data.val, batch_size, shuffle=False, seed=0),
         epochs=epochs,
         initial_epoch=state["epoch"],
         callbacks=[keras.callbacks.TerminateOnNaN(),
                    *([keras.callbacks.SwapEMAWeights()] if config.weight_average else []),  # val_loss of the average
+                   *([OwnChars(batches, config.own_chars, epochs, seed)] if config.own_chars else []),
                    Checkpointer(out, state, patience, scorer)],
         verbose="auto" if verbose else 0,
     )
@@ -471,6 +474,46 @@ def averaged_weights(model: keras.Model):
         yield
     finally:
         swap.on_test_end()
+
+
+class OwnChars(keras.callbacks.Callback):
+    """Scheduled sampling (Bengio et al. 2015), all steps at once (Duckworth et al. 2019): the decoder is fed
+    characters it wrote itself, not only people's.
+
+    Trained only on human prefixes, a decoder has never seen a caption go on
+    from its own mistakes, and writing, it reads nothing else: it names an
+    object again where the next belongs. Before each epoch but the first,
+    the model reads every caption served, teacher-forced, and draws its own
+    next character at each step from what it predicts there (``own_guesses``).
+    In epoch ``e`` of ``epochs`` each character fed is, with chance
+    ``share * e / (epochs - 1)``, the model's guess of it rather than the
+    caption's (CaptionBatches.own_share); the targets stay the caption's.
+    """
+
+    def __init__(self, batches: CaptionBatches, share: float, epochs: int, seed: int, guess_batch: int = 512):
+        super().__init__()
+        self.batches, self.share, self.epochs, self.seed, self.guess_batch = batches, share, epochs, seed, guess_batch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.own_share = self.share * min(1.0, epoch / max(1, self.epochs - 1))
+        if self.batches.own_share:
+            self.batches.guesses = own_guesses(self.model, self.batches, self.seed + epoch, self.guess_batch)
+
+
+def own_guesses(model: keras.Model, batches: CaptionBatches, seed: int, batch_size: int = 512) -> np.ndarray:
+    """Per caption that ``batches`` serves (in its ``served`` order) and step, a character drawn from the model's
+    next-character distribution after the caption's own characters before it."""
+    targets = batches.data.targets
+    guesses = np.empty(targets.shape, dtype=targets.dtype)
+    rng = np.random.default_rng(seed)
+    for start in range(0, len(targets), batch_size):
+        chosen = np.arange(start, min(start + batch_size, len(targets)))
+        features, caption = batches.served(chosen, np.zeros(len(chosen), dtype=bool))
+        probabilities = np.asarray(model.predict_on_batch((features, previous_chars(caption))), dtype=np.float64)
+        cumulative = np.cumsum(probabilities, axis=-1)
+        draws = rng.random((*cumulative.shape[:-1], 1)) * cumulative[..., -1:]
+        guesses[chosen] = np.minimum((cumulative < draws).sum(axis=-1), probabilities.shape[-1] - 1)
+    return guesses
 
 
 class Checkpointer(keras.callbacks.Callback):

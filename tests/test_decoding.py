@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import lm
-from decoding import Averaged, PriorSubtracted, beam_search, class_order, decode_ctc, decode_parallel
+from decoding import (Averaged, NoRepeat, PriorSubtracted, beam_search, class_order, decode_ctc, decode_parallel,
+                      repeat_endings)
 from kana import END, Vocabulary
 
 VOCABULARY = Vocabulary(("ア", "イ", "ウ"))  # classes 1, 2, 3; 0 is the end
@@ -136,6 +137,51 @@ def test_the_prior_reads_each_beams_own_characters_as_beams_are_reordered():
     for ranked in captions:
         assert [c.probability for c in ranked] == pytest.approx([probability(c.text) for c in ranked])
         assert {c.text for c in ranked} == {"ア", "アア", "イウ"}
+
+
+def test_repeat_endings_are_the_characters_that_would_write_a_run_again():
+    caption = np.array([[1, 2, 3, 1, 2], [1, 2, 3, 3, 2]])  # アイウアイ, アイウウイ
+    assert repeat_endings(caption, 3) == [[3], []]  # アイ was once followed by ウ; ウイ never before
+    assert repeat_endings(caption, 2) == [[3], [3]]  # イ was followed by ウ in both
+    assert repeat_endings(np.array([[1, 1, 2, 1, 1]]), 2) == [[1, 2]]
+    assert repeat_endings(caption[:, :2], 3) == [[], []]  # too short to hold a run of three
+
+
+class Looper(FakeSteps):
+    """A decoder that writes アイアイ... and would go on: after ア, イ; after イ, ア (rarely ウ or the end)."""
+
+    def next(self, tokens, states):
+        output = np.zeros((len(tokens), 4))
+        output[tokens == END] = [0.0, 1.0, 0.0, 0.0]
+        output[tokens == 1] = [0.1, 0.0, 0.9, 0.0]
+        output[tokens == 2] = [0.05, 0.8, 0.0, 0.15]
+        output[tokens == 3] = [1.0, 0.0, 0.0, 0.0]
+        return output, states
+
+
+def test_no_repeat_writes_no_run_of_characters_twice():
+    (looping,) = beam_search(Looper(), np.zeros((1, 1)), VOCABULARY, beam_size=1, max_length=9)[0]
+    assert (looping.text, looping.ended) == ("アイアイアイアイア", False)
+    (best,) = beam_search(NoRepeat(Looper(), 3), np.zeros((1, 1)), VOCABULARY, beam_size=1, max_length=9)[0]
+    # アイアイ: ア would write アイア again; of ウ (0.15) and the end (0.05), ウ, then the end.
+    assert (best.text, best.ended) == ("アイアイウ", True)
+    assert best.probability == pytest.approx(0.9 * 0.8 * 0.9 * 0.75)
+    for ranked in beam_search(NoRepeat(Looper(), 2), np.zeros((3, 1)), VOCABULARY, beam_size=3, n_best=3,
+                              max_length=9):  # each beam checks its own characters as beams are reordered
+        for caption in ranked:
+            pairs = [caption.text[i : i + 2] for i in range(len(caption.text) - 1)]
+            assert len(pairs) == len(set(pairs)) and caption.ended
+
+
+def test_no_repeat_leaves_a_step_whose_every_character_is_blocked():
+    class OnlyA(FakeSteps):
+        def next(self, tokens, states):
+            return np.tile([0.0, 1.0, 0.0, 0.0], (len(tokens), 1)), states
+
+    (best,) = beam_search(NoRepeat(OnlyA(), 2), np.zeros((1, 1)), VOCABULARY, beam_size=1, max_length=4)[0]
+    assert (best.text, best.ended) == ("アアアア", False)
+    with pytest.raises(ValueError, match="at least 2"):
+        NoRepeat(OnlyA(), 1)
 
 
 OTHER_ORDER = Vocabulary(("ウ", "ア", "イ"))  # the same characters, numbered as another run's split ranks them

@@ -371,6 +371,28 @@ def test_the_prior_is_taken_out_when_asked_and_needs_the_runs_language_model(tin
     with pytest.raises(SystemExit):
         train.parse_args(["--arch", "image2text", "--prior-weight", "0.5"])
     assert "--prior-weight is for the autoregressive architectures" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--arch", "image2text", "--own-chars", "0.5"])
+    assert "--own-chars is for the autoregressive architectures" in capsys.readouterr().err
+
+
+def test_no_repeat_decodes_captions_without_a_repeated_run(tiny_run, tiny_demo, tmp_path, capsys):
+    out, cache = tiny_run
+    photos = str(tiny_demo / "val2014")
+    assert predict.main([photos, "--model", str(out), "--json", "--no-repeat", "3"]) == 0
+    captions = [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()]
+    assert len(captions) == 6 and all(is_katakana(caption) for caption in captions)
+    for caption in captions:
+        runs = [caption[i : i + 3] for i in range(len(caption) - 2)]
+        assert len(runs) == len(set(runs)), caption
+    report = tmp_path / "report"
+    assert evaluate.main(["--model", str(out), "--annotations", str(tiny_demo / "captions_val.json"), "--images",
+                          photos, "--out", str(report), "--cache-dir", str(cache), "--quiet", "--no-repeat", "3"]) == 0
+    assert json.loads((report / "metrics.json").read_text())["no_repeat"] == 3
+    for bad in ("1", "-2", "81", "x"):
+        with pytest.raises(SystemExit):
+            predict.parse_args([photos, "--no-repeat", bad])
+    assert "must be 0 (off) or from 2 to 80" in capsys.readouterr().err
 
 
 def test_an_ensemble_of_a_run_with_itself_captions_as_the_run_alone(tiny_run, tiny_demo, tmp_path, capsys):

@@ -396,6 +396,68 @@ def test_recoloured_captions_are_served_with_their_own_features_and_never_mirror
     assert sorted(served) == list(range(114)) and len(batches) == 8
 
 
+class NextClass:
+    """A stand-in model for own_guesses: after class c it is sure of c + 1, or (``unsure``) splits between c + 1 and
+    c + 2."""
+
+    def __init__(self, num_classes: int, unsure: bool = False):
+        self.num_classes, self.unsure = num_classes, unsure
+
+    def predict_on_batch(self, inputs):
+        _, previous = inputs
+        probabilities = np.zeros((*previous.shape, self.num_classes))
+        np.put_along_axis(probabilities, ((previous + 1) % self.num_classes)[..., None], 0.5 if self.unsure else 1.0, -1)
+        if self.unsure:
+            np.put_along_axis(probabilities, ((previous + 2) % self.num_classes)[..., None], 0.5, -1)
+        return probabilities
+
+
+def test_scheduled_sampling_feeds_the_models_own_guesses_by_chance_and_keeps_the_targets():
+    """--own-chars: own_guesses draws each step's character from the model's distribution after the caption's own
+    characters; an epoch's batches feed them in place of the caption's with the chance the schedule gives."""
+    from batches import CaptionBatches, CaptionData
+    from model import previous_chars
+    from training import OwnChars, own_guesses
+
+    config = small_config(arch="transformer")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20, *config.feature_shape)).astype("float16")
+    targets = rng.integers(1, 8, size=(100, config.timesteps)).astype("uint8")
+    more = [(rng.normal(size=(3, *config.feature_shape)).astype("float16"),
+             CaptionData(np.arange(3), rng.integers(1, 8, size=(3, config.timesteps)).astype("uint8")))]
+    batches = CaptionBatches(config, features, CaptionData(np.repeat(np.arange(20), 5), targets), 16, shuffle=True,
+                             seed=3, recoloured=more)
+    served = np.concatenate([targets, more[0][1].targets])
+    sure = own_guesses(NextClass(config.num_classes), batches, seed=0, batch_size=7)
+    np.testing.assert_array_equal(sure, (previous_chars(served) + 1) % config.num_classes)
+    unsure = own_guesses(NextClass(config.num_classes, unsure=True), batches, seed=0, batch_size=7)
+    step = (unsure.astype(int) - previous_chars(served)) % config.num_classes
+    assert set(np.unique(step)) == {1, 2} and 0.45 < (step == 1).mean() < 0.55
+
+    schedule = OwnChars(batches, share=0.6, epochs=4, seed=0)
+    schedule.set_model(NextClass(config.num_classes))
+    schedule.on_epoch_begin(0)  # the first epoch is plain teacher forcing: nothing read, nothing fed
+    assert batches.own_share == 0 and batches.guesses is None
+    (_, fed), y = batches[0]
+    np.testing.assert_array_equal(fed, previous_chars(y))
+    own_shares = []
+    for epoch in (1, 3):
+        schedule.on_epoch_begin(epoch)
+        assert batches.own_share == pytest.approx(0.6 * epoch / 3)
+        own, total = 0, 0
+        for index in range(len(batches)):
+            (x, fed), y = batches[index]
+            chosen = batches.order[index * 16 : (index + 1) * 16]
+            np.testing.assert_array_equal(y, served[chosen])  # the targets stay the captions'
+            guessed = previous_chars(sure[chosen].astype(np.int32))
+            assert ((fed == previous_chars(y)) | (fed == guessed)).all() and (fed[:, 0] == 0).all()
+            differs = guessed != previous_chars(y)
+            own, total = own + (fed == guessed)[differs].sum(), total + differs.sum()
+            np.testing.assert_array_equal(batches[index][0][1], fed)  # the same batch feeds the same characters
+        own_shares.append(own / total)
+    assert own_shares == pytest.approx([0.2, 0.6], abs=0.03)
+
+
 def test_length_weighting_draws_long_captions_in_proportion_and_validation_stays_whole():
     """--length-weighting P: a shuffled epoch draws as many captions as there are, each with odds of its length to
     P (a caption twice as long, 2**P as often); without it, or unshuffled, every caption once."""

@@ -248,6 +248,7 @@ def test_a_run_state_from_the_previous_version_resumes_keeping_the_lowest_loss(t
     ("weighted_length", "word"), ("weighted_length", None),
     ("initial_state", "mean"), ("initial_state", None), ("grid_positions", 1), ("attributes", -1),
     ("attributes", 1.5), ("attributes", 100000), ("blocks", 0), ("heads", "4"), ("summary_token", 1),
+    ("own_chars", 1.5), ("own_chars", "0.2"), ("own_chars", float("nan")),
 ])
 def test_a_config_field_out_of_range_is_named(tiny_run, tmp_path, field, value):
     out = tmp_path / "run"
