@@ -16,8 +16,9 @@ writes the end class, and finished captions are ranked by log-probability per
 character (length-normalised, so short captions are not favoured). With a
 prior weight, the steps' probabilities are first divided by the training
 captions' own (``PriorSubtracted``): what the photo adds to what is usually
-written next. Several runs decode as one by averaging their steps'
-probabilities (``Averaged``, an ensemble).
+written next. With a no-repeat size, no run of that many characters is written
+twice in a caption (``NoRepeat``). Several runs decode as one by averaging
+their steps' probabilities (``Averaged``, an ensemble).
 """
 
 from __future__ import annotations
@@ -226,7 +227,38 @@ class Averaged:
         return total / len(self.members), new_states
 
 
-class PriorSubtracted:
+class Reweighted:
+    """Step models whose next-character distribution is changed by what each beam has written (``adjusted``).
+
+    The wrapper keeps each beam's characters as one more state (beam search
+    reorders it with the others) and reads the wrapped steps' attention.
+    """
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    @property
+    def attention(self):
+        return self.steps.attention
+
+    def attention_maps(self, features: np.ndarray, captions: list[list[int]]) -> list[np.ndarray]:
+        return self.steps.attention_maps(features, captions)
+
+    def start(self, features: np.ndarray) -> list[np.ndarray]:
+        return [*self.steps.start(features), np.zeros((len(features), 0), dtype=np.int64)]
+
+    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
+        *states, written = states
+        written = np.concatenate([written, np.asarray(tokens, dtype=np.int64)[:, None]], axis=1)  # END first
+        probabilities, states = self.steps.next(tokens, states)
+        return self.adjusted(np.array(probabilities, dtype=np.float64), written[:, 1:]), [*states, written]
+
+    def adjusted(self, probabilities: np.ndarray, written: np.ndarray) -> np.ndarray:
+        """The step's distributions ``(beams, classes)``, given each beam's characters so far (after the start)."""
+        raise NotImplementedError
+
+
+class PriorSubtracted(Reweighted):
     """Step models whose next-character distribution has the captions' prior taken out (contrastive decoding).
 
     A captioner trained on photos where red goes with stars writes a star
@@ -246,32 +278,16 @@ class PriorSubtracted:
     worth keeping. The result is renormalised and handed to beam search as
     the step's probabilities; a caption's ``probability`` is then of these
     corrected steps.
-
-    The wrapper keeps each beam's characters as one more state (beam search
-    reorders it with the others) and reads the wrapped steps' attention.
     """
 
     def __init__(self, steps, language_model, vocabulary: Vocabulary, weight: float,
                  plausible: float = PRIOR_PLAUSIBLE, context: int = PRIOR_CONTEXT):
-        self.steps, self.language_model, self.weight, self.plausible = steps, language_model, weight, plausible
+        super().__init__(steps)
+        self.language_model, self.weight, self.plausible = language_model, weight, plausible
         self.vocabulary, self.context = vocabulary, context
         self.symbols, self.known = [], np.zeros(0, dtype=bool)  # per class, once the model's width is seen
 
-    @property
-    def attention(self):
-        return self.steps.attention
-
-    def attention_maps(self, features: np.ndarray, captions: list[list[int]]) -> list[np.ndarray]:
-        return self.steps.attention_maps(features, captions)
-
-    def start(self, features: np.ndarray) -> list[np.ndarray]:
-        return [*self.steps.start(features), np.zeros((len(features), 0), dtype=np.int64)]
-
-    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
-        *states, written = states
-        written = np.concatenate([written, np.asarray(tokens, dtype=np.int64)[:, None]], axis=1)  # END first
-        probabilities, states = self.steps.next(tokens, states)
-        probabilities = np.asarray(probabilities, dtype=np.float64)
+    def adjusted(self, probabilities: np.ndarray, written: np.ndarray) -> np.ndarray:
         if len(self.symbols) != probabilities.shape[1]:  # what each class writes: a character, the end, or nothing
             self.symbols = [END_MARK if index == END else self.vocabulary.index_to_char.get(index, "")
                             for index in range(probabilities.shape[1])]
@@ -281,17 +297,17 @@ class PriorSubtracted:
         texts: dict[int, str] = {}
         for row, index in zip(*np.nonzero(plausible)):
             if row not in texts:
-                caption = written[row, 1:]  # after the start token
+                caption = written[row]
                 texts[row] = "".join(self.symbols[token] for token in caption[max(len(caption) - self.context, 0) :])
             log_prior[row, index] = self.language_model.log_probability(texts[row], self.symbols[index],
                                                                         self.context)
         scores = np.where(plausible, np.log(np.maximum(probabilities, 1e-30)) - self.weight * log_prior, -np.inf)
         scores[~plausible.any(axis=1)] = np.log(np.maximum(probabilities[~plausible.any(axis=1)], 1e-30))
         corrected = np.exp(scores - scores.max(axis=1, keepdims=True))
-        return corrected / corrected.sum(axis=1, keepdims=True), [*states, written]
+        return corrected / corrected.sum(axis=1, keepdims=True)
 
 
-class NoRepeat:
+class NoRepeat(Reweighted):
     """Step models that never write the same ``size`` characters twice in a caption (no repeated n-gram).
 
     A decoder fed its own caption can name an object, then name it again
@@ -300,34 +316,20 @@ class NoRepeat:
     end a run of ``size`` characters the caption has already written, and
     renormalises (the no-repeat n-gram constraint of Paulus et al. 2018,
     beam search's ``no_repeat_ngram_size`` elsewhere). Where every character
-    is blocked the step is left as it is. Like ``PriorSubtracted`` it keeps
-    each beam's characters as one more state.
+    is blocked the step is left as it is.
     """
 
     def __init__(self, steps, size: int):
         if size < 2:
             raise ValueError(f"a repeated run must be at least 2 characters long; got {size}")
-        self.steps, self.size = steps, size
+        super().__init__(steps)
+        self.size = size
 
-    @property
-    def attention(self):
-        return self.steps.attention
-
-    def attention_maps(self, features: np.ndarray, captions: list[list[int]]) -> list[np.ndarray]:
-        return self.steps.attention_maps(features, captions)
-
-    def start(self, features: np.ndarray) -> list[np.ndarray]:
-        return [*self.steps.start(features), np.zeros((len(features), 0), dtype=np.int64)]
-
-    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
-        *states, written = states
-        written = np.concatenate([written, np.asarray(tokens, dtype=np.int64)[:, None]], axis=1)  # END first
-        probabilities, states = self.steps.next(tokens, states)
-        probabilities = np.array(probabilities, dtype=np.float64)
-        for row, blocked in enumerate(repeat_endings(written[:, 1:], self.size)):
+    def adjusted(self, probabilities: np.ndarray, written: np.ndarray) -> np.ndarray:
+        for row, blocked in enumerate(repeat_endings(written, self.size)):
             if blocked and probabilities[row].sum() > probabilities[row, blocked].sum():
                 probabilities[row, blocked] = 0.0
-        return probabilities / probabilities.sum(axis=1, keepdims=True), [*states, written]
+        return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
 def repeat_endings(captions: np.ndarray, size: int) -> list[list[int]]:
