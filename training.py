@@ -7,7 +7,8 @@
                      run saves its first model; put back if it fails before then)
     build_or_resume  a new compiled model (its config and vocabulary written), or the checkpoint
     fit              Keras fit on the cached features, saving the run after every epoch and keeping the best
-                     epoch by validation loss or by the CIDEr-D of the validation photos' captions
+                     epoch by validation loss or by the CIDEr-D of the validation photos' captions; with
+                     --own-chars, fed some of its own characters (scheduled sampling, OwnChars)
     self_critical    (--self-critical) fine-tuning on the model's own captions' CIDEr-D (selfcritical.py),
                      keeping an epoch only where its validation captions beat the kept model's
     evaluate_validation  caption metrics of the best model on the validation photos
@@ -164,8 +165,8 @@ def resolve_config(requested: CaptionerConfig, resumed_from: Path | None) -> Cap
     if requested.precision not in ("auto", config.precision):
         log(f"Resuming in the run's own precision ({config.precision}).")
     for name in ("timesteps", "loss", "references", "weight_average", "schedule", "flip", "recolour", "recolourings",
-                 "char_dropout", "char_dropout_span", "own_chars", "length_weighting", "weighted_length", "initial_state", "dropout",
-                 "grid_positions", "attributes", "prior_weight"):
+                 "char_dropout", "char_dropout_span", "own_chars", "length_weighting", "weighted_length",
+                 "initial_state", "dropout", "grid_positions", "attributes", "prior_weight"):
         if getattr(requested, name) != getattr(config, name):
             log(f"Resuming with the run's own {name.replace('_', ' ')} ({getattr(config, name)}).")
     return config
