@@ -40,11 +40,11 @@ positive_int = bounded_int(1)
 
 def off_or_bounded_int(low: int, high: int):
     """An argparse type: 0 (off), or a whole number from ``low`` to ``high``."""
-    bounded = bounded_int(0, high)
+    whole = bounded_int(-math.inf)
 
     def parse(text: str) -> int:
-        value = bounded(text)
-        if 0 < value < low:
+        value = whole(text)
+        if value != 0 and not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be 0 (off) or from {low} to {high}, not {value}")
         return value
     parse.__name__ = "whole number"
