@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from decoding import (CTC_LM_BEAM, Averaged, Caption, NoRepeat, PriorSubtracted, beam_search, class_order, decode_ctc,
-                      decode_ctc_lm, decode_parallel)
+from decoding import (CTC_LM_BEAM, Averaged, Caption, NoRepeat, PriorSubtracted, beam_search, class_order,
+                      decode_ctc, decode_ctc_lm, decode_parallel)
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
 from lm import LM_FILE, CharNgram

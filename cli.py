@@ -36,6 +36,7 @@ def bounded_int(low: int, high: int | None = None):
 
 
 positive_int = bounded_int(1)
+nonnegative_int = bounded_int(0)
 
 
 def off_or_bounded_int(low: int, high: int):
@@ -49,7 +50,6 @@ def off_or_bounded_int(low: int, high: int):
         return value
     parse.__name__ = "whole number"
     return parse
-nonnegative_int = bounded_int(0)
 
 
 def positive_float(text: str) -> float:

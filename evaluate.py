@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 
 import demo  # noqa: E402
 from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
-from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, off_or_bounded_int, existing_dir, existing_file,  # noqa: E402
-                 folder_path, nonempty_path, positive_int)
+from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, existing_dir, existing_file,  # noqa: E402
+                 folder_path, nonempty_path, off_or_bounded_int, positive_int)
 from dataset import load_caption_files  # noqa: E402
 from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
                       MAX_ENSEMBLE, MAX_NO_REPEAT, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP)
@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prior-weight", type=bounded_float(0, 10), metavar="W",
                         help="autoregressive runs: " + PRIOR_WEIGHT_HELP
                              + " [default: the run's, from train.py --prior-weight]")
-    parser.add_argument("--no-repeat", type=off_or_bounded_int(2, MAX_NO_REPEAT), default=0, metavar="N", help=NO_REPEAT_HELP)
+    parser.add_argument("--no-repeat", type=off_or_bounded_int(2, MAX_NO_REPEAT), default=0, metavar="N",
+                        help=NO_REPEAT_HELP)
     parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png "
                                                         "[default: MODEL/eval-ANNOTATIONS, -ensemble-of-N added]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")

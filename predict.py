@@ -22,8 +22,8 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from captioner import DEFAULT_RUN, Captioner  # noqa: E402
-from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, off_or_bounded_int, file_path, folder_path,  # noqa: E402
-                 nonempty_path, vgg_weights)
+from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, file_path, folder_path,  # noqa: E402
+                 nonempty_path, off_or_bounded_int, vgg_weights)
 from dataset import find_images  # noqa: E402
 from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
                       MAX_ENSEMBLE, MAX_NO_REPEAT, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP)
@@ -60,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prior-weight", type=bounded_float(0, 10), metavar="W",
                         help="autoregressive runs: " + PRIOR_WEIGHT_HELP
                              + " [default: the run's, from train.py --prior-weight]")
-    parser.add_argument("--no-repeat", type=off_or_bounded_int(2, MAX_NO_REPEAT), default=0, metavar="N", help=NO_REPEAT_HELP)
+    parser.add_argument("--no-repeat", type=off_or_bounded_int(2, MAX_NO_REPEAT), default=0, metavar="N",
+                        help=NO_REPEAT_HELP)
     parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1,
                         help="print this many captions per image, with probabilities (autoregressive runs and CTC decoding)")
     return parser.parse_args(argv)
