@@ -1,6 +1,6 @@
 """Speed and memory benchmarks, each measured side by side in one run.
 
-    $ python bench.py                 # the full run (about 25 minutes on 2 CPU cores)
+    $ python bench.py                 # the full run (about 35 minutes on 2 CPU cores)
     $ python bench.py --quick         # fewer images and steps: a few minutes
     $ python bench.py --json bench.json
     $ KERAS_BACKEND=jax python bench.py --only training   # another backend, or one section
@@ -25,6 +25,12 @@ shared machine slows a round rather than one model):
               20k and 120k images (synthetic features, one process each).
   latency     predict.py: cold (process start to caption) and warm per image,
               one file and a batch of 64 files.
+  decoding    the transformer's steps in beam search and sampling, at the
+              hard benchmark's recipe (units 256, 3 blocks, 80 steps, a 4×4
+              grid), 64 photos × 3 beams, every step: the whole caption so far
+              run again each step (PrefixSteps) against each block's keys and
+              values kept (CachedSteps), with the largest difference in the
+              probabilities they give.
   captioning  trained runs side by side (--runs, e.g. image2text against
               attention): warm ms per photo at batch 1 and 64, from cached
               features (the caption model and its decoding) and from JPEG
@@ -61,10 +67,11 @@ from demo import DEMO_DIR  # noqa: E402
 from features import FeatureCache, build_vgg16, extract_features, feature_shape, letterbox, load_image, preprocess  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import NUM_CLASSES, TIMESTEPS, Vocabulary  # noqa: E402
-from model import LIMITS, CaptionerConfig, adapt_feature_norm, build_image2text, build_model, compile_model  # noqa: E402
+from model import (LIMITS, CachedSteps, CaptionerConfig, PrefixSteps, adapt_feature_norm, build_image2text,  # noqa: E402
+                   build_model, compile_model)
 
 PROJECT = Path(__file__).resolve().parent
-SECTIONS = ("extraction", "training", "memory", "latency", "captioning")
+SECTIONS = ("extraction", "training", "memory", "latency", "decoding", "captioning")
 
 
 def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -439,6 +446,41 @@ def bench_latency(work: Path, repeats: int = 3) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# The transformer's decoding steps: the prefix run again against keys and values kept
+# ---------------------------------------------------------------------------
+
+
+def bench_decoding(photos: int = 64, beams: int = 3, rounds: int = 3, steps: int | None = None) -> dict:
+    """Per photo, the time of every step of ``beams`` captions (``steps``: the model's last position), both ways."""
+    config = CaptionerConfig(arch="transformer", units=256, blocks=3, timesteps=80, image_size=150,
+                             precision="float32")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(photos, *config.feature_shape)).astype(np.float32)
+    model = build_model(config, feature_sample=features)
+    tokens = rng.integers(1, config.num_classes, size=(config.timesteps, photos * beams))
+    steps = steps or config.timesteps
+    contenders = {"prefix": PrefixSteps(model, config), "cached": CachedSteps(model, config)}
+
+    def run(decoder) -> np.ndarray:
+        states = [np.repeat(state, beams, axis=0) for state in decoder.start(features)]
+        written = []
+        for step in range(steps):
+            probabilities, states = decoder.next(tokens[step], states)
+            written.append(probabilities)
+        return np.stack(written)
+
+    outputs = {name: run(decoder) for name, decoder in contenders.items()}  # warm up: traced and compiled once
+    best = {name: np.inf for name in contenders}
+    for _ in range(rounds):
+        for name, decoder in contenders.items():
+            best[name] = min(best[name], timed(lambda: run(decoder)))
+    return {"photos": photos, "beams": beams, "steps": steps,
+            **{f"{name}_ms_per_photo": 1000 * seconds / photos for name, seconds in best.items()},
+            "cached_speedup": best["prefix"] / best["cached"],
+            "cached_max_difference": float(np.abs(outputs["prefix"] - outputs["cached"]).max())}
+
+
+# ---------------------------------------------------------------------------
 # Trained runs' captioning speed, side by side
 # ---------------------------------------------------------------------------
 
@@ -534,6 +576,13 @@ def format_report(results: dict) -> str:
                  ("predict: warm, 1 photo", f"{r['warm_single_beam1_ms']:.0f} ms", f"beam 3: {r['warm_single_beam3_ms']:.0f} ms"),
                  ("predict: warm, 64 photos", f"{r['warm_batch64_beam1_ms_per_image']:.1f} ms/photo",
                   f"beam 3: {r['warm_batch64_beam3_ms_per_image']:.1f} ms/photo")]
+    if "decoding" in results:
+        r = results["decoding"]
+        tag = f"{r['steps']} steps of {r['beams']} beams"
+        rows += [("decode: transformer, prefix run again", f"{r['prefix_ms_per_photo']:.1f} ms/photo", tag),
+                 ("decode: transformer, keys and values kept", f"{r['cached_ms_per_photo']:.1f} ms/photo",
+                  f"{r['cached_speedup']:.2f}× as fast"),
+                 ("  same probabilities", f"max |Δ| {r['cached_max_difference']:.1e}", "float32")]
     if "captioning" in results:
         rows += captioning_rows(results["captioning"])
     width = max(len(name) for name, _, _ in rows)
@@ -609,6 +658,9 @@ def main(argv=None) -> int:
         if "latency" in sections:
             print("latency: predict.py...", file=sys.stderr, flush=True)
             results["latency"] = bench_latency(work / "latency", scale["repeats"])
+        if "decoding" in sections:
+            print("decoding: the transformer's steps, both ways...", file=sys.stderr, flush=True)
+            results["decoding"] = bench_decoding(rounds=scale["rounds"], steps=20 if args.quick else None)
         if "captioning" in sections:
             if not runs:
                 raise SystemExit("error: the captioning section needs trained runs: --runs RUN ... (python train.py)")

@@ -939,6 +939,8 @@ class PrefixSteps:
     ``next`` runs the model on them and reads the next character at that
     position. Every step recomputes the whole prefix (no cache of keys and
     values): a caption of n characters costs n calls over all timesteps.
+    Decoding uses ``CachedSteps``; this is the reference that bench.py and the
+    tests hold it to.
     """
 
     attention = None  # no single map per character: predict.py --attention refuses it
@@ -962,6 +964,80 @@ class PrefixSteps:
         return probabilities, [features, prefix, written + 1]
 
 
+class CachedSteps:
+    """``StepModels``' interface for the transformer, one character per call: each block's keys and values kept.
+
+    ``PrefixSteps`` runs the model over the whole caption again for every
+    character. Here a beam's state is the grid's cells (read off the features
+    once, by ``start``) and, for each block, the keys and values of the
+    characters written so far (``(beam, timesteps, heads, key_dim)``, zero
+    after them); ``next`` runs only the new character through the blocks and
+    adds its keys and values at its position. Causal self-attention lets no
+    character see a later one, so the probabilities are the teacher-forced
+    model's (a test holds them to it). The layers are the trained model's own,
+    found by name, and the step runs as one compiled Keras model.
+    """
+
+    attention = None  # no single map per character: predict.py --attention refuses it
+
+    def __init__(self, model: keras.Model, config: CaptionerConfig):
+        self.timesteps, self.blocks = config.timesteps, config.blocks
+        self.cells = keras.Model(model.inputs[0], model.get_layer("grid_norm").output)
+        self.step = _TransformerStep(model, config)
+
+    def start(self, features: np.ndarray) -> list[np.ndarray]:
+        memory = np.asarray(self.cells.predict_on_batch(np.asarray(features, dtype=np.float32)), dtype=np.float32)
+        shape = (len(memory), self.timesteps, self.step.heads, self.step.key_dim)
+        caches = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.blocks)]  # keys, values per block
+        return [memory, *caches, np.zeros(len(memory), dtype=np.int32)]
+
+    def next(self, tokens: np.ndarray, states: list[np.ndarray]):
+        memory, *caches, written = states
+        if len(written) and int(written.max()) >= self.timesteps:
+            raise ValueError(f"the model writes at most {self.timesteps} characters, end class included")
+        inputs = [np.asarray(tokens, dtype=np.int32)[:, None], written[:, None].astype(np.int32), memory, *caches]
+        probabilities, *caches = self.step.predict_on_batch(inputs)
+        return (np.asarray(probabilities, dtype=np.float32),
+                [memory, *(np.asarray(cache, dtype=np.float32) for cache in caches), written + 1])
+
+
+class _TransformerStep(keras.Model):
+    """One character through the transformer's blocks (``CachedSteps``), with the trained model's layers."""
+
+    def __init__(self, model: keras.Model, config: CaptionerConfig):
+        super().__init__(name="transformer_step")
+        self.timesteps, self.blocks, self.heads = config.timesteps, config.blocks, config.heads
+        self.key_dim = config.units // config.heads
+        self.embedding, self.projection = model.get_layer(CHAR_EMBEDDING), model.get_layer("char_projection")
+        self.positions, self.final_norm = model.get_layer("char_positions"), model.get_layer("final_norm")
+        self.output_layer = model.get_layer(OUTPUT)
+        names = ("self_norm", "self_attention", "look_norm", "grid_attention", "mix_norm", "hidden", "back")
+        self.block_layers = [{name: model.get_layer(f"block{block}_{name}") for name in names}
+                             for block in range(config.blocks)]
+
+    def call(self, inputs):
+        token, position, memory, *caches = inputs  # (beam, 1) each, (beam, cells, units), keys/values per block
+        x = self.projection(self.embedding(token))  # (beam, 1, units)
+        x = x + ops.cast(ops.take(self.positions.positions, position, axis=0), x.dtype)
+        here = ops.expand_dims(ops.expand_dims(ops.equal(ops.arange(self.timesteps)[None, :], position), -1), -1)
+        visible = ops.reshape(ops.less_equal(ops.arange(self.timesteps)[None, :], position),
+                              (-1, 1, 1, self.timesteps))  # (beam, heads, query, key): this character and before
+        new_caches = []
+        for layer, keys, values in zip(self.block_layers, caches[0::2], caches[1::2]):
+            attention = layer["self_attention"]
+            h = layer["self_norm"](x)
+            keys = ops.where(here, ops.cast(attention.key_dense(h), "float32"), keys)  # (beam, timesteps, heads, dim)
+            values = ops.where(here, ops.cast(attention.value_dense(h), "float32"), values)
+            query = attention.query_dense(h)
+            attended = ops.dot_product_attention(query, ops.cast(keys, query.dtype), ops.cast(values, query.dtype),
+                                                 mask=visible, scale=1.0 / math.sqrt(self.key_dim))
+            x = x + attention.output_dense(attended)
+            x = x + layer["grid_attention"](layer["look_norm"](x), memory)
+            x = x + layer["back"](layer["hidden"](layer["mix_norm"](x)))
+            new_caches += [keys, values]
+        return [self.output_layer(self.final_norm(x))[:, 0], *new_caches]
+
+
 def step_models(model: keras.Model, config: CaptionerConfig):
-    """What beam search and sampling call for an autoregressive model: ``StepModels``, or ``PrefixSteps``."""
-    return PrefixSteps(model, config) if config.arch == "transformer" else StepModels(model, config)
+    """What beam search and sampling call for an autoregressive model: ``StepModels``, or ``CachedSteps``."""
+    return CachedSteps(model, config) if config.arch == "transformer" else StepModels(model, config)

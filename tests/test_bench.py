@@ -17,3 +17,10 @@ def test_captioning_section_times_runs_side_by_side(tiny_run, tiny_demo, tmp_pat
                                             "photo_batch64_ms_per_image"))
     report = bench.format_report({"captioning": result})
     assert report.count("as fast as out") == 4  # one ratio per measure, against the first run
+
+
+def test_decoding_section_measures_both_ways_and_they_agree():
+    result = bench.bench_decoding(photos=2, beams=2, rounds=1, steps=3)
+    assert result["prefix_ms_per_photo"] > 0 and result["cached_ms_per_photo"] > 0
+    assert result["cached_max_difference"] < 1e-4  # the same model read two ways
+    assert "keys and values kept" in bench.format_report({"decoding": result})

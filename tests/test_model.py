@@ -6,7 +6,8 @@ import pytest
 import keras
 
 import runtime
-from model import ARCHITECTURES, CaptionerConfig, StepModels, build_model, load_model, model_inputs, step_models
+from model import (ARCHITECTURES, CaptionerConfig, PrefixSteps, StepModels, build_model, load_model, model_inputs,
+                   step_models)
 from runtime import dtype_policy
 
 
@@ -249,12 +250,15 @@ def test_step_models_match_the_training_graph(arch, options):
     targets = rng.integers(1, 128, size=(3, 6))
     model = build_model(config, feature_sample=features)
     expected = model.predict(model_inputs(config, features, targets), verbose=0)  # (3, 6, 128)
-    steps = step_models(model, config)
-    states, tokens = steps.start(features), np.zeros(3, dtype=np.int64)
-    for t in range(6):
-        probabilities, states = steps.next(tokens, states)
-        np.testing.assert_allclose(probabilities, expected[:, t], atol=1e-5)
-        tokens = targets[:, t]
+    for steps in [step_models(model, config), *([PrefixSteps(model, config)] if arch == "transformer" else [])]:
+        states, tokens = steps.start(features), np.zeros(3, dtype=np.int64)
+        for t in range(6):
+            probabilities, states = steps.next(tokens, states)
+            np.testing.assert_allclose(probabilities, expected[:, t], atol=1e-5)
+            tokens = targets[:, t]
+        if arch == "transformer":  # positions past its last are not in the model
+            with pytest.raises(ValueError, match="at most 6 characters"):
+                steps.next(tokens, states)
 
 
 def test_attention_maps_are_distributions_over_the_grid():
