@@ -205,6 +205,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     fitting.add_argument("--self-critical-baseline", choices=selfcritical.BASELINES, default="greedy",
                          help="what a sampled caption's CIDEr-D is measured against: the greedy caption's, or the "
                               "mean of the same photo's other samples")
+    fitting.add_argument("--self-critical-reward", choices=selfcritical.REWARDS, default="cider",
+                         help="what a caption earns, and what picks the self-critical epoch kept: CIDEr-D, or CIDEr-D "
+                              f"+ {selfcritical.OBJECTS_WEIGHT:g} × how well the objects it names (colour, kind, count, "
+                              "place; the hard benchmark's grammar, hard.py) agree with each reference's "
+                              "[default: %(default)s]")
     fitting.add_argument("--patience", type=positive_int, default=5,
                          help="stop after this many epochs without a better validation score (--keep-best)")
     fitting.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed for the split, the shuffling and the weights")
@@ -329,7 +334,7 @@ def train(args: argparse.Namespace) -> int:
             if not self_critical_done and state["history"] and not state.get("diverged"):
                 training.self_critical(config, data, out, state, args.self_critical,
                                        args.self_critical_learning_rate, args.seed, progress=not args.quiet,
-                                       baseline=args.self_critical_baseline)
+                                       baseline=args.self_critical_baseline, reward=args.self_critical_reward)
         finally:
             training.restore_previous(out)  # only where this run has saved no model
         if state.get("diverged") and not state["history"]:
@@ -363,9 +368,11 @@ def finish(args: argparse.Namespace, out: Path, data: training.TrainingData, sta
     training.log(f"Kept epoch {state['best_epoch']} ({measure}).")
     stage = state.get("self_critical")
     if stage and stage["best_epoch"]:
-        training.log(f"Then kept self-critical epoch {stage['best_epoch']} (validation CIDEr-D {stage['best_cider']:.3f}).")
+        training.log(f"Then kept self-critical epoch {stage['best_epoch']} (validation {stage.get('reward', 'cider')} "
+                     f"{stage['best_cider']:.3f}).")
     elif stage:
-        training.log(f"No self-critical epoch beat it (best validation CIDEr-D {stage['best_cider']:.3f}).")
+        training.log(f"No self-critical epoch beat it (best validation {stage.get('reward', 'cider')} "
+                     f"{stage['best_cider']:.3f}).")
 
     table = training.evaluate_validation(out, data)
     training.log(f"Validation metrics ({len(data.val_images)} photos, character-level):\n{table}")

@@ -85,6 +85,16 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
         state = {**new_state("loss"), "best_score": -state["best_val_loss"], **state}
         if state["select_by"] not in SELECT_BY or not isinstance(state["best_score"], (int, float)):
             raise ValueError(f"{out / STATE_FILE} is not a run state; start over with --overwrite.")
+        stage = state.get("self_critical")
+        if stage is not None and not (isinstance(stage, dict) and isinstance(stage.get("epoch"), int)
+                                      and isinstance(stage.get("history"), list)
+                                      and isinstance(stage.get("best_epoch", 0), int)
+                                      and isinstance(stage.get("best_cider", 0.0), (int, float))
+                                      and stage.get("baseline", "greedy") in selfcritical.BASELINES
+                                      and stage.get("reward", "cider") in selfcritical.REWARDS):
+            raise ValueError(f"{out / STATE_FILE} holds no self-critical stage this version reads (its epoch, history, "
+                             f"baseline {'/'.join(selfcritical.BASELINES)}, reward {'/'.join(selfcritical.REWARDS)}); "
+                             f"start over with --overwrite.")
         return state
     if holds and not overwrite:
         raise FileExistsError(
@@ -409,8 +419,9 @@ def fit(model: keras.Model, config: CaptionerConfig, data: TrainingData, out: Pa
     )
 
 
-def validation_cider(config: CaptionerConfig, data: TrainingData):
-    """``scorer(model)``: the CIDEr-D of up to VAL_CAPTION_PHOTOS validation photos' captions, decoded as predict.py does."""
+def validation_cider(config: CaptionerConfig, data: TrainingData, reward: str = "cider"):
+    """``scorer(model)``: the CIDEr-D of up to VAL_CAPTION_PHOTOS validation photos' captions, decoded as predict.py
+    does; with ``reward`` ``cider+objects``, the mean of that self-critical reward (selfcritical.reward_scores)."""
     rows = data.val_images[:VAL_CAPTION_PHOTOS]
     references = [data.references[row] for row in rows]
     captioners = {}  # one per model: its step models (autoregressive runs) are built once, not every epoch
@@ -419,39 +430,48 @@ def validation_cider(config: CaptionerConfig, data: TrainingData):
         if id(model) not in captioners:
             captioners[id(model)] = Captioner.of_model(model, config, data.vocabulary, data.language_model)
         captions = [text for text, _ in captioners[id(model)].caption_cached(data.cache.features, rows)]
+        if reward != "cider":
+            return float(np.mean(selfcritical.reward_scores(captions, references, reward)))
         return caption_metrics(captions, references)["CIDEr-D"]
 
     return scorer
 
 
 def self_critical(config: CaptionerConfig, data: TrainingData, out: Path, state: dict, epochs: int,
-                  learning_rate: float, seed: int, progress: bool = True, baseline: str = "greedy") -> None:
+                  learning_rate: float, seed: int, progress: bool = True, baseline: str = "greedy",
+                  reward: str = "cider") -> None:
     """Fine-tunes the kept model by self-critical sequence training up to epoch ``epochs`` of that stage, resumably.
 
     Each epoch ends with the CIDEr-D of the validation photos' greedy
     captions; model.keras is replaced only by an epoch that beats the best so
     far, the cross-entropy stage's kept model to begin with. The stage's last
     epoch (with its optimizer) is SELF_CRITICAL_FILE, and its progress is
-    ``state["self_critical"]``. ``baseline``: selfcritical.BASELINES.
+    ``state["self_critical"]``. ``baseline``: selfcritical.BASELINES; ``reward``: selfcritical.REWARDS (the
+    validation captions are scored by it too; its values are kept under the ``cider`` keys). A resumed stage
+    keeps its own baseline and reward.
     """
     stage = state.get("self_critical") or {"epoch": 0, "history": []}
-    scorer = validation_cider(config, data)
-    if stage["epoch"] and (out / SELF_CRITICAL_FILE).is_file():
+    resuming = stage["epoch"] and (out / SELF_CRITICAL_FILE).is_file()
+    reward = stage.get("reward", "cider") if resuming else reward
+    scorer = validation_cider(config, data, reward)
+    if resuming:
         model = load_model(out / SELF_CRITICAL_FILE)
     else:
         model = selfcritical.compile_for(load_model(out / MODEL_FILE), learning_rate)
-        stage = {"epoch": 0, "history": [], "learning_rate": learning_rate, "baseline": baseline, "best_epoch": 0,
-                 "best_cider": state["best_score"] if state["select_by"] == "cider" else scorer(model)}
-        log(f"Self-critical training from the kept epoch {state['best_epoch']} (validation CIDEr-D "
+        stage = {"epoch": 0, "history": [], "learning_rate": learning_rate, "baseline": baseline, "reward": reward,
+                 "best_epoch": 0, "best_cider": state["best_score"] if state["select_by"] == "cider"
+                 and reward == "cider" else scorer(model)}
+        log(f"Self-critical training from the kept epoch {state['best_epoch']} (validation {reward} "
             f"{stage['best_cider']:.3f}), learning rate {learning_rate:g}, baseline {baseline}.")
     state["self_critical"] = stage
     photos, steps = np.unique(data.train.rows), step_models(model, config)
     for epoch in range(stage["epoch"], epochs):
         result = selfcritical.run_epoch(model, steps, config, data.vocabulary, data.cache.features, photos,
-                                        data.references, seed + epoch, progress, stage.get("baseline", "greedy"))
+                                        data.references, seed + epoch, progress, stage.get("baseline", "greedy"),
+                                        reward)
         result["val_cider"] = scorer(model)
         stage["history"].append({"epoch": epoch + 1, **result})
-        log(f"Self-critical epoch {epoch + 1}/{epochs}: sampled captions' CIDEr-D {result['sample_cider']:.3f}, "
+        log(f"Self-critical epoch {epoch + 1}/{epochs}: sampled captions' {reward} {result['sample_cider']:.3f}, "
             f"greedy {result['greedy_cider']:.3f}; validation {result['val_cider']:.3f} "
             f"(best {max(stage['best_cider'], result['val_cider']):.3f}).")
         if result["val_cider"] > stage["best_cider"]:

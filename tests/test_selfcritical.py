@@ -142,3 +142,40 @@ def test_a_caption_that_never_ends_earns_nothing(monkeypatch):
                                      [["ア"]], np.random.default_rng(0))
     assert result == {"sample_cider": 0.8, "greedy_cider": 0.0}  # the unended greedy caption earns nothing too
     assert model.weights[:, 0].tolist() == [1, 0, 1, 1, 1]  # advantages against an unended greedy caption: 0
+
+
+def test_object_agreement_pays_for_naming_each_object_once():
+    """cider+objects: the caption that names the references' objects, once each, earns the most."""
+    from kana import text_to_katakana
+
+    references = [[text_to_katakana(text) for text in ("左に赤い丸、右に青い星があります。", "赤い丸が左に、青い星が右にあります。")]]
+    right, twice, one, wrong_place = (text_to_katakana(text) for text in (
+        "左に赤い丸があり、右に青い星があります。", "左に赤い丸、右に青い星、右に青い星があります。",
+        "左に赤い丸があります。", "右に赤い丸、左に青い星があります。"))
+    scores = selfcritical.object_agreement([right, twice, one, wrong_place], references * 4)
+    np.testing.assert_allclose(scores, [1.0, 2 * 2 / 5, 2 * 1 / 3, 0.0])
+    assert selfcritical.object_agreement(["アリマス"], [["ナニモナイ"]]).tolist() == [1.0]  # nothing named by either
+    both = selfcritical.reward_scores([right, twice], references * 2, "cider+objects")
+    np.testing.assert_allclose(both - cider_scores([right, twice], references * 2),
+                               selfcritical.OBJECTS_WEIGHT * np.array([1.0, 0.8]))
+
+
+@pytest.mark.parametrize("stage", [{"epoch": 1, "history": [], "reward": "bleu"}, {"epoch": 1, "history": [],
+                                   "baseline": "mean"}, {"epoch": "1", "history": []}, ["not a stage"]])
+def test_a_saved_self_critical_stage_is_checked_before_it_is_resumed(tmp_path, stage):
+    import training
+
+    (tmp_path / "checkpoint.keras").write_bytes(b"")
+    (tmp_path / "state.json").write_text(json.dumps({"epoch": 1, "history": [], "best_val_loss": 0.5,
+                                                     "self_critical": stage}))
+    with pytest.raises(ValueError, match="self-critical stage"):
+        training.check_out(tmp_path, resume=True, overwrite=False)
+
+
+def test_the_reward_is_chosen_on_the_command_line(capsys):
+    assert train.parse_args(["--self-critical", "1"]).self_critical_reward == "cider"
+    assert train.parse_args(["--self-critical", "1", "--self-critical-reward", "cider+objects"]).self_critical_reward \
+        == "cider+objects"
+    with pytest.raises(SystemExit):
+        train.parse_args(["--self-critical", "1", "--self-critical-reward", "bleu"])
+    assert "cider+objects" in capsys.readouterr().err
