@@ -197,9 +197,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                               "(docs/hard-benchmark.md) [default: %(default)s]")
     fitting.add_argument("--self-critical", type=bounded_int(0, 10_000), default=0, metavar="EPOCHS",
                          help="after the cross-entropy epochs, this many epochs of self-critical sequence training "
-                              "(attention and showtell): the model's sampled captions, rewarded by their CIDEr-D "
-                              "above its greedy caption's; an epoch is kept only where the validation captions' "
-                              "CIDEr-D beats the kept model's")
+                              "(attention, showtell, transformer): the model's sampled captions, rewarded by their "
+                              "CIDEr-D (--self-critical-reward) above a baseline; an epoch is kept only where the "
+                              "validation captions' reward beats the kept model's")
     fitting.add_argument("--self-critical-learning-rate", type=positive_float, default=5e-5, metavar="RATE",
                          help="Adam's learning rate in the self-critical epochs")
     fitting.add_argument("--self-critical-baseline", choices=selfcritical.BASELINES, default="greedy",
