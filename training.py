@@ -452,6 +452,9 @@ def self_critical(config: CaptionerConfig, data: TrainingData, out: Path, state:
     """
     stage = state.get("self_critical") or {"epoch": 0, "history": []}
     resuming = stage["epoch"] and (out / SELF_CRITICAL_FILE).is_file()
+    if resuming and (stage.get("reward", "cider"), stage.get("baseline", "greedy")) != (reward, baseline):
+        log(f"Resuming the self-critical stage with the reward and baseline it began with "
+            f"({stage.get('reward', 'cider')}, {stage.get('baseline', 'greedy')}).")
     reward = stage.get("reward", "cider") if resuming else reward
     scorer = validation_cider(config, data, reward)
     if resuming:

@@ -95,10 +95,13 @@ def test_train_py_fine_tunes_after_the_crossentropy_epochs_and_resumes(tiny_demo
     assert {"sample_cider", "greedy_cider", "val_cider"} <= set(stage["history"][0])
     replaced = hashlib.sha256((out / "model.keras").read_bytes()).hexdigest() != kept
     assert replaced == (stage["best_epoch"] == 1)  # model.keras changes only for a better validation CIDEr-D
-    assert train.main([*argv, "--resume", "--self-critical", "2"]) == 0  # goes on from its own checkpoint
+    # Goes on from its own checkpoint, with the reward it began with.
+    assert train.main([*argv, "--resume", "--self-critical", "2", "--self-critical-reward", "cider+objects"]) == 0
     stage = json.loads((out / "state.json").read_text())["self_critical"]
     assert stage["epoch"] == 2 and [row["epoch"] for row in stage["history"]] == [1, 2]
-    assert "self-critical epoch" in capsys.readouterr().out.lower()
+    assert stage["reward"] == "cider"
+    printed = capsys.readouterr().out
+    assert "self-critical epoch" in printed.lower() and "it began with (cider, greedy)" in printed
 
 
 def test_self_critical_is_refused_for_the_parallel_design(capsys):
