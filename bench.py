@@ -1,6 +1,6 @@
 """Speed and memory benchmarks, each measured side by side in one run.
 
-    $ python bench.py                 # the full run (about 35 minutes on 2 CPU cores)
+    $ python bench.py                 # the full run (about 33 minutes on 2 CPU cores)
     $ python bench.py --quick         # fewer images and steps: a few minutes
     $ python bench.py --json bench.json
     $ KERAS_BACKEND=jax python bench.py --only training   # another backend, or one section
