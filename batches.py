@@ -188,7 +188,12 @@ def caption_odds(targets: np.ndarray, power: float, photos: np.ndarray | None = 
     if photos is not None:
         _, photo = np.unique(photos, return_inverse=True)
         lengths = (np.bincount(photo, lengths) / np.bincount(photo))[photo]
-    weights = lengths ** power
+    return length_odds(lengths, power)
+
+
+def length_odds(lengths: np.ndarray, power: float) -> np.ndarray:
+    """Odds of drawing each item: its length to ``power``, normalised."""
+    weights = np.asarray(lengths, dtype=np.float64) ** power
     return weights / weights.sum()
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 import hard
+from batches import length_odds
 from decoding import beam_search
 from kana import END, Vocabulary
 from metrics import cider_scores
@@ -42,6 +43,7 @@ BASELINES = ("greedy", "samples")  # what a sample's reward is measured against 
 PHOTOS_PER_BATCH = 32  # photos per step: 32 × 5 sampled captions
 REWARDS = ("cider", "cider+objects")  # what a caption earns (the module's docstring)
 OBJECTS_WEIGHT = 2.0  # cider+objects: CIDEr-D + this × object_agreement (CIDEr-D of training captions: about 3)
+MAX_LENGTH_WEIGHTING = 4.0  # --self-critical-length-weighting: the highest power of a photo's caption length
 
 
 @dataclasses.dataclass
@@ -167,14 +169,20 @@ def compile_for(model: keras.Model, learning_rate: float) -> keras.Model:
 
 def run_epoch(model: keras.Model, steps: StepModels, config: CaptionerConfig, vocabulary: Vocabulary, features,
               photos: np.ndarray, references: list[list[str]], seed: int, progress: bool = True,
-              baseline: str = "greedy", reward: str = "cider") -> dict[str, float]:
+              baseline: str = "greedy", reward: str = "cider", length_weighting: float = 0.0) -> dict[str, float]:
     """One pass over ``photos`` (cache rows) in a seeded order; the mean rewards of its steps.
 
     ``steps``: ``model``'s step models (they share its weights, so they are built once per stage).
     ``references[row]``: the human captions of cache row ``row``.
+    ``length_weighting``: above 0, the pass draws as many photos as there are, with replacement, each with odds of
+    its references' mean length in characters to this power (photos of more to say are drawn more often).
     """
     rng = np.random.default_rng(seed)
-    order = rng.permutation(photos)
+    if length_weighting:
+        lengths = [max(1.0, float(np.mean([len(caption) for caption in references[row]] or [1]))) for row in photos]
+        order = rng.choice(photos, size=len(photos), p=length_odds(np.array(lengths), length_weighting))
+    else:
+        order = rng.permutation(photos)
     totals = {"sample_cider": 0.0, "greedy_cider": 0.0}
     num_batches = math.ceil(len(order) / PHOTOS_PER_BATCH)
     with tqdm(total=num_batches, desc="self-critical", unit="step", disable=not progress, dynamic_ncols=True) as bar:

@@ -210,6 +210,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                               f"+ {selfcritical.OBJECTS_WEIGHT:g} × how well the objects it names (colour, kind, count, "
                               "place; the hard benchmark's grammar, hard.py) agree with each reference's "
                               "[default: %(default)s]")
+    fitting.add_argument("--self-critical-length-weighting", type=bounded_float(0, selfcritical.MAX_LENGTH_WEIGHTING),
+                         default=0.0, metavar="P",
+                         help="each self-critical epoch draws as many training photos as there are, at random with "
+                              "replacement, each with odds of its captions' mean length in characters to the power P, "
+                              "so that photos with more to say (more objects) are trained on more often; 0 = every "
+                              "photo once an epoch [default: %(default)s]")
     fitting.add_argument("--patience", type=positive_int, default=5,
                          help="stop after this many epochs without a better validation score (--keep-best)")
     fitting.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed for the split, the shuffling and the weights")
@@ -334,7 +340,8 @@ def train(args: argparse.Namespace) -> int:
             if not self_critical_done and state["history"] and not state.get("diverged"):
                 training.self_critical(config, data, out, state, args.self_critical,
                                        args.self_critical_learning_rate, args.seed, progress=not args.quiet,
-                                       baseline=args.self_critical_baseline, reward=args.self_critical_reward)
+                                       baseline=args.self_critical_baseline, reward=args.self_critical_reward,
+                                       length_weighting=args.self_critical_length_weighting)
         finally:
             training.restore_previous(out)  # only where this run has saved no model
         if state.get("diverged") and not state["history"]:

@@ -91,9 +91,11 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
                                       and isinstance(stage.get("best_epoch", 0), int)
                                       and isinstance(stage.get("best_cider", 0.0), (int, float))
                                       and stage.get("baseline", "greedy") in selfcritical.BASELINES
-                                      and stage.get("reward", "cider") in selfcritical.REWARDS):
+                                      and stage.get("reward", "cider") in selfcritical.REWARDS
+                                      and _is_length_weighting(stage.get("length_weighting", 0.0))):
             raise ValueError(f"{out / STATE_FILE} holds no self-critical stage this version reads (its epoch, history, "
-                             f"baseline {'/'.join(selfcritical.BASELINES)}, reward {'/'.join(selfcritical.REWARDS)}); "
+                             f"baseline {'/'.join(selfcritical.BASELINES)}, reward {'/'.join(selfcritical.REWARDS)}, "
+                             f"length weighting 0 to {selfcritical.MAX_LENGTH_WEIGHTING:g}); "
                              f"start over with --overwrite.")
         return state
     if holds and not overwrite:
@@ -439,7 +441,7 @@ def validation_cider(config: CaptionerConfig, data: TrainingData, reward: str = 
 
 def self_critical(config: CaptionerConfig, data: TrainingData, out: Path, state: dict, epochs: int,
                   learning_rate: float, seed: int, progress: bool = True, baseline: str = "greedy",
-                  reward: str = "cider") -> None:
+                  reward: str = "cider", length_weighting: float = 0.0) -> None:
     """Fine-tunes the kept model by self-critical sequence training up to epoch ``epochs`` of that stage, resumably.
 
     Each epoch ends with the CIDEr-D of the validation photos' greedy
@@ -447,31 +449,36 @@ def self_critical(config: CaptionerConfig, data: TrainingData, out: Path, state:
     far, the cross-entropy stage's kept model to begin with. The stage's last
     epoch (with its optimizer) is SELF_CRITICAL_FILE, and its progress is
     ``state["self_critical"]``. ``baseline``: selfcritical.BASELINES; ``reward``: selfcritical.REWARDS (the
-    validation captions are scored by it too; its values are kept under the ``cider`` keys). A resumed stage
-    keeps its own baseline and reward.
+    validation captions are scored by it too; its values are kept under the ``cider`` keys).
+    ``length_weighting``: selfcritical.run_epoch's. A resumed stage keeps its own baseline, reward and length
+    weighting.
     """
     stage = state.get("self_critical") or {"epoch": 0, "history": []}
     resuming = stage["epoch"] and (out / SELF_CRITICAL_FILE).is_file()
-    if resuming and (stage.get("reward", "cider"), stage.get("baseline", "greedy")) != (reward, baseline):
-        log(f"Resuming the self-critical stage with the reward and baseline it began with "
-            f"({stage.get('reward', 'cider')}, {stage.get('baseline', 'greedy')}).")
-    reward = stage.get("reward", "cider") if resuming else reward
+    began = (stage.get("reward", "cider"), stage.get("baseline", "greedy"), stage.get("length_weighting", 0.0))
+    if resuming and began != (reward, baseline, length_weighting):
+        log(f"Resuming the self-critical stage with the reward, baseline and length weighting it began with "
+            f"({began[0]}, {began[1]}, {began[2]:g}).")
+    if resuming:
+        reward, baseline, length_weighting = began
     scorer = validation_cider(config, data, reward)
     if resuming:
         model = load_model(out / SELF_CRITICAL_FILE)
     else:
         model = selfcritical.compile_for(load_model(out / MODEL_FILE), learning_rate)
         stage = {"epoch": 0, "history": [], "learning_rate": learning_rate, "baseline": baseline, "reward": reward,
-                 "best_epoch": 0, "best_cider": state["best_score"] if state["select_by"] == "cider"
-                 and reward == "cider" else scorer(model)}
+                 "length_weighting": length_weighting, "best_epoch": 0,
+                 "best_cider": state["best_score"] if state["select_by"] == "cider" and reward == "cider"
+                 else scorer(model)}
         log(f"Self-critical training from the kept epoch {state['best_epoch']} (validation {reward} "
-            f"{stage['best_cider']:.3f}), learning rate {learning_rate:g}, baseline {baseline}.")
+            f"{stage['best_cider']:.3f}), learning rate {learning_rate:g}, baseline {baseline}"
+            + (f", photos drawn by length to the power {length_weighting:g}." if length_weighting else "."))
     state["self_critical"] = stage
     photos, steps = np.unique(data.train.rows), step_models(model, config)
     for epoch in range(stage["epoch"], epochs):
         result = selfcritical.run_epoch(model, steps, config, data.vocabulary, data.cache.features, photos,
-                                        data.references, seed + epoch, progress, stage.get("baseline", "greedy"),
-                                        reward)
+                                        data.references, seed + epoch, progress, baseline, reward,
+                                        length_weighting)
         result["val_cider"] = scorer(model)
         stage["history"].append({"epoch": epoch + 1, **result})
         log(f"Self-critical epoch {epoch + 1}/{epochs}: sampled captions' {reward} {result['sample_cider']:.3f}, "
@@ -483,6 +490,11 @@ def self_critical(config: CaptionerConfig, data: TrainingData, out: Path, state:
         save_model(model, out / SELF_CRITICAL_FILE)
         stage["epoch"] = epoch + 1
         write_json(out / STATE_FILE, state)
+
+
+def _is_length_weighting(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        0 <= value <= selfcritical.MAX_LENGTH_WEIGHTING
 
 
 @contextlib.contextmanager

@@ -89,19 +89,37 @@ def test_train_py_fine_tunes_after_the_crossentropy_epochs_and_resumes(tiny_demo
     argv = train_argv(tiny_demo, out, tmp_path / "cache", "--epochs", "2")
     assert train.main(argv) == 0
     kept = hashlib.sha256((out / "model.keras").read_bytes()).hexdigest()
-    assert train.main([*argv, "--resume", "--self-critical", "1"]) == 0
+    assert train.main([*argv, "--resume", "--self-critical", "1", "--self-critical-length-weighting", "2"]) == 0
     stage = json.loads((out / "state.json").read_text())["self_critical"]
     assert stage["epoch"] == 1 and len(stage["history"]) == 1 and (out / "self-critical.keras").is_file()
     assert {"sample_cider", "greedy_cider", "val_cider"} <= set(stage["history"][0])
     replaced = hashlib.sha256((out / "model.keras").read_bytes()).hexdigest() != kept
     assert replaced == (stage["best_epoch"] == 1)  # model.keras changes only for a better validation CIDEr-D
-    # Goes on from its own checkpoint, with the reward it began with.
+    # Goes on from its own checkpoint, with the reward and length weighting it began with.
     assert train.main([*argv, "--resume", "--self-critical", "2", "--self-critical-reward", "cider+objects"]) == 0
     stage = json.loads((out / "state.json").read_text())["self_critical"]
     assert stage["epoch"] == 2 and [row["epoch"] for row in stage["history"]] == [1, 2]
-    assert stage["reward"] == "cider"
+    assert stage["reward"] == "cider" and stage["length_weighting"] == 2
     printed = capsys.readouterr().out
-    assert "self-critical epoch" in printed.lower() and "it began with (cider, greedy)" in printed
+    assert "self-critical epoch" in printed.lower() and "it began with (cider, greedy, 2)" in printed
+
+
+@pytest.mark.parametrize("power", [0.0, 2.0])
+def test_an_epoch_draws_photos_by_their_captions_length(monkeypatch, power):
+    drawn = []
+    monkeypatch.setattr(selfcritical, "train_step", lambda model, steps, config, vocabulary, features, references,
+                        *rest: drawn.extend(features[:, 0]) or {"sample_cider": 0.0, "greedy_cider": 0.0})
+    photos = np.arange(200)
+    references = [["ア" * (1 + 9 * (row % 2))] * 2 for row in photos]  # odd rows: captions ten times as long
+    features = photos[:, None].astype(np.float32)
+    selfcritical.run_epoch(None, None, None, None, features, photos, references, seed=0, progress=False,
+                           length_weighting=power)
+    assert len(drawn) == len(photos)
+    long_share = np.mean(np.array(drawn) % 2 == 1)
+    if power:
+        assert long_share > 0.95  # odds of 100 to 1
+    else:
+        assert sorted(drawn) == list(photos)  # every photo once
 
 
 def test_self_critical_is_refused_for_the_parallel_design(capsys):
@@ -164,7 +182,9 @@ def test_object_agreement_pays_for_naming_each_object_once():
 
 
 @pytest.mark.parametrize("stage", [{"epoch": 1, "history": [], "reward": "bleu"}, {"epoch": 1, "history": [],
-                                   "baseline": "mean"}, {"epoch": "1", "history": []}, ["not a stage"]])
+                                   "baseline": "mean"}, {"epoch": "1", "history": []}, ["not a stage"],
+                                   {"epoch": 1, "history": [], "length_weighting": 9.0},
+                                   {"epoch": 1, "history": [], "length_weighting": "2"}])
 def test_a_saved_self_critical_stage_is_checked_before_it_is_resumed(tmp_path, stage):
     import training
 
@@ -182,3 +202,5 @@ def test_the_reward_is_chosen_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--self-critical", "1", "--self-critical-reward", "bleu"])
     assert "cider+objects" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--self-critical", "1", "--self-critical-length-weighting", "-1"])
