@@ -243,6 +243,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.self_critical and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--self-critical is for the autoregressive architectures (attention, showtell, transformer); "
                      f"{args.arch} writes every character at once")
+    stage_options = [f"--{name.replace('_', '-')}" for name in ("self_critical_learning_rate", "self_critical_baseline",
+                     "self_critical_reward", "self_critical_length_weighting")
+                     if getattr(args, name) != parser.get_default(name)]
+    if stage_options and not args.self_critical:
+        parser.error(f"{', '.join(stage_options)} set{'s' if len(stage_options) == 1 else ''} how the self-critical "
+                     f"epochs train; give --self-critical EPOCHS too")
     if args.char_dropout and not ARCHITECTURES[args.arch].autoregressive:
         parser.error(f"--char-dropout is for the autoregressive architectures (attention, showtell, transformer); "
                      f"{args.arch} reads no previous characters")

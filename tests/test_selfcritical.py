@@ -204,3 +204,11 @@ def test_the_reward_is_chosen_on_the_command_line(capsys):
     assert "cider+objects" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train.parse_args(["--self-critical", "1", "--self-critical-length-weighting", "-1"])
+
+
+@pytest.mark.parametrize("option", [["--self-critical-reward", "cider+objects"], ["--self-critical-baseline", "samples"],
+                                    ["--self-critical-length-weighting", "2"], ["--self-critical-learning-rate", "1e-4"]])
+def test_a_self_critical_option_without_the_stage_is_refused(option, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(option)
+    assert f"{option[0]} sets how the self-critical epochs train; give --self-critical" in capsys.readouterr().err
