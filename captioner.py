@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from decoding import (CTC_LM_BEAM, Averaged, Caption, NoRepeat, PriorSubtracted, beam_search, class_order,
-                      decode_ctc, decode_ctc_lm, decode_parallel)
+                      decode_ctc, decode_ctc_lm, decode_parallel, sample_and_rank)
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
 from lm import LM_FILE, CharNgram
@@ -128,6 +128,9 @@ class Captioner:
             prior, if taken out, is this run's lm.json.
         no_repeat: autoregressive models: never write the same this many characters twice in a
             caption (decoding.NoRepeat); 0 = no such constraint.
+        samples: autoregressive models: also draw this many captions per image from the softmax
+            and keep the likeliest of them and of beam search's (decoding.sample_and_rank).
+        seed: the draws' random seed (the same captions for the same images, call by call).
 
     Raises:
         FileNotFoundError: a file of the run is missing.
@@ -136,7 +139,7 @@ class Captioner:
 
     def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str | None = None,
                  beam_size: int = 1, lm_weight: float | None = None, prior_weight: float | None = None,
-                 ensemble=(), no_repeat: int = 0):
+                 ensemble=(), no_repeat: int = 0, samples: int = 0, seed: int = 0):
         model_dir = Path(model_dir)
         model, config, vocabulary = load_run(model_dir)
         autoregressive = architecture(config).autoregressive
@@ -148,6 +151,9 @@ class Captioner:
         if no_repeat and not autoregressive:
             raise ValueError(f"--no-repeat is for autoregressive runs; {model_dir} is {config.arch}, whose "
                              f"steps are written all at once.")
+        if samples and not autoregressive:
+            raise ValueError(f"--samples draws captions from autoregressive runs; {model_dir} is {config.arch}, "
+                             f"whose steps are written all at once.")
         if ensemble and not autoregressive:
             raise ValueError(f"--ensemble averages the steps of autoregressive runs; {model_dir} is {config.arch}, "
                              f"whose steps are written all at once.")
@@ -165,6 +171,7 @@ class Captioner:
                                              "run without it")
         self._bind(model, config, vocabulary, language_model, decode, beam_size, lm_weight, prior_weight, members,
                    no_repeat)
+        self.samples, self.rng = samples, np.random.default_rng(seed)
         self.vgg = build_vgg16(vgg_weights or config.vgg_weights, config.image_size,
                                config.vgg_precision, config.feature_layer) if with_vgg else None
 
@@ -174,7 +181,7 @@ class Captioner:
         """A captioner of cached features from a model in memory (training's per-epoch validation captions)."""
         captioner = cls.__new__(cls)
         captioner._bind(model, config, vocabulary, language_model)
-        captioner.vgg = None
+        captioner.vgg, captioner.samples = None, 0
         return captioner
 
     def _bind(self, model, config: CaptionerConfig, vocabulary: Vocabulary, language_model: CharNgram | None,
@@ -213,6 +220,9 @@ class Captioner:
         """
         features = np.asarray(features, dtype=np.float32)
         beam_size = max(beam_size or self.beam_size, n_best)
+        if self.steps is not None and self.samples:
+            return sample_and_rank(self.steps, features, self.vocabulary, self.samples, self.rng, beam_size, n_best,
+                                   self.config.timesteps - 1)
         if self.steps is not None:
             return beam_search(self.steps, features, self.vocabulary, beam_size, n_best, self.config.timesteps - 1)
         probabilities = self.model.predict_on_batch(features)  # (batch, 50, 128)
@@ -225,10 +235,14 @@ class Captioner:
 
     def caption_cached(self, features, rows, batch_size: int = 256) -> list[tuple[str, bool]]:
         """``(caption, ended)`` of the cache rows ``rows``, batch by batch (features are read as they are needed)."""
+        return [(best[0].text, best[0].ended) for best in self.candidates_cached(features, rows, batch_size)]
+
+    def candidates_cached(self, features, rows, batch_size: int = 256, n_best: int = 1) -> list[list[Caption]]:
+        """Up to ``n_best`` captions, best first, of each of the cache rows ``rows``, batch by batch."""
         captions = []
         for start in range(0, len(rows), batch_size):
             batch = np.asarray(features[np.asarray(rows[start : start + batch_size])], dtype=np.float32)
-            captions.extend((best[0].text, best[0].ended) for best in self.caption_features(batch))
+            captions.extend(self.caption_features(batch, n_best))
         return captions
 
     def image_features(self, images: np.ndarray) -> np.ndarray:

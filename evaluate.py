@@ -27,12 +27,14 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 import demo  # noqa: E402
+import hard  # noqa: E402
 from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
 from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, existing_dir, existing_file,  # noqa: E402
                  folder_path, nonempty_path, off_or_bounded_int, positive_int)
 from dataset import load_caption_files  # noqa: E402
 from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
-                      MAX_ENSEMBLE, MAX_NO_REPEAT, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP)
+                      MAX_ENSEMBLE, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
+                      SAMPLES_HELP)
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import clause_cut, convert_captions  # noqa: E402
@@ -65,6 +67,10 @@ def main(argv=None) -> int:
                              + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--no-repeat", type=off_or_bounded_int(2, MAX_NO_REPEAT), default=0, metavar="N",
                         help=NO_REPEAT_HELP)
+    parser.add_argument("--samples", type=off_or_bounded_int(1, MAX_SAMPLES), default=0, metavar="N",
+                        help=SAMPLES_HELP + "; on the hard benchmark, also the share of photos with any candidate "
+                             "entirely right")
+    parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), help="with --samples: the draws' seed [default: 0]")
     parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png "
                                                         "[default: MODEL/eval-ANNOTATIONS, -ensemble-of-N added]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
@@ -80,6 +86,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.human and args.ensemble:
         parser.error("--human scores the references, no model: --ensemble is for a run's captions")
+    if args.seed is not None and not args.samples:
+        parser.error("--seed sets the draws of --samples; give --samples N too")
+    if args.samples and args.human:
+        parser.error("--human scores the references, no model: --samples is for a run's captions")
     if args.timesteps and not args.human:
         parser.error("--timesteps is for --human (a run's own caption length is in its config.json)")
     if args.annotations is None:
@@ -118,7 +128,7 @@ def evaluate(args) -> dict:
     samples.png."""
     captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size,
                            lm_weight=args.lm_weight, prior_weight=args.prior_weight, ensemble=args.ensemble,
-                           no_repeat=args.no_repeat)
+                           no_repeat=args.no_repeat, samples=args.samples, seed=args.seed or 0)
     records, report = load_caption_files(args.annotations, args.images)
     records = records[: args.limit] if args.limit else records
     for line in report.lines():
@@ -132,15 +142,21 @@ def evaluate(args) -> dict:
     if not keep:
         print("error: no readable photo with a usable caption to evaluate on", file=sys.stderr)
         return {}
-    captions = captioner.caption_cached(cache.features, keep, args.batch_size)
+    found = captioner.candidates_cached(cache.features, keep, args.batch_size,
+                                        n_best=args.samples + args.beam_size if args.samples else 1)
+    captions = [(candidates[0].text, candidates[0].ended) for candidates in found]
     kept_references = [references[index] for index in keep]
-    result = score(captions, kept_references, [records[index].scene for index in keep])
+    scenes = [records[index].scene for index in keep]
+    result = score(captions, kept_references, scenes)
+    if args.samples and all(isinstance(scene, dict) for scene in scenes):  # the hard benchmark's photos
+        result[hard.ANY_CANDIDATE] = hard.any_right([[c.text for c in candidates] for candidates in found], scenes)
     per_image = result.pop("CIDEr-D per image")
     result.update(model=str(args.model), ensemble=[str(run) for run in args.ensemble], annotations=args.annotations,
                   decode=captioner.decode, beam_size=args.beam_size,
                   lm_weight=captioner.lm_weight if captioner.decode == "ctc-lm" else None,
                   prior_weight=captioner.prior_weight if captioner.steps is not None else None,
                   no_repeat=captioner.no_repeat if captioner.steps is not None else None,
+                  samples=args.samples, seed=args.seed or 0,
                   arch=captioner.config.arch)
     print(format_table(result))
 

@@ -521,6 +521,7 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+ANY_CANDIDATE = "every object right, any candidate"  # any_right: the best a ranking of the candidates gets
 BY_OBJECTS = ("every object right", EVERY_COLOR_AND_KIND)  # photo-level scores also given by number of objects
 
 
@@ -533,6 +534,13 @@ def by_objects(count: int, name: str = "every object right") -> str:
 def by_objects_names() -> list[str]:
     """Every ``by_objects`` name, in the order tables show them."""
     return [by_objects(count, name) for name in BY_OBJECTS for count in range(1, len(OBJECT_COUNT_SHARES) + 1)]
+
+
+def any_right(candidates: list[list[str]], scenes: list[dict]) -> float:
+    """The share of photos with at least one of their candidate captions scored ``every object right``: how many a
+    decoder that ranked its candidates perfectly would get right (evaluate.py --samples)."""
+    return float(np.mean([max(score_caption(text, scene)["every object right"] for text in texts)
+                          for texts, scene in zip(candidates, scenes)]))
 
 
 def score(captions: list[str], scenes: list[dict]) -> dict[str, float]:

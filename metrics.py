@@ -110,8 +110,8 @@ def score(captions: list[tuple[str, bool]], references: list[list[str]], scenes=
 
 def format_table(result: dict) -> str:
     """``score``'s result as a two-column table."""
-    names = [name for name in (*METRIC_NAMES, "exact match", "never ended", "scene accuracy", *hard.ATTRIBUTES)
-             if name in result]
+    names = [name for name in (*METRIC_NAMES, "exact match", "never ended", "scene accuracy", *hard.ATTRIBUTES,
+                               hard.ANY_CANDIDATE) if name in result]
     names += [name for name in hard.by_objects_names() if name in result]
     width = max(len(name) for name in (*names, "mean length")) + 2
     lines = [f"{'metric':<{width}}{'value':>8}"]

@@ -26,7 +26,8 @@ from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, file
                  nonempty_path, off_or_bounded_int, vgg_weights)
 from dataset import find_images  # noqa: E402
 from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
-                      MAX_ENSEMBLE, MAX_NO_REPEAT, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP)
+                      MAX_ENSEMBLE, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
+                      SAMPLES_HELP)
 from features import WeightsUnavailable  # noqa: E402
 from plots import plot_attention, plot_captions  # noqa: E402
 
@@ -62,9 +63,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                              + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--no-repeat", type=off_or_bounded_int(2, MAX_NO_REPEAT), default=0, metavar="N",
                         help=NO_REPEAT_HELP)
+    parser.add_argument("--samples", type=off_or_bounded_int(1, MAX_SAMPLES), default=0, metavar="N",
+                        help=SAMPLES_HELP)
+    parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), help="with --samples: the draws' seed [default: 0]")
     parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1,
                         help="print this many captions per image, with probabilities (autoregressive runs and CTC decoding)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.seed is not None and not args.samples:
+        parser.error("--seed sets the draws of --samples; give --samples N too")
+    return args
 
 
 def print_captions(path: str, captions, args: argparse.Namespace) -> None:
@@ -94,7 +101,7 @@ def main(argv=None) -> int:
         captioner = Captioner(args.model, args.vgg_weights, decode=args.decode,
                               beam_size=max(args.beam_size, args.n_best), lm_weight=args.lm_weight,
                               prior_weight=args.prior_weight, ensemble=args.ensemble,
-                              no_repeat=args.no_repeat)
+                              no_repeat=args.no_repeat, samples=args.samples, seed=args.seed or 0)
         if args.attention and not captioner.has_attention:
             raise ValueError(f"--attention needs an attention model, alone; {args.model} is {captioner.config.arch!r}"
                              + (" in an ensemble" if args.ensemble else ""))

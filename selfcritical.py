@@ -23,7 +23,6 @@ sample weights, so every backend runs it.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import math
 
@@ -33,8 +32,8 @@ from tqdm import tqdm
 
 import hard
 from batches import length_odds
-from decoding import beam_search
-from kana import END, Vocabulary
+from decoding import beam_search, sample_captions
+from kana import Vocabulary
 from metrics import cider_scores
 from model import CaptionerConfig, StepModels, model_inputs
 
@@ -44,53 +43,6 @@ PHOTOS_PER_BATCH = 32  # photos per step: 32 × 5 sampled captions
 REWARDS = ("cider", "cider+objects")  # what a caption earns (the module's docstring)
 OBJECTS_WEIGHT = 2.0  # cider+objects: CIDEr-D + this × object_agreement (CIDEr-D of training captions: about 3)
 MAX_LENGTH_WEIGHTING = 4.0  # --self-critical-length-weighting: the highest power of a photo's caption length
-
-
-@dataclasses.dataclass
-class Samples:
-    """Captions drawn from a model, as training targets."""
-
-    targets: np.ndarray  # (num_captions, timesteps) class indices, END-padded after the caption
-    lengths: np.ndarray  # (num_captions,) characters before the end
-    ended: np.ndarray  # (num_captions,) bool: the model wrote the end class within timesteps - 1 characters
-
-    def texts(self, vocabulary: Vocabulary) -> list[str]:
-        return [vocabulary.decode(row)[0] for row in self.targets]
-
-    def weights(self, advantages: np.ndarray) -> np.ndarray:
-        """Per character ``(num_captions, timesteps)``: the sample's advantage up to its end class (included
-        where the model wrote it), 0 on the padding after."""
-        steps = np.arange(self.targets.shape[1])[None, :]
-        written = steps < (self.lengths + self.ended)[:, None]
-        return (advantages[:, None] * written).astype(np.float32)
-
-
-def sample_captions(steps: StepModels, features: np.ndarray, num_samples: int, timesteps: int,
-                    rng: np.random.Generator) -> Samples:
-    """``num_samples`` captions per image, image by image, each character drawn from the model's softmax.
-
-    A caption that has not ended after ``timesteps - 1`` characters is cut
-    there, unended, as beam search cuts one.
-    """
-    states = [np.repeat(state, num_samples, axis=0) for state in steps.start(features)]
-    num_captions = len(features) * num_samples
-    targets = np.full((num_captions, timesteps), END, dtype=np.int64)
-    lengths = np.zeros(num_captions, dtype=np.int64)
-    alive, ended = np.ones(num_captions, dtype=bool), np.zeros(num_captions, dtype=bool)
-    tokens = np.full(num_captions, END, dtype=np.int64)
-    for step in range(timesteps):
-        probabilities, states = steps.next(tokens, states)
-        cumulative = np.cumsum(np.asarray(probabilities, dtype=np.float64), axis=1)
-        drawn = np.minimum((cumulative < rng.random((num_captions, 1)) * cumulative[:, -1:]).sum(axis=1),
-                           cumulative.shape[1] - 1)
-        ended |= alive & (drawn == END)
-        alive &= drawn != END
-        if step == timesteps - 1 or not alive.any():
-            break
-        targets[alive, step] = drawn[alive]
-        lengths += alive
-        tokens = np.where(alive, drawn, END)
-    return Samples(targets, lengths, ended)
 
 
 @functools.lru_cache(maxsize=65_536)

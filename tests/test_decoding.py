@@ -5,7 +5,7 @@ import pytest
 
 import lm
 from decoding import (Averaged, NoRepeat, PriorSubtracted, beam_search, class_order, decode_ctc, decode_parallel,
-                      repeat_endings)
+                      repeat_endings, sample_and_rank)
 from kana import END, Vocabulary
 
 VOCABULARY = Vocabulary(("ア", "イ", "ウ"))  # classes 1, 2, 3; 0 is the end
@@ -84,6 +84,27 @@ def test_captions_without_end_are_cut_and_marked():
 
     (best,) = beam_search(Babbler(), np.zeros((1, 1)), VOCABULARY, beam_size=2, max_length=5)[0]
     assert best.text == "アアアアア" and not best.ended
+
+
+
+def test_drawn_captions_find_the_likeliest_caption_that_greedy_misses():
+    rng = np.random.default_rng(0)
+    captions = sample_and_rank(FakeSteps(), np.zeros((2, 1)), VOCABULARY, num_samples=20, rng=rng, n_best=3)
+    for ranked in captions:  # greedy writes ア (0.3); a draw of イ (0.4 of them) finds イウ (0.4)
+        assert [c.text for c in ranked][0] == "イウ" and {c.text for c in ranked[1:]} == {"ア", "アア"}
+        assert [c.probability for c in ranked] == pytest.approx([0.4, 0.3, 0.3])
+    again = sample_and_rank(FakeSteps(), np.zeros((2, 1)), VOCABULARY, num_samples=20, rng=np.random.default_rng(0),
+                            n_best=3)
+    assert again == captions  # the same seed, the same captions
+
+
+def test_drawn_captions_rank_ended_ones_before_likelier_unended_ones():
+    class Rambler(FakeSteps):
+        TABLE = {"": {"ア": 0.9, "イ": 0.1}, "ア": {"ア": 1.0}, "アア": {"ア": 1.0}, "イ": {"": 1.0}}
+
+    ranked = sample_and_rank(Rambler(), np.zeros((1, 1)), VOCABULARY, num_samples=40, rng=np.random.default_rng(1),
+                             n_best=2, max_length=2)[0]
+    assert [(c.text, c.ended) for c in ranked] == [("イ", True), ("アア", False)]
 
 
 class OneCharacter(FakeSteps):

@@ -395,6 +395,33 @@ def test_no_repeat_decodes_captions_without_a_repeated_run(tiny_run, tiny_demo, 
     assert "must be 0 (off) or from 2 to 80" in capsys.readouterr().err
 
 
+
+def test_samples_keep_the_likeliest_of_the_drawn_and_searched_captions(tiny_run, tiny_demo, tmp_path, capsys):
+    out, cache = tiny_run
+    photos = str(tiny_demo / "val2014")
+    argv = [photos, "--model", str(out), "--json", "--samples", "6", "--n-best", "3", "--seed", "4"]
+    assert predict.main(argv) == 0
+    first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(first) == 6
+    for record in first:
+        probabilities = [c["probability"] for c in record["captions"]]
+        assert probabilities == sorted(probabilities, reverse=True) and record["caption"] == record["captions"][0]["caption"]
+    assert predict.main(argv) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == first  # seeded
+    report = tmp_path / "report"
+    assert evaluate.main(["--model", str(out), "--annotations", str(tiny_demo / "captions_val.json"), "--images",
+                          photos, "--out", str(report), "--cache-dir", str(cache), "--quiet", "--samples", "4"]) == 0
+    assert json.loads((report / "metrics.json").read_text())["samples"] == 4
+    for bad in (["--samples", "65"], ["--samples", "-1"], ["--seed", "3"]):
+        with pytest.raises(SystemExit):
+            predict.parse_args([photos, *bad])
+    err = capsys.readouterr().err
+    assert "must be 0 (off) or from 1 to 64" in err and "--seed sets the draws of --samples" in err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--human", "--samples", "4"])
+    assert "--samples is for a run's captions" in capsys.readouterr().err
+
+
 def test_an_ensemble_of_a_run_with_itself_captions_as_the_run_alone(tiny_run, tiny_demo, tmp_path, capsys):
     import shutil
 

@@ -391,3 +391,8 @@ def test_recoloured_training_photos_are_the_benchmarks_with_swapped_copies(tmp_p
     with pytest.raises(SystemExit):
         demo.main(["--hard", "--recolour", "red-blue,sepia", "--out", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists()
+
+
+def test_any_right_counts_a_photo_once_one_of_its_candidates_is_right():
+    right, wrong = text_to_katakana("左に赤い丸、青い星が二つあります。"), text_to_katakana("左に赤い丸があります。")
+    assert hard.any_right([[wrong, right], [wrong], [right, right]], [SCENE] * 3) == pytest.approx(2 / 3)

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+import decoding
 import selfcritical
 import train
 from conftest import train_argv
@@ -130,7 +131,7 @@ def test_self_critical_is_refused_for_the_parallel_design(capsys):
 
 def test_vocabulary_decodes_samples_to_text():
     vocabulary = Vocabulary.build(["アイ"])
-    samples = selfcritical.Samples(np.array([[1, 2, END]]), np.array([2]), np.array([True]))
+    samples = decoding.Samples(np.array([[1, 2, END]]), np.array([2]), np.array([True]))
     assert samples.texts(vocabulary) == [vocabulary.decode([1, 2, END])[0]]
 
 
@@ -149,7 +150,7 @@ def test_a_caption_that_never_ends_earns_nothing(monkeypatch):
 
     config = CaptionerConfig(arch="attention", units=16, image_size=32)
     ended = np.array([True, False] + [True] * 3)
-    samples = selfcritical.Samples(np.ones((5, config.timesteps), dtype=np.int64), np.full(5, 3), ended)
+    samples = decoding.Samples(np.ones((5, config.timesteps), dtype=np.int64), np.full(5, 3), ended)
     monkeypatch.setattr(selfcritical, "sample_captions", lambda *args: samples)
     monkeypatch.setattr(selfcritical, "beam_search", lambda *args: [[Caption("ア", False, 1.0)]])
     monkeypatch.setattr(selfcritical, "cider_scores", lambda candidates, references: np.ones(len(candidates)))
