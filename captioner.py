@@ -27,7 +27,7 @@ from decoding import (CTC_LM_BEAM, Averaged, Caption, NoRepeat, PriorSubtracted,
 from features import build_vgg16, decode_batches, load_image, preprocess
 from kana import Vocabulary
 from lm import LM_FILE, CharNgram
-from model import ATTRIBUTES, CaptionerConfig, architecture, load_model, save_model, step_models
+from model import ATTRIBUTES, CaptionerConfig, architecture, load_model, model_inputs, save_model, step_models
 
 DEFAULT_RUN = "runs/demo"  # what python train.py makes and predict.py reads when no run is named
 MODEL_FILE = "model.keras"  # the weights of the best epoch (train.py --keep-best)
@@ -98,6 +98,46 @@ def _check_member(model_dir: Path, config: CaptionerConfig, other_dir: Path, oth
             + " differ; an ensemble's runs read the same features and write as many steps.")
 
 
+def _same_features(config: CaptionerConfig, other: CaptionerConfig) -> bool:
+    return all(getattr(config, name) == getattr(other, name)
+               for name in ("vgg_weights", "vgg_precision", "image_size", "feature_layer"))
+
+
+def _check_judge(model_dir: Path, config: CaptionerConfig, vocabulary: Vocabulary, judge_dir: Path,
+                 judge: CaptionerConfig, judge_vocabulary: Vocabulary) -> None:
+    """Raises ValueError unless ``judge_dir``'s run can score ``model_dir``'s captions: an autoregressive run that
+    knows the run's characters (in any order) and writes as many steps (its features may differ: another image
+    size, layer or weights)."""
+    if not architecture(judge).autoregressive:
+        raise ValueError(f"--judge scores captions one character after another; {judge_dir} is {judge.arch}, whose "
+                         f"steps are written all at once.")
+    missing = "".join(sorted(set(vocabulary.characters) - set(judge_vocabulary.characters)))
+    if missing or judge.timesteps != config.timesteps:
+        raise ValueError(f"{judge_dir} cannot judge {model_dir}'s captions: a judge knows every character the run "
+                         f"writes (not {missing or 'missing none'}) and writes as many steps (timesteps "
+                         f"{judge.timesteps} against {config.timesteps}).")
+
+
+def caption_log_probabilities(model, config: CaptionerConfig, vocabulary: Vocabulary, features: np.ndarray,
+                              texts: list[str], ended=None, batch_size: int = 512) -> np.ndarray:
+    """log P(text, then the end class | features) of each caption under an autoregressive run, fed the caption's
+    own characters (one model call per batch, not one per character). ``features[i]`` is ``texts[i]``'s photo's;
+    where ``ended[i]`` is False (a caption cut unended) the end class is not counted, as beam search counts it."""
+    ended = np.ones(len(texts), dtype=bool) if ended is None else np.asarray(ended, dtype=bool)
+    scores = np.zeros(len(texts))
+    steps = np.arange(config.timesteps)[None, :]
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        targets = np.stack([vocabulary.encode(text, config.timesteps)[0] for text in chunk]).astype(np.int64)
+        written = np.array([min(len(text), config.timesteps - 1) for text in chunk])
+        written += ended[start : start + batch_size]  # the characters, then the end class where it was written
+        inputs = model_inputs(config, np.asarray(features[start : start + batch_size], dtype=np.float32), targets)
+        probabilities = np.asarray(model.predict_on_batch(inputs), dtype=np.float64)
+        chosen = np.take_along_axis(probabilities, targets[:, :, None], axis=2)[:, :, 0]
+        scores[start : start + batch_size] = (np.log(np.maximum(chosen, 1e-12)) * (steps < written[:, None])).sum(1)
+    return scores
+
+
 @dataclasses.dataclass
 class Captioned:
     """One photo's result from ``Captioner.caption_photo``."""
@@ -130,6 +170,9 @@ class Captioner:
             caption (decoding.NoRepeat); 0 = no such constraint.
         samples: autoregressive models: also draw this many captions per image from the softmax
             and keep the likeliest of them and of beam search's (decoding.sample_and_rank).
+        judges: with samples: autoregressive run folders of the same characters and length, each reading the
+            photo with its own features (image size, layer, weights), which rank the candidates
+            instead, by the sum of their log-probabilities of each (``judge``).
         seed: the draws' random seed (the same captions for the same images, call by call).
 
     Raises:
@@ -139,7 +182,7 @@ class Captioner:
 
     def __init__(self, model_dir, vgg_weights: str | None = None, with_vgg: bool = True, decode: str | None = None,
                  beam_size: int = 1, lm_weight: float | None = None, prior_weight: float | None = None,
-                 ensemble=(), no_repeat: int = 0, samples: int = 0, seed: int = 0):
+                 ensemble=(), no_repeat: int = 0, samples: int = 0, seed: int = 0, judges=()):
         model_dir = Path(model_dir)
         model, config, vocabulary = load_run(model_dir)
         autoregressive = architecture(config).autoregressive
@@ -157,6 +200,12 @@ class Captioner:
         if ensemble and not autoregressive:
             raise ValueError(f"--ensemble averages the steps of autoregressive runs; {model_dir} is {config.arch}, "
                              f"whose steps are written all at once.")
+        if judges and not samples:
+            raise ValueError("--judge ranks the captions drawn for a photo: give --samples N too.")
+        self.judges = []  # (model, config, vocabulary) of each judging run
+        for judge_dir in map(Path, judges):
+            self.judges.append(load_run(judge_dir, "--judge"))
+            _check_judge(model_dir, config, vocabulary, judge_dir, self.judges[-1][1], self.judges[-1][2])
         members = []
         for other_dir in map(Path, ensemble):
             members.append(load_run(other_dir, "--ensemble"))
@@ -174,6 +223,9 @@ class Captioner:
         self.samples, self.rng = samples, np.random.default_rng(seed)
         self.vgg = build_vgg16(vgg_weights or config.vgg_weights, config.image_size,
                                config.vgg_precision, config.feature_layer) if with_vgg else None
+        self.judge_vggs = [self.vgg if self.vgg is not None and _same_features(config, judge) else
+                           build_vgg16(vgg_weights or judge.vgg_weights, judge.image_size, judge.vgg_precision,
+                                       judge.feature_layer) for _, judge, _ in self.judges] if with_vgg else []
 
     @classmethod
     def of_model(cls, model, config: CaptionerConfig, vocabulary: Vocabulary,
@@ -181,7 +233,7 @@ class Captioner:
         """A captioner of cached features from a model in memory (training's per-epoch validation captions)."""
         captioner = cls.__new__(cls)
         captioner._bind(model, config, vocabulary, language_model)
-        captioner.vgg, captioner.samples = None, 0
+        captioner.vgg, captioner.samples, captioner.judges = None, 0, []
         return captioner
 
     def _bind(self, model, config: CaptionerConfig, vocabulary: Vocabulary, language_model: CharNgram | None,
@@ -216,13 +268,14 @@ class Captioner:
                          beam_size: int | None = None) -> list[list[Caption]]:
         """Up to ``n_best`` captions per image, best first, from VGG16 features (pool5 at 150 px: ``(batch, 4, 4, 512)``).
 
-        ``beam_size`` overrides the captioner's for this call (at least ``n_best``).
+        ``beam_size`` overrides the captioner's for this call (at least ``n_best``, unless captions are also
+        drawn: ``samples``).
         """
         features = np.asarray(features, dtype=np.float32)
+        if self.steps is not None and self.samples:  # the draws are candidates too: no wider beam for n_best
+            return sample_and_rank(self.steps, features, self.vocabulary, self.samples, self.rng,
+                                   beam_size or self.beam_size, n_best, self.config.timesteps - 1)
         beam_size = max(beam_size or self.beam_size, n_best)
-        if self.steps is not None and self.samples:
-            return sample_and_rank(self.steps, features, self.vocabulary, self.samples, self.rng, beam_size, n_best,
-                                   self.config.timesteps - 1)
         if self.steps is not None:
             return beam_search(self.steps, features, self.vocabulary, beam_size, n_best, self.config.timesteps - 1)
         probabilities = self.model.predict_on_batch(features)  # (batch, 50, 128)
@@ -244,6 +297,25 @@ class Captioner:
             batch = np.asarray(features[np.asarray(rows[start : start + batch_size])], dtype=np.float32)
             captions.extend(self.caption_features(batch, n_best))
         return captions
+
+    def judge(self, candidates: list[list[Caption]], features: list[np.ndarray]) -> list[list[Caption]]:
+        """Each photo's candidates ranked by the judges: ended ones first, then by the sum of the judges'
+        log-probabilities; a caption's probability becomes the judges' (their geometric mean).
+
+        ``features[j][i]``: judge ``j``'s features of photo ``i``.
+        """
+        texts = [caption.text for captions in candidates for caption in captions]
+        ended = [caption.ended for captions in candidates for caption in captions]
+        photo = np.repeat(np.arange(len(candidates)), [len(captions) for captions in candidates])
+        scores = sum(caption_log_probabilities(model, config, vocabulary, np.asarray(judged)[photo], texts, ended)
+                     for (model, config, vocabulary), judged in zip(self.judges, features))
+        judged, start = [], 0
+        for captions in candidates:
+            rescored = [dataclasses.replace(caption, probability=float(np.exp(score / len(self.judges))))
+                        for caption, score in zip(captions, scores[start : start + len(captions)])]
+            judged.append(sorted(rescored, key=lambda caption: (not caption.ended, -caption.probability)))
+            start += len(captions)
+        return judged
 
     def image_features(self, images: np.ndarray) -> np.ndarray:
         """VGG16 features (the run's layer) of letterboxed uint8 images ``(batch, size, size, 3)``."""
@@ -281,9 +353,14 @@ class Captioner:
         maps = self.attention_maps(features, [captions[0].text])[0] if self.has_attention else None
         return Captioned(image, captions, maps, seconds)
 
-    def caption_images(self, images: np.ndarray, n_best: int = 1) -> list[list[Caption]]:
-        """Captions from letterboxed uint8 images ``(batch, size, size, 3)``."""
-        return self.caption_features(self.image_features(images), n_best)
+    def caption_images(self, images: np.ndarray, n_best: int = 1, judged_images=()) -> list[list[Caption]]:
+        """Captions from letterboxed uint8 images ``(batch, size, size, 3)``; with judges, ``judged_images`` are
+        the same photos letterboxed at each judge's size."""
+        if not self.judges:
+            return self.caption_features(self.image_features(images), n_best)
+        candidates = self.caption_features(self.image_features(images), self.samples + self.beam_size)
+        features = [vgg.predict_on_batch(preprocess(judged)) for vgg, judged in zip(self.judge_vggs, judged_images)]
+        return [captions[:n_best] for captions in self.judge(candidates, features)]
 
     def caption_files(self, paths, batch_size: int = 32, n_best: int = 1):
         """Yields ``(path, captions, error)`` for each file, in order, batch by batch.
@@ -293,6 +370,8 @@ class Captioner:
         """
         paths = [str(path) for path in paths]
         for chunk, rows, images, errors in decode_batches(paths, np.arange(len(paths)), self.config.image_size, batch_size):
-            captions = dict(zip(rows.tolist(), self.caption_images(images, n_best))) if len(rows) else {}
+            judged = [np.stack([load_image(paths[row], judge.image_size) for row in rows]) if len(rows) else None
+                      for _, judge, _ in self.judges]  # each judge reads the photos at its own size
+            captions = dict(zip(rows.tolist(), self.caption_images(images, n_best, judged))) if len(rows) else {}
             for row in chunk.tolist():
                 yield paths[row], captions.get(row), errors.get(row)

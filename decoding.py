@@ -35,7 +35,11 @@ from lm import END_MARK
 
 MAX_BEAM = 64  # --beam-size and --n-best: the work per photo grows with it
 MAX_SAMPLES = 64  # --samples: captions drawn per photo (the work per photo grows with it)
-MAX_DRAWN = 2048  # sample_and_rank draws for this many captions at once (the states of each are kept)
+MAX_JUDGES = 4  # --judge: each adds a model (and, in predict.py, a VGG16 at its image size)
+JUDGE_HELP = ("with --samples: a run folder (knowing the run's characters, of its timesteps; any image size, layer or VGG16 weights) "
+              "that ranks the candidates instead, by its probability of each caption given the photo read its own "
+              "way; give it once per judge, up to " + str(MAX_JUDGES) + " (their log-probabilities add up)")
+MAX_DRAWN = 512  # sample_and_rank draws this many captions at once (a transformer keeps each one's keys and values)
 SAMPLES_HELP = ("autoregressive runs: also draw this many captions per photo from the model's softmax and keep "
                 "the likeliest of them and of beam search's (0 = beam search alone; 16 measured in "
                 "docs/hard-benchmark.md)")
@@ -373,11 +377,13 @@ class Samples:
 
 
 def sample_captions(steps, features: np.ndarray, num_samples: int, timesteps: int,
-                    rng: np.random.Generator) -> Samples:
+                    rng: np.random.Generator, num_classes: int | None = None) -> Samples:
     """``num_samples`` captions per image, image by image, each character drawn from the model's softmax.
 
     A caption that has not ended after ``timesteps - 1`` characters is cut
-    there, unended, as beam search cuts one.
+    there, unended, as beam search cuts one. ``num_classes``: draw only the
+    first this many classes (the vocabulary's; a model has spare ones, which
+    no character decodes to); a caption's probability is the softmax's.
     """
     states = [np.repeat(state, num_samples, axis=0) for state in steps.start(features)]
     num_captions = len(features) * num_samples
@@ -388,11 +394,11 @@ def sample_captions(steps, features: np.ndarray, num_samples: int, timesteps: in
     tokens = np.full(num_captions, END, dtype=np.int64)
     for step in range(timesteps):
         probabilities, states = steps.next(tokens, states)
-        probabilities = np.asarray(probabilities, dtype=np.float64)
+        probabilities = np.asarray(probabilities, dtype=np.float64)[:, :num_classes]
         cumulative = np.cumsum(probabilities, axis=1)
         drawn = np.minimum((cumulative < rng.random((num_captions, 1)) * cumulative[:, -1:]).sum(axis=1),
                            cumulative.shape[1] - 1)
-        chosen = probabilities[np.arange(num_captions), drawn] / np.maximum(cumulative[:, -1], 1e-12)
+        chosen = probabilities[np.arange(num_captions), drawn]  # as beam search counts it: not renormalised
         log_probabilities += np.where(alive, np.log(np.maximum(chosen, 1e-12)), 0.0)
         ended |= alive & (drawn == END)
         alive &= drawn != END
@@ -419,7 +425,8 @@ def sample_and_rank(steps, features: np.ndarray, vocabulary: Vocabulary, num_sam
     group = max(1, MAX_DRAWN // num_samples)
     results = []
     for start in range(0, len(features), group):
-        drawn = sample_captions(steps, features[start : start + group], num_samples, max_length + 1, rng)
+        drawn = sample_captions(steps, features[start : start + group], num_samples, max_length + 1, rng,
+                                vocabulary.num_classes)
         texts = drawn.texts(vocabulary)
         for image, found in enumerate(searched[start : start + group]):
             candidates = {caption.text: caption for caption in found}

@@ -34,7 +34,7 @@ from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, exis
 from dataset import load_caption_files  # noqa: E402
 from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
                       MAX_ENSEMBLE, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
-                      SAMPLES_HELP)
+                      SAMPLES_HELP, JUDGE_HELP, MAX_JUDGES)
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import clause_cut, convert_captions  # noqa: E402
@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=off_or_bounded_int(1, MAX_SAMPLES), default=0, metavar="N",
                         help=SAMPLES_HELP + "; on the hard benchmark, also the share of photos with any candidate "
                              "entirely right")
+    parser.add_argument("--judge", action=bounded_append(MAX_JUDGES, "judges"), default=[], metavar="RUN",
+                        type=nonempty_path, help=JUDGE_HELP)
     parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), help="with --samples: the draws' seed [default: 0]")
     parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png "
                                                         "[default: MODEL/eval-ANNOTATIONS, -ensemble-of-N added]")
@@ -88,6 +90,8 @@ def main(argv=None) -> int:
         parser.error("--human scores the references, no model: --ensemble is for a run's captions")
     if args.seed is not None and not args.samples:
         parser.error("--seed sets the draws of --samples; give --samples N too")
+    if args.judge and not args.samples:
+        parser.error("--judge ranks the captions drawn for a photo; give --samples N too")
     if args.samples and args.human:
         parser.error("--human scores the references, no model: --samples is for a run's captions")
     if args.timesteps and not args.human:
@@ -128,7 +132,7 @@ def evaluate(args) -> dict:
     samples.png."""
     captioner = Captioner(args.model, with_vgg=False, decode=args.decode, beam_size=args.beam_size,
                            lm_weight=args.lm_weight, prior_weight=args.prior_weight, ensemble=args.ensemble,
-                           no_repeat=args.no_repeat, samples=args.samples, seed=args.seed or 0)
+                           no_repeat=args.no_repeat, samples=args.samples, seed=args.seed or 0, judges=args.judge)
     records, report = load_caption_files(args.annotations, args.images)
     records = records[: args.limit] if args.limit else records
     for line in report.lines():
@@ -138,12 +142,19 @@ def evaluate(args) -> dict:
     cache, _ = cached_features([r.path for r in records], config.vgg_weights, config.image_size,
                                args.cache_dir, progress=not args.quiet, precision=config.vgg_precision,
                                layer=config.feature_layer)
-    keep = [index for index in np.flatnonzero(cache.complete) if references[index]]
+    judged = [cached_features([r.path for r in records], judge.vgg_weights, judge.image_size, args.cache_dir,
+                              progress=not args.quiet, precision=judge.vgg_precision, layer=judge.feature_layer)[0]
+              for _, judge, _ in captioner.judges]  # each judge's own features of the photos
+    complete = np.logical_and.reduce([cache.complete, *(judge.complete for judge in judged)])
+    keep = [index for index in np.flatnonzero(complete) if references[index]]
     if not keep:
         print("error: no readable photo with a usable caption to evaluate on", file=sys.stderr)
         return {}
     found = captioner.candidates_cached(cache.features, keep, args.batch_size,
                                         n_best=args.samples + args.beam_size if args.samples else 1)
+    if judged:
+        rows = np.asarray(keep)
+        found = captioner.judge(found, [np.asarray(judge.features[rows], dtype=np.float32) for judge in judged])
     captions = [(candidates[0].text, candidates[0].ended) for candidates in found]
     kept_references = [references[index] for index in keep]
     scenes = [records[index].scene for index in keep]
@@ -156,7 +167,7 @@ def evaluate(args) -> dict:
                   lm_weight=captioner.lm_weight if captioner.decode == "ctc-lm" else None,
                   prior_weight=captioner.prior_weight if captioner.steps is not None else None,
                   no_repeat=captioner.no_repeat if captioner.steps is not None else None,
-                  samples=args.samples, seed=args.seed or 0,
+                  samples=args.samples, seed=args.seed or 0, judges=[str(run) for run in args.judge],
                   arch=captioner.config.arch)
     print(format_table(result))
 

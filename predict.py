@@ -27,7 +27,7 @@ from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, file
 from dataset import find_images  # noqa: E402
 from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
                       MAX_ENSEMBLE, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
-                      SAMPLES_HELP)
+                      SAMPLES_HELP, JUDGE_HELP, MAX_JUDGES)
 from features import WeightsUnavailable  # noqa: E402
 from plots import plot_attention, plot_captions  # noqa: E402
 
@@ -65,12 +65,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=NO_REPEAT_HELP)
     parser.add_argument("--samples", type=off_or_bounded_int(1, MAX_SAMPLES), default=0, metavar="N",
                         help=SAMPLES_HELP)
+    parser.add_argument("--judge", action=bounded_append(MAX_JUDGES, "judges"), default=[], metavar="RUN",
+                        type=nonempty_path, help=JUDGE_HELP)
     parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), help="with --samples: the draws' seed [default: 0]")
     parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1,
                         help="print this many captions per image, with probabilities (autoregressive runs and CTC decoding)")
     args = parser.parse_args(argv)
     if args.seed is not None and not args.samples:
         parser.error("--seed sets the draws of --samples; give --samples N too")
+    if args.judge and not args.samples:
+        parser.error("--judge ranks the captions drawn for a photo; give --samples N too")
     return args
 
 
@@ -99,9 +103,11 @@ def main(argv=None) -> int:
         return 1
     try:
         captioner = Captioner(args.model, args.vgg_weights, decode=args.decode,
-                              beam_size=max(args.beam_size, args.n_best), lm_weight=args.lm_weight,
+                              beam_size=args.beam_size if args.samples else max(args.beam_size, args.n_best),
+                              lm_weight=args.lm_weight,
                               prior_weight=args.prior_weight, ensemble=args.ensemble,
-                              no_repeat=args.no_repeat, samples=args.samples, seed=args.seed or 0)
+                              no_repeat=args.no_repeat, samples=args.samples, seed=args.seed or 0,
+                              judges=args.judge)
         if args.attention and not captioner.has_attention:
             raise ValueError(f"--attention needs an attention model, alone; {args.model} is {captioner.config.arch!r}"
                              + (" in an ensemble" if args.ensemble else ""))

@@ -5,7 +5,7 @@ import pytest
 
 import lm
 from decoding import (Averaged, NoRepeat, PriorSubtracted, beam_search, class_order, decode_ctc, decode_parallel,
-                      repeat_endings, sample_and_rank)
+                      repeat_endings, sample_and_rank, sample_captions)
 from kana import END, Vocabulary
 
 VOCABULARY = Vocabulary(("ア", "イ", "ウ"))  # classes 1, 2, 3; 0 is the end
@@ -105,6 +105,16 @@ def test_drawn_captions_rank_ended_ones_before_likelier_unended_ones():
     ranked = sample_and_rank(Rambler(), np.zeros((1, 1)), VOCABULARY, num_samples=40, rng=np.random.default_rng(1),
                              n_best=2, max_length=2)[0]
     assert [(c.text, c.ended) for c in ranked] == [("イ", True), ("アア", False)]
+
+
+
+def test_draws_skip_the_spare_classes_no_character_decodes_to():
+    class Spare(FakeSteps):
+        def next(self, tokens, states):
+            return np.tile([0.1, 0.1, 0.1, 0.1, 0.6], (len(tokens), 1)), states  # class 4: no character
+
+    drawn = sample_captions(Spare(), np.zeros((1, 1)), 300, 4, np.random.default_rng(0), VOCABULARY.num_classes)
+    assert drawn.targets.max() < VOCABULARY.num_classes and 0 < drawn.targets.max()
 
 
 class OneCharacter(FakeSteps):

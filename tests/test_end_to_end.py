@@ -422,6 +422,37 @@ def test_samples_keep_the_likeliest_of_the_drawn_and_searched_captions(tiny_run,
     assert "--samples is for a run's captions" in capsys.readouterr().err
 
 
+
+def test_a_run_judging_its_own_candidates_ranks_them_as_it_drew_them(tiny_run, tiny_demo, capsys):
+    from pathlib import Path
+
+    from captioner import _check_judge
+    from kana import Vocabulary
+    from model import CaptionerConfig
+
+    out, _ = tiny_run
+    photos = str(tiny_demo / "val2014")
+    argv = [photos, "--model", str(out), "--json", "--samples", "6", "--n-best", "4"]
+    assert predict.main(argv) == 0
+    alone = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert predict.main([*argv, "--judge", str(out)]) == 0  # its probabilities again, fed each caption whole
+    judged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(judged) == len(alone) == 6
+    for first, second in zip(alone, judged):
+        assert {c["caption"] for c in first["captions"]} == {c["caption"] for c in second["captions"]}
+        drawn = {c["caption"]: c["probability"] for c in first["captions"]}
+        for caption in second["captions"]:
+            assert caption["probability"] == pytest.approx(drawn[caption["caption"]], rel=1e-2, abs=1e-6)
+    with pytest.raises(SystemExit):
+        predict.parse_args([photos, "--judge", str(out)])
+    assert "--judge ranks the captions drawn for a photo" in capsys.readouterr().err
+    config = CaptionerConfig(arch="transformer")
+    with pytest.raises(ValueError, match="knows every character the run writes"):
+        _check_judge(Path("a"), config, Vocabulary(("ア", "イ")), Path("b"), config, Vocabulary(("イ",)))
+    with pytest.raises(ValueError, match="one character after another"):
+        _check_judge(Path("a"), config, Vocabulary(("ア",)), Path("b"), CaptionerConfig(), Vocabulary(("ア",)))
+
+
 def test_an_ensemble_of_a_run_with_itself_captions_as_the_run_alone(tiny_run, tiny_demo, tmp_path, capsys):
     import shutil
 
