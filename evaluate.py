@@ -32,9 +32,9 @@ from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
 from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, existing_dir, existing_file,  # noqa: E402
                  folder_path, nonempty_path, off_or_bounded_int, positive_int)
 from dataset import load_caption_files  # noqa: E402
-from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
-                      MAX_ENSEMBLE, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
-                      SAMPLES_HELP, JUDGE_HELP, MAX_JUDGES)
+from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, JUDGE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
+                      MAX_ENSEMBLE, MAX_JUDGES, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
+                      SAMPLES_HELP)
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import clause_cut, convert_captions  # noqa: E402

@@ -25,9 +25,9 @@ from captioner import DEFAULT_RUN, Captioner  # noqa: E402
 from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, file_path, folder_path,  # noqa: E402
                  nonempty_path, off_or_bounded_int, vgg_weights)
 from dataset import find_images  # noqa: E402
-from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
-                      MAX_ENSEMBLE, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
-                      SAMPLES_HELP, JUDGE_HELP, MAX_JUDGES)
+from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, JUDGE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
+                      MAX_ENSEMBLE, MAX_JUDGES, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
+                      SAMPLES_HELP)
 from features import WeightsUnavailable  # noqa: E402
 from plots import plot_attention, plot_captions  # noqa: E402
 
