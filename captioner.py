@@ -119,11 +119,13 @@ def _check_judge(model_dir: Path, config: CaptionerConfig, vocabulary: Vocabular
 
 
 def caption_log_probabilities(model, config: CaptionerConfig, vocabulary: Vocabulary, features: np.ndarray,
-                              texts: list[str], ended=None, batch_size: int = 512) -> np.ndarray:
+                              texts: list[str], ended=None, photos=None, batch_size: int = 512) -> np.ndarray:
     """log P(text, then the end class | features) of each caption under an autoregressive run, fed the caption's
-    own characters (one model call per batch, not one per character). ``features[i]`` is ``texts[i]``'s photo's;
-    where ``ended[i]`` is False (a caption cut unended) the end class is not counted, as beam search counts it."""
+    own characters (one model call per batch, not one per character). ``features[photos[i]]`` is ``texts[i]``'s
+    photo's (``photos`` None: ``features[i]``), gathered batch by batch; where ``ended[i]`` is False (a caption cut
+    unended) the end class is not counted, as beam search counts it."""
     ended = np.ones(len(texts), dtype=bool) if ended is None else np.asarray(ended, dtype=bool)
+    photos = np.arange(len(texts)) if photos is None else np.asarray(photos)
     scores = np.zeros(len(texts))
     steps = np.arange(config.timesteps)[None, :]
     for start in range(0, len(texts), batch_size):
@@ -131,7 +133,8 @@ def caption_log_probabilities(model, config: CaptionerConfig, vocabulary: Vocabu
         targets = np.stack([vocabulary.encode(text, config.timesteps)[0] for text in chunk]).astype(np.int64)
         written = np.array([min(len(text), config.timesteps - 1) for text in chunk])
         written += ended[start : start + batch_size]  # the characters, then the end class where it was written
-        inputs = model_inputs(config, np.asarray(features[start : start + batch_size], dtype=np.float32), targets)
+        batch = np.asarray(features[photos[start : start + batch_size]], dtype=np.float32)
+        inputs = model_inputs(config, batch, targets)
         probabilities = np.asarray(model.predict_on_batch(inputs), dtype=np.float64)
         chosen = np.take_along_axis(probabilities, targets[:, :, None], axis=2)[:, :, 0]
         scores[start : start + batch_size] = (np.log(np.maximum(chosen, 1e-12)) * (steps < written[:, None])).sum(1)
@@ -307,7 +310,7 @@ class Captioner:
         texts = [caption.text for captions in candidates for caption in captions]
         ended = [caption.ended for captions in candidates for caption in captions]
         photo = np.repeat(np.arange(len(candidates)), [len(captions) for captions in candidates])
-        scores = sum(caption_log_probabilities(model, config, vocabulary, np.asarray(judged)[photo], texts, ended)
+        scores = sum(caption_log_probabilities(model, config, vocabulary, np.asarray(judged), texts, ended, photo)
                      for (model, config, vocabulary), judged in zip(self.judges, features))
         judged, start = [], 0
         for captions in candidates:
