@@ -3,6 +3,7 @@
     $ streamlit run app.py                          # the run python train.py made (runs/demo)
     $ streamlit run app.py -- --model runs/stair    # another run folder
     $ streamlit run app.py -- --model runs/a --ensemble runs/b   # two runs decoded as one
+    $ streamlit run app.py -- --model runs/a --samples 16 --judge runs/b   # 16 draws too, run b choosing
 
 Settings (127.0.0.1 only, headless, no usage statistics, 20 MB uploads) are
 in .streamlit/config.toml. The page captions with the same ``Captioner`` as
@@ -28,8 +29,8 @@ import jaconv  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from captioner import DEFAULT_RUN, Captioner  # noqa: E402
-from cli import bounded_append, nonempty_path  # noqa: E402
-from decoding import ENSEMBLE_HELP, MAX_ENSEMBLE  # noqa: E402
+from cli import add_drawing_options, bounded_append, check_drawing_options, nonempty_path  # noqa: E402
+from decoding import ENSEMBLE_HELP, MAX_ENSEMBLE, SAMPLES_HELP  # noqa: E402
 from demo import DEMO_DIR  # noqa: E402
 from features import ImageError, WeightsUnavailable  # noqa: E402
 from plots import attention_figure, figure_png  # noqa: E402
@@ -46,13 +47,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", type=nonempty_path, default=DEFAULT_RUN, help="run folder written by train.py")
     parser.add_argument("--ensemble", action=bounded_append(MAX_ENSEMBLE - 1, "runs beside --model"), default=[],
                         metavar="RUN", type=nonempty_path, help=ENSEMBLE_HELP)
-    return parser.parse_args(argv)
+    add_drawing_options(parser, SAMPLES_HELP)
+    args = parser.parse_args(argv)
+    check_drawing_options(parser, args)
+    return args
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def load_captioner(model_dir: str, ensemble: tuple[str, ...] = ()) -> tuple[Captioner, threading.Lock]:
+def load_captioner(model_dir: str, ensemble: tuple[str, ...] = (), samples: int = 0, seed: int = 0,
+                   judges: tuple[str, ...] = ()) -> tuple[Captioner, threading.Lock]:
     """The run's captioner, once per server process, with a lock: sessions are threads and take turns on the model."""
-    return Captioner(model_dir, ensemble=ensemble), threading.Lock()
+    return Captioner(model_dir, ensemble=ensemble, samples=samples, seed=seed, judges=judges), threading.Lock()
 
 
 def demo_photos() -> list[Path]:
@@ -81,6 +86,8 @@ def show_photo(captioner: Captioner, lock: threading.Lock, name: str, source, be
         ranking = {"ctc": "CTC beam search's probability",
                    "ctc-lm": "CTC's probability and the language model's of the training captions"}.get(
             captioner.decode, "log-probability per character")
+        if captioner.samples:  # beam search's captions and the drawn ones, whole captions compared, ended first
+            ranking = f"the {'judges' if captioner.judges else 'run'}' probability of the whole caption, ended first"
         words.caption(f"ranked by {ranking}, as predict.py --n-best ranks them")
     else:
         words.caption(f"probability {best.probability:.2g}")
@@ -95,7 +102,8 @@ def main(argv=None) -> None:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit:  # argparse has printed why on the server's terminal
-        st.error("error: the page's options are: streamlit run app.py -- [--model RUN_FOLDER] [--ensemble RUN_FOLDER]…")
+        st.error("error: the page's options are: streamlit run app.py -- [--model RUN_FOLDER] [--ensemble RUN_FOLDER]… "
+                 "[--samples N [--judge RUN_FOLDER]… [--seed S]]")
         st.stop()
     model = Path(args.model)
     if not model.is_dir():
@@ -103,14 +111,17 @@ def main(argv=None) -> None:
         st.error(f"error: no run folder at {model}.{hint}")
         st.stop()
     try:
-        captioner, lock = load_captioner(str(model), tuple(args.ensemble))
+        captioner, lock = load_captioner(str(model), tuple(args.ensemble), args.samples, args.seed or 0,
+                                         tuple(args.judge))
     except (OSError, ValueError, WeightsUnavailable) as error:  # what predict.py prints for a run that does not load
         st.error(f"error: {error}")
         st.stop()
     config = captioner.config
     runs = f"{model} and {', '.join(args.ensemble)} as one" if args.ensemble else f"{model}"
+    drawn = f", {args.samples} captions drawn per photo" if args.samples else ""
+    judged = f", chosen by {', '.join(args.judge)}" if args.judge else ""
     st.caption(f"{runs}: {config.arch}, {config.units} units, VGG16 weights {config.vgg_weights}, "
-               f"{config.image_size} px, decoding {captioner.decode}")
+               f"{config.image_size} px, decoding {captioner.decode}{drawn}{judged}")
 
     uploads = st.file_uploader("Photos (JPEG, PNG or WebP)", type=PHOTO_TYPES, accept_multiple_files=True,
                                max_upload_size=MAX_UPLOAD_MB)

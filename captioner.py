@@ -17,6 +17,7 @@ The first three (and lm.json, for runs read with it) are all ``Captioner`` needs
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -96,6 +97,13 @@ def _check_member(model_dir: Path, config: CaptionerConfig, other_dir: Path, oth
         raise ValueError(f"{other_dir} cannot be averaged with {model_dir}: their " + ", ".join(
             f"{name} ({getattr(config, name)} against {getattr(other, name)})" for name in differ)
             + " differ; an ensemble's runs read the same features and write as many steps.")
+
+
+def _rewound(source):
+    """``source`` ready to be read again: a path as it is, a file object (an upload) back at its start."""
+    if not isinstance(source, (str, os.PathLike)):
+        source.seek(0)
+    return source
 
 
 def _same_features(config: CaptionerConfig, other: CaptionerConfig) -> bool:
@@ -343,15 +351,17 @@ class Captioner:
     def caption_photo(self, source, n_best: int = 1, name: str | None = None) -> Captioned:
         """One photo, from a path or a binary file object (an upload): its captions and, for attention models, maps.
 
-        ``n_best`` is also the beam size (at least the captioner's).
+        ``n_best`` is also the beam size (at least the captioner's). With judges, the photo is read again at each
+        judge's size and they rank the candidates, as caption_files does.
 
         Raises:
             ImageError: the photo cannot be read (features.load_image's checks, the pixel bound included).
         """
         started = time.perf_counter()
         image = load_image(source, self.config.image_size, name)
+        judged = [load_image(_rewound(source), judge.image_size, name)[None] for _, judge, _ in self.judges]
         features = self.image_features(image[None])
-        captions = self.caption_features(features, n_best)[0]
+        captions = self._captions(features, n_best, judged)[0]
         seconds = time.perf_counter() - started  # what captioning took; the attention maps are extra
         maps = self.attention_maps(features, [captions[0].text])[0] if self.has_attention else None
         return Captioned(image, captions, maps, seconds)
@@ -359,11 +369,15 @@ class Captioner:
     def caption_images(self, images: np.ndarray, n_best: int = 1, judged_images=()) -> list[list[Caption]]:
         """Captions from letterboxed uint8 images ``(batch, size, size, 3)``; with judges, ``judged_images`` are
         the same photos letterboxed at each judge's size."""
+        return self._captions(self.image_features(images), n_best, judged_images)
+
+    def _captions(self, features: np.ndarray, n_best: int, judged_images=()) -> list[list[Caption]]:
+        """Captions from the run's features of some photos; with judges, ``judged_images`` as caption_images'."""
         if not self.judges:
-            return self.caption_features(self.image_features(images), n_best)
-        candidates = self.caption_features(self.image_features(images), self.samples + self.beam_size)
-        features = [vgg.predict_on_batch(preprocess(judged)) for vgg, judged in zip(self.judge_vggs, judged_images)]
-        return [captions[:n_best] for captions in self.judge(candidates, features)]
+            return self.caption_features(features, n_best)
+        candidates = self.caption_features(features, self.samples + self.beam_size)
+        judged = [vgg.predict_on_batch(preprocess(images)) for vgg, images in zip(self.judge_vggs, judged_images)]
+        return [captions[:n_best] for captions in self.judge(candidates, judged)]
 
     def caption_files(self, paths, batch_size: int = 32, n_best: int = 1):
         """Yields ``(path, captions, error)`` for each file, in order, batch by batch.

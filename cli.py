@@ -177,3 +177,23 @@ def bounded_append(limit: int, what: str):
             setattr(namespace, self.dest, values)
 
     return BoundedAppend
+
+
+def add_drawing_options(parser: argparse.ArgumentParser, samples_help: str) -> None:
+    """--samples, --judge and --seed: captions drawn per photo and the runs that choose among them (predict.py,
+    evaluate.py, app.py); check them after parsing with ``check_drawing_options``."""
+    from decoding import JUDGE_HELP, MAX_JUDGES, MAX_SAMPLES
+
+    parser.add_argument("--samples", type=off_or_bounded_int(1, MAX_SAMPLES), default=0, metavar="N",
+                        help=samples_help)
+    parser.add_argument("--judge", action=bounded_append(MAX_JUDGES, "judges"), default=[], metavar="RUN",
+                        type=nonempty_path, help=JUDGE_HELP)
+    parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), help="with --samples: the draws' seed [default: 0]")
+
+
+def check_drawing_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse's usage error for --seed or --judge without --samples."""
+    if args.seed is not None and not args.samples:
+        parser.error("--seed sets the draws of --samples; give --samples N too")
+    if args.judge and not args.samples:
+        parser.error("--judge ranks the captions drawn for a photo; give --samples N too")

@@ -29,12 +29,12 @@ import numpy as np  # noqa: E402
 import demo  # noqa: E402
 import hard  # noqa: E402
 from captioner import DEFAULT_RUN, METRICS_FILE, Captioner  # noqa: E402
-from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, existing_dir, existing_file,  # noqa: E402
-                 folder_path, nonempty_path, off_or_bounded_int, positive_int)
+from cli import (HelpFormatter, add_drawing_options, bounded_append, bounded_float, bounded_int,  # noqa: E402
+                 check_drawing_options, existing_dir, existing_file, folder_path, nonempty_path, off_or_bounded_int,
+                 positive_int)
 from dataset import load_caption_files  # noqa: E402
-from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, JUDGE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
-                      MAX_ENSEMBLE, MAX_JUDGES, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
-                      SAMPLES_HELP)
+from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM, MAX_ENSEMBLE,  # noqa: E402
+                      MAX_NO_REPEAT, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP, SAMPLES_HELP)
 from features import DEFAULT_CACHE_DIR, WeightsUnavailable, cached_features  # noqa: E402
 from fileio import write_json  # noqa: E402
 from kana import clause_cut, convert_captions  # noqa: E402
@@ -67,12 +67,8 @@ def main(argv=None) -> int:
                              + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--no-repeat", type=off_or_bounded_int(2, MAX_NO_REPEAT), default=0, metavar="N",
                         help=NO_REPEAT_HELP)
-    parser.add_argument("--samples", type=off_or_bounded_int(1, MAX_SAMPLES), default=0, metavar="N",
-                        help=SAMPLES_HELP + "; on the hard benchmark, also the share of photos with any candidate "
-                             "entirely right")
-    parser.add_argument("--judge", action=bounded_append(MAX_JUDGES, "judges"), default=[], metavar="RUN",
-                        type=nonempty_path, help=JUDGE_HELP)
-    parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), help="with --samples: the draws' seed [default: 0]")
+    add_drawing_options(parser, SAMPLES_HELP + "; on the hard benchmark, also the share of photos with any "
+                                               "candidate entirely right")
     parser.add_argument("--out", type=folder_path, help="folder for metrics.json, captions.json and samples.png "
                                                         "[default: MODEL/eval-ANNOTATIONS, -ensemble-of-N added]")
     parser.add_argument("--cache-dir", type=folder_path, default=str(DEFAULT_CACHE_DIR), help="VGG16 feature cache")
@@ -88,10 +84,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.human and args.ensemble:
         parser.error("--human scores the references, no model: --ensemble is for a run's captions")
-    if args.seed is not None and not args.samples:
-        parser.error("--seed sets the draws of --samples; give --samples N too")
-    if args.judge and not args.samples:
-        parser.error("--judge ranks the captions drawn for a photo; give --samples N too")
+    check_drawing_options(parser, args)
     if args.samples and args.human:
         parser.error("--human scores the references, no model: --samples is for a run's captions")
     if args.timesteps and not args.human:

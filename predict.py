@@ -22,12 +22,11 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from captioner import DEFAULT_RUN, Captioner  # noqa: E402
-from cli import (HelpFormatter, bounded_append, bounded_float, bounded_int, file_path, folder_path,  # noqa: E402
-                 nonempty_path, off_or_bounded_int, vgg_weights)
+from cli import (HelpFormatter, add_drawing_options, bounded_append, bounded_float, bounded_int,  # noqa: E402
+                 check_drawing_options, file_path, folder_path, nonempty_path, off_or_bounded_int, vgg_weights)
 from dataset import find_images  # noqa: E402
-from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, JUDGE_HELP, LM_WEIGHT_HELP, MAX_BEAM,  # noqa: E402
-                      MAX_ENSEMBLE, MAX_JUDGES, MAX_NO_REPEAT, MAX_SAMPLES, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP,
-                      SAMPLES_HELP)
+from decoding import (BEAM_HELP, DECODE_METHODS, ENSEMBLE_HELP, LM_WEIGHT_HELP, MAX_BEAM, MAX_ENSEMBLE,  # noqa: E402
+                      MAX_NO_REPEAT, NO_REPEAT_HELP, PRIOR_WEIGHT_HELP, SAMPLES_HELP)
 from features import WeightsUnavailable  # noqa: E402
 from plots import plot_attention, plot_captions  # noqa: E402
 
@@ -63,18 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              + " [default: the run's, from train.py --prior-weight]")
     parser.add_argument("--no-repeat", type=off_or_bounded_int(2, MAX_NO_REPEAT), default=0, metavar="N",
                         help=NO_REPEAT_HELP)
-    parser.add_argument("--samples", type=off_or_bounded_int(1, MAX_SAMPLES), default=0, metavar="N",
-                        help=SAMPLES_HELP)
-    parser.add_argument("--judge", action=bounded_append(MAX_JUDGES, "judges"), default=[], metavar="RUN",
-                        type=nonempty_path, help=JUDGE_HELP)
-    parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), help="with --samples: the draws' seed [default: 0]")
+    add_drawing_options(parser, SAMPLES_HELP)
     parser.add_argument("--n-best", type=bounded_int(1, MAX_BEAM), default=1,
                         help="print this many captions per image, with probabilities (autoregressive runs and CTC decoding)")
     args = parser.parse_args(argv)
-    if args.seed is not None and not args.samples:
-        parser.error("--seed sets the draws of --samples; give --samples N too")
-    if args.judge and not args.samples:
-        parser.error("--judge ranks the captions drawn for a photo; give --samples N too")
+    check_drawing_options(parser, args)
     return args
 
 

@@ -36,16 +36,17 @@ def keep_main_module():
     sys.modules["__main__"] = main
 
 
-def page(model: str, ensemble=()):
-    """The app as AppTest runs it: the body is the script, with ``--model`` as after streamlit's ``--``."""
+def page(model: str, ensemble=(), more=()):
+    """The app as AppTest runs it: the body is the script, with ``--model`` (and ``more`` options) as after
+    streamlit's ``--``."""
     import app
 
-    app.main(["--model", model, *(option for run in ensemble for option in ("--ensemble", run))])
+    app.main(["--model", model, *(option for run in ensemble for option in ("--ensemble", run)), *more])
 
 
-def open_page(model, ensemble=()) -> AppTest:
-    at = AppTest.from_function(page, kwargs={"model": str(model), "ensemble": [str(run) for run in ensemble]},
-                               default_timeout=120)
+def open_page(model, ensemble=(), more=()) -> AppTest:
+    at = AppTest.from_function(page, kwargs={"model": str(model), "ensemble": [str(run) for run in ensemble],
+                                             "more": [str(option) for option in more]}, default_timeout=120)
     return at.run()
 
 
@@ -105,7 +106,27 @@ def test_a_bad_option_is_an_error_on_the_page():
     at = AppTest.from_function(bad_option_page, default_timeout=60).run()
     assert not at.exception
     assert [error.value for error in at.error] == ["error: the page's options are: streamlit run app.py -- "
-                                                   "[--model RUN_FOLDER] [--ensemble RUN_FOLDER]…"]
+                                                   "[--model RUN_FOLDER] [--ensemble RUN_FOLDER]… "
+                                                   "[--samples N [--judge RUN_FOLDER]… [--seed S]]"]
+
+
+def test_drawn_captions_judged_on_the_page_are_predicts(tiny_run, tiny_demo):
+    photo, _ = captioned_photo(tiny_run[0], tiny_demo, beam_size=1)
+    captioner = Captioner(tiny_run[0], samples=4, seed=3, judges=[tiny_run[0]])
+    ((_, expected, _),) = captioner.caption_files([photo], n_best=4)
+    uploaded = Captioner(tiny_run[0], samples=4, seed=3, judges=[tiny_run[0]])
+    result = uploaded.caption_photo(io.BytesIO(photo.read_bytes()), n_best=4, name="photo.jpg")  # read again to judge
+    assert [caption.text for caption in result.captions] == [caption.text for caption in expected]
+    at = open_page(tiny_run[0], more=["--samples", 4, "--seed", 3, "--judge", tiny_run[0]])
+    assert not at.exception and not at.error
+    assert any(f"4 captions drawn per photo, chosen by {tiny_run[0]}" in block.value for block in at.caption)
+    at.file_uploader[0].set_value([("photo.jpg", photo.read_bytes(), "image/jpeg")])
+    at.run()
+    assert not at.exception and not at.error
+    assert [block.value[4:] for block in at.markdown if block.value.startswith("### ")] == [
+        expected[0].text or "(empty)"]  # a tiny run's judge may well prefer the empty caption
+    at = open_page(tiny_run[0], more=["--judge", tiny_run[0]])  # a judge has nothing to choose among
+    assert not at.exception and not at.file_uploader and len(at.error) == 1
 
 
 def test_an_ensemble_on_the_page_captions_as_predict_does_and_a_bad_member_is_an_error(tiny_run, tiny_demo, tmp_path):
