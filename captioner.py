@@ -17,7 +17,6 @@ The first three (and lm.json, for runs read with it) are all ``Captioner`` needs
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from decoding import (CTC_LM_BEAM, Averaged, Caption, NoRepeat, PriorSubtracted, beam_search, class_order,
                       decode_ctc, decode_ctc_lm, decode_parallel, sample_and_rank)
-from features import build_vgg16, decode_batches, load_image, preprocess
+from features import build_vgg16, decode_batches, load_image, load_images, preprocess
 from kana import Vocabulary
 from lm import LM_FILE, CharNgram
 from model import ATTRIBUTES, CaptionerConfig, architecture, load_model, model_inputs, save_model, step_models
@@ -97,13 +96,6 @@ def _check_member(model_dir: Path, config: CaptionerConfig, other_dir: Path, oth
         raise ValueError(f"{other_dir} cannot be averaged with {model_dir}: their " + ", ".join(
             f"{name} ({getattr(config, name)} against {getattr(other, name)})" for name in differ)
             + " differ; an ensemble's runs read the same features and write as many steps.")
-
-
-def _rewound(source):
-    """``source`` ready to be read again: a path as it is, a file object (an upload) back at its start."""
-    if not isinstance(source, (str, os.PathLike)):
-        source.seek(0)
-    return source
 
 
 def _same_features(config: CaptionerConfig, other: CaptionerConfig) -> bool:
@@ -272,6 +264,11 @@ class Captioner:
             self.steps = NoRepeat(self.steps, self.no_repeat)
 
     @property
+    def judge_sizes(self) -> list[int]:
+        """The image size each judge reads photos at."""
+        return [judge.image_size for _, judge, _ in self.judges]
+
+    @property
     def has_attention(self) -> bool:
         return self.steps is not None and self.steps.attention is not None
 
@@ -358,8 +355,8 @@ class Captioner:
             ImageError: the photo cannot be read (features.load_image's checks, the pixel bound included).
         """
         started = time.perf_counter()
-        image = load_image(source, self.config.image_size, name)
-        judged = [load_image(_rewound(source), judge.image_size, name)[None] for _, judge, _ in self.judges]
+        image, *judged = load_images(source, [self.config.image_size, *self.judge_sizes], name)
+        judged = [judged_image[None] for judged_image in judged]
         features = self.image_features(image[None])
         captions = self._captions(features, n_best, judged)[0]
         seconds = time.perf_counter() - started  # what captioning took; the attention maps are extra
@@ -386,9 +383,8 @@ class Captioner:
         could not be read, and ``error`` says why.
         """
         paths = [str(path) for path in paths]
-        for chunk, rows, images, errors in decode_batches(paths, np.arange(len(paths)), self.config.image_size, batch_size):
-            judged = [np.stack([load_image(paths[row], judge.image_size) for row in rows]) if len(rows) else None
-                      for _, judge, _ in self.judges]  # each judge reads the photos at its own size
+        for chunk, rows, images, errors, judged in decode_batches(paths, np.arange(len(paths)), self.config.image_size,
+                                                                  batch_size, also_sizes=self.judge_sizes):
             captions = dict(zip(rows.tolist(), self.caption_images(images, n_best, judged))) if len(rows) else {}
             for row in chunk.tolist():
                 yield paths[row], captions.get(row), errors.get(row)

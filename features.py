@@ -135,6 +135,17 @@ def load_image(source, size: int, name: str | None = None) -> np.ndarray:
         raise ImageError(f"{name}: not a readable image ({reason})") from None
 
 
+def load_images(source, sizes, name: str | None = None) -> list[np.ndarray]:
+    """``load_image`` at each of ``sizes``, each read as load_image reads it alone (a file object is read again
+    from its start), so a photo letterboxed for a second model is the one that model's cache holds."""
+    images = []
+    for size in sizes:
+        if images and not isinstance(source, (str, os.PathLike)):
+            source.seek(0)
+        images.append(load_image(source, size, name))
+    return images
+
+
 def _is_empty(source) -> bool:
     """Whether a path names an empty regular file, or a file object holds no bytes."""
     if isinstance(source, (str, os.PathLike)):
@@ -379,7 +390,7 @@ def extract_features(
     if len(pending) == 0:
         return failures
     bar = _progress_bar(len(pending), "VGG16 features", progress)
-    for chunk, rows, images, errors in decode_batches(cache.paths, pending, image_size, batch_size, num_workers):
+    for chunk, rows, images, errors, _ in decode_batches(cache.paths, pending, image_size, batch_size, num_workers):
         failures.update({cache.paths[row]: reason for row, reason in errors.items()})
         if len(rows):
             output = vgg.predict_on_batch(preprocess(transformed(images, variant)))
@@ -420,15 +431,17 @@ def cached_features(paths, weights: str, image_size: int, cache_root, progress: 
     return cache, failures
 
 
-def decode_batches(paths, rows, image_size: int, batch_size: int, num_workers: int | None = None):
+def decode_batches(paths, rows, image_size: int, batch_size: int, num_workers: int | None = None, also_sizes=()):
     """Decodes ``paths[row]`` for ``rows`` in batches, up to two batches ahead, on a thread pool.
 
     Yields:
-        ``(chunk, good_rows, images, errors)``: the rows of this batch, those
-        that decoded, their letterboxed images ``(n, size, size, 3)`` uint8,
-        and ``{row: reason}`` for the others.
+        ``(chunk, good_rows, images, errors, also)``: the rows of this batch,
+        those that decoded, their letterboxed images ``(n, size, size, 3)``
+        uint8, ``{row: reason}`` for the others, and the same photos
+        letterboxed at each of ``also_sizes`` (a list of such arrays).
     """
     num_workers = num_workers or min(8, os.cpu_count() or 1)
+    sizes = (image_size, *also_sizes)
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
         queue = collections.deque()
 
@@ -440,12 +453,13 @@ def decode_batches(paths, rows, image_size: int, batch_size: int, num_workers: i
                     good_rows.append(row)
                 except ImageError as error:
                     errors[int(row)] = str(error)
-            stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-            return chunk, np.array(good_rows, dtype=np.int64), stacked, errors
+            stacked = [np.stack([each[index] for each in images]) if images else
+                       np.zeros((0, size, size, 3), np.uint8) for index, size in enumerate(sizes)]
+            return chunk, np.array(good_rows, dtype=np.int64), stacked[0], errors, stacked[1:]
 
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            queue.append((chunk, [pool.submit(load_image, paths[row], image_size) for row in chunk]))
+            queue.append((chunk, [pool.submit(load_images, paths[row], sizes) for row in chunk]))
             if len(queue) > 2:
                 yield finish(*queue.popleft())
         while queue:

@@ -1,9 +1,20 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
 import features
-from features import FeatureCache, ImageError, extract_features, letterbox, load_image, preprocess
+from features import (
+    FeatureCache,
+    ImageError,
+    decode_batches,
+    extract_features,
+    letterbox,
+    load_image,
+    load_images,
+    preprocess,
+)
 
 
 def save(image, path, **options):
@@ -50,6 +61,24 @@ def test_sixteen_bit_images_are_stretched_not_clipped(tmp_path):
 def test_transparent_pixels_show_white(tmp_path):
     array = load_image(save(Image.new("RGBA", (10, 10), (0, 0, 0, 0)), tmp_path / "clear.png"), 10)
     assert (array == 255).all()
+
+
+def test_a_photo_at_several_sizes_is_each_size_read_alone(tmp_path):
+    """A judge's letterbox of a photo (predict.py, the page) is the one its own cache would hold."""
+    image = Image.new("RGB", (640, 480), "white")
+    image.paste((255, 0, 0), (100, 100, 300, 200))
+    path = save(image, tmp_path / "photo.jpg")
+    alone = [load_image(path, 32), load_image(path, 150)]
+    for source in (path, io.BytesIO(path.read_bytes())):  # an upload is read again from its start
+        for got, expected in zip(load_images(source, [32, 150], "upload"), alone):
+            np.testing.assert_array_equal(got, expected)
+    bad = save(image, tmp_path / "bad.jpg")
+    bad.write_bytes(b"not a jpeg")
+    ((chunk, rows, images, errors, also),) = decode_batches([str(path), str(bad)], np.arange(2), 32, 8,
+                                                            also_sizes=(150, 48))
+    assert rows.tolist() == [0] and list(errors) == [1] and images.shape == (1, 32, 32, 3)
+    assert [array.shape for array in also] == [(1, 150, 150, 3), (1, 48, 48, 3)]
+    np.testing.assert_array_equal(also[0][0], alone[1])
 
 
 def test_exif_orientation_is_applied(tmp_path):
