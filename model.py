@@ -968,45 +968,70 @@ class CachedSteps:
     """``StepModels``' interface for the transformer, one character per call: each block's keys and values kept.
 
     ``PrefixSteps`` runs the model over the whole caption again for every
-    character. Here a beam's state is the grid's cells (read off the features
-    once, by ``start``) and, for each block, the keys and values of the
-    characters written so far (``(beam, timesteps, heads, key_dim)``, zero
-    after them); ``next`` runs only the new character through the blocks and
-    adds its keys and values at its position. Causal self-attention lets no
-    character see a later one, so the probabilities are the teacher-forced
-    model's (a test holds them to it). The layers are the trained model's own,
-    found by name, and the step runs as one compiled Keras model.
+    character. Here a beam's state is, for each block, the keys and values
+    of the grid's cells (read off the features once, by ``start``:
+    ``(beam, cells, heads, key_dim)``) and those of the characters written so
+    far (``(beam, timesteps, heads, key_dim)``, zero after them); ``next``
+    runs only the new character through the blocks and adds its keys and
+    values at its position. Causal self-attention lets no character see a
+    later one, so the probabilities are the teacher-forced model's (a test
+    holds them to it). The layers are the trained model's own, found by name,
+    and the step runs as one compiled Keras model.
     """
 
     attention = None  # no single map per character: predict.py --attention refuses it
 
-    def __init__(self, model: keras.Model, config: CaptionerConfig):
-        self.timesteps, self.blocks = config.timesteps, config.blocks
-        self.cells = keras.Model(model.inputs[0], model.get_layer("grid_norm").output)
-        self.step = _TransformerStep(model, config)
+    def __init__(self, model: keras.Model, config: CaptionerConfig, keep_grid: bool = True):
+        self.timesteps, self.blocks, self.keep_grid = config.timesteps, config.blocks, keep_grid
+        self.cells = _GridKeys(model, config, keep_grid)
+        self.step = _TransformerStep(model, config, keep_grid)
 
     def start(self, features: np.ndarray) -> list[np.ndarray]:
-        memory = np.asarray(self.cells.predict_on_batch(np.asarray(features, dtype=np.float32)), dtype=np.float32)
-        shape = (len(memory), self.timesteps, self.step.heads, self.step.key_dim)
+        grid = self.cells.predict_on_batch(np.asarray(features, dtype=np.float32))
+        grid = [np.asarray(part, dtype=np.float32) for part in (grid if isinstance(grid, (list, tuple)) else [grid])]
+        shape = (len(features), self.timesteps, self.step.heads, self.step.key_dim)
         caches = [np.zeros(shape, dtype=np.float32) for _ in range(2 * self.blocks)]  # keys, values per block
-        return [memory, *caches, np.zeros(len(memory), dtype=np.int32)]
+        return [*grid, *caches, np.zeros(len(features), dtype=np.int32)]
 
     def next(self, tokens: np.ndarray, states: list[np.ndarray]):
-        memory, *caches, written = states
+        *kept, written = states
         if len(written) and int(written.max()) >= self.timesteps:
             raise ValueError(f"the model writes at most {self.timesteps} characters, end class included")
-        inputs = [np.asarray(tokens, dtype=np.int32)[:, None], written[:, None].astype(np.int32), memory, *caches]
-        probabilities, *caches = self.step.predict_on_batch(inputs)
-        return (np.asarray(probabilities, dtype=np.float32),
-                [memory, *(np.asarray(cache, dtype=np.float32) for cache in caches), written + 1])
+        grid = kept[: len(kept) - 2 * self.blocks]
+        inputs = [np.asarray(tokens, dtype=np.int32)[:, None], written[:, None].astype(np.int32), *kept]
+        probabilities, *added = self.step.predict_on_batch(inputs)  # each block's new character's keys, values
+        rows, caches = np.arange(len(written)), []
+        for cache, new in zip(kept[len(grid):], added):
+            cache = cache.copy()  # the caller's states stay as they were
+            cache[rows, written] = np.asarray(new, dtype=np.float32)
+            caches.append(cache)
+        return np.asarray(probabilities, dtype=np.float32), [*grid, *caches, written + 1]
+
+
+class _GridKeys(keras.Model):
+    """Each block's keys and values of the grid's cells (``CachedSteps.start``); with ``keep_grid`` False, the cells
+    themselves, every block's keys and values of them computed again at every step (bench.py's comparison)."""
+
+    def __init__(self, model: keras.Model, config: CaptionerConfig, keep_grid: bool = True):
+        super().__init__(name="grid_keys")
+        self.cells = keras.Model(model.inputs[0], model.get_layer("grid_norm").output)
+        self.looks = [model.get_layer(f"block{block}_grid_attention") for block in range(config.blocks)]
+        self.keep_grid = keep_grid
+
+    def call(self, features):
+        memory = self.cells(features)
+        if not self.keep_grid:
+            return [memory]
+        return [dense(memory) for look in self.looks for dense in (look.key_dense, look.value_dense)]
 
 
 class _TransformerStep(keras.Model):
     """One character through the transformer's blocks (``CachedSteps``), with the trained model's layers."""
 
-    def __init__(self, model: keras.Model, config: CaptionerConfig):
+    def __init__(self, model: keras.Model, config: CaptionerConfig, keep_grid: bool = True):
         super().__init__(name="transformer_step")
         self.timesteps, self.blocks, self.heads = config.timesteps, config.blocks, config.heads
+        self.keep_grid = keep_grid
         self.key_dim = config.units // config.heads
         self.embedding, self.projection = model.get_layer(CHAR_EMBEDDING), model.get_layer("char_projection")
         self.positions, self.final_norm = model.get_layer("char_positions"), model.get_layer("final_norm")
@@ -1016,25 +1041,36 @@ class _TransformerStep(keras.Model):
                              for block in range(config.blocks)]
 
     def call(self, inputs):
-        token, position, memory, *caches = inputs  # (beam, 1) each, (beam, cells, units), keys/values per block
+        # (beam, 1) each; the cells' keys and values per block (or the cells, (beam, cells, units)); the characters'
+        token, position, *kept = inputs
+        grid, caches = kept[: len(kept) - 2 * self.blocks], kept[len(kept) - 2 * self.blocks :]
         x = self.projection(self.embedding(token))  # (beam, 1, units)
         x = x + ops.cast(ops.take(self.positions.positions, position, axis=0), x.dtype)
         here = ops.expand_dims(ops.expand_dims(ops.equal(ops.arange(self.timesteps)[None, :], position), -1), -1)
         visible = ops.reshape(ops.less_equal(ops.arange(self.timesteps)[None, :], position),
                               (-1, 1, 1, self.timesteps))  # (beam, heads, query, key): this character and before
         new_caches = []
-        for layer, keys, values in zip(self.block_layers, caches[0::2], caches[1::2]):
+        for block, (layer, keys, values) in enumerate(zip(self.block_layers, caches[0::2], caches[1::2])):
             attention = layer["self_attention"]
             h = layer["self_norm"](x)
-            keys = ops.where(here, ops.cast(attention.key_dense(h), "float32"), keys)  # (beam, timesteps, heads, dim)
-            values = ops.where(here, ops.cast(attention.value_dense(h), "float32"), values)
+            new_keys, new_values = attention.key_dense(h), attention.value_dense(h)  # (beam, 1, heads, dim)
+            keys = ops.where(here, ops.cast(new_keys, "float32"), keys)  # (beam, timesteps, heads, dim)
+            values = ops.where(here, ops.cast(new_values, "float32"), values)
             query = attention.query_dense(h)
             attended = ops.dot_product_attention(query, ops.cast(keys, query.dtype), ops.cast(values, query.dtype),
                                                  mask=visible, scale=1.0 / math.sqrt(self.key_dim))
             x = x + attention.output_dense(attended)
-            x = x + layer["grid_attention"](layer["look_norm"](x), memory)
+            if self.keep_grid:
+                look = layer["grid_attention"]
+                query = look.query_dense(layer["look_norm"](x))
+                attended = ops.dot_product_attention(query, ops.cast(grid[2 * block], query.dtype),
+                                                     ops.cast(grid[2 * block + 1], query.dtype),
+                                                     scale=1.0 / math.sqrt(self.key_dim))
+                x = x + look.output_dense(attended)
+            else:
+                x = x + layer["grid_attention"](layer["look_norm"](x), grid[0])
             x = x + layer["back"](layer["hidden"](layer["mix_norm"](x)))
-            new_caches += [keys, values]
+            new_caches += [new_keys[:, 0], new_values[:, 0]]  # CachedSteps.next writes them into the caches
         return [self.output_layer(self.final_norm(x))[:, 0], *new_caches]
 
 
