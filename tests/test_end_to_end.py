@@ -614,7 +614,8 @@ def test_predict_streams_a_folder_of_ten_thousand_photos(tiny_run, tiny_demo, tm
         os.link(source, folder / f"{index:05d}.jpg")
     decoded = []
     real_load = features.load_image
-    monkeypatch.setattr(features, "load_image", lambda path, size: decoded.append(path) or real_load(path, size))
+    monkeypatch.setattr(features, "load_image",
+                        lambda path, size, name=None: decoded.append(path) or real_load(path, size, name))
     paths, problems = find_images([folder])
     assert len(paths) == 10_000 and not problems
     captioner = Captioner(tiny_run[0])
