@@ -87,7 +87,8 @@ def show_photo(captioner: Captioner, lock: threading.Lock, name: str, source, be
                    "ctc-lm": "CTC's probability and the language model's of the training captions"}.get(
             captioner.decode, "log-probability per character")
         if captioner.samples:  # beam search's captions and the drawn ones, whole captions compared, ended first
-            ranking = f"the {'judges' if captioner.judges else 'run'}' probability of the whole caption, ended first"
+            whose = "the judges'" if captioner.judges else "the run's"
+            ranking = f"{whose} probability of the whole caption, ended first"
         words.caption(f"ranked by {ranking}, as predict.py --n-best ranks them")
     else:
         words.caption(f"probability {best.probability:.2g}")
