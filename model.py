@@ -973,7 +973,9 @@ class CachedSteps:
     ``(beam, cells, heads, key_dim)``) and those of the characters written so
     far (``(beam, timesteps, heads, key_dim)``, zero after them); ``next``
     runs only the new character through the blocks and adds its keys and
-    values at its position. Causal self-attention lets no character see a
+    values at its position, in place: ``next`` takes over the states it is
+    given (beam search and sampling never reuse them; beam search's reordering
+    copies them). Causal self-attention lets no character see a
     later one, so the probabilities are the teacher-forced model's (a test
     holds them to it). The layers are the trained model's own, found by name,
     and the step runs as one compiled Keras model.
@@ -982,7 +984,7 @@ class CachedSteps:
     attention = None  # no single map per character: predict.py --attention refuses it
 
     def __init__(self, model: keras.Model, config: CaptionerConfig, keep_grid: bool = True):
-        self.timesteps, self.blocks, self.keep_grid = config.timesteps, config.blocks, keep_grid
+        self.timesteps, self.blocks = config.timesteps, config.blocks
         self.cells = _GridKeys(model, config, keep_grid)
         self.step = _TransformerStep(model, config, keep_grid)
 
@@ -1000,11 +1002,9 @@ class CachedSteps:
         grid = kept[: len(kept) - 2 * self.blocks]
         inputs = [np.asarray(tokens, dtype=np.int32)[:, None], written[:, None].astype(np.int32), *kept]
         probabilities, *added = self.step.predict_on_batch(inputs)  # each block's new character's keys, values
-        rows, caches = np.arange(len(written)), []
-        for cache, new in zip(kept[len(grid):], added):
-            cache = cache.copy()  # the caller's states stay as they were
-            cache[rows, written] = np.asarray(new, dtype=np.float32)
-            caches.append(cache)
+        caches, rows = kept[len(grid):], np.arange(len(written))
+        for cache, new in zip(caches, added):
+            cache[rows, written] = np.asarray(new, dtype=np.float32)  # in place: the states are handed over
         return np.asarray(probabilities, dtype=np.float32), [*grid, *caches, written + 1]
 
 
